@@ -1,0 +1,3 @@
+from wsrt.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""``wsrt serve``: startup → serve until a signal → bounded graceful shutdown.
+
+Signal handlers only set a flag. Shutdown turns ``/healthz`` to 503 at once,
+refuses new upgrades, closes every client with 1001 while the consumer makes
+its final commit and leaves the group, then stops listening. The whole
+sequence is bounded by ``WS_SHUTDOWN_TIMEOUT_SECONDS``: exit 0 when it
+completed in time, 1 when the bound (or a second signal) forced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from wsrt import __version__, health
+from wsrt.auth import Verifier
+from wsrt.config import Settings
+from wsrt.gateway import Gateway
+from wsrt.hub import Hub
+from wsrt.kafka_source import KafkaSource
+from wsrt.logs import EventLogger
+
+
+def _force_exit(log: EventLogger, message: str) -> None:
+    log.error("shutdown_forced", message)
+    logging.shutdown()
+    sys.stderr.flush()
+    # Tasks that ignore cancellation (a client or broker that does not answer)
+    # must not keep the process past its bound.
+    os._exit(1)
+
+
+async def serve(settings: Settings) -> int:
+    log = EventLogger()
+    assert settings.auth_secret is not None
+    readiness = health.Readiness()
+    hub = Hub(settings.kafka_topics)
+    verifier = Verifier(
+        settings.auth_secret,
+        algorithms=settings.auth_algorithms,
+        audience=settings.auth_audience,
+        leeway=settings.auth_leeway,
+    )
+    gateway = Gateway(settings, hub, verifier, readiness, log)
+    source = KafkaSource(settings, hub, readiness, log)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await gateway.start()
+    log.info(
+        "listening", "listening", version=__version__, host=settings.bind_host or "*",
+        port=gateway.port, mode=settings.fanout_mode, group=settings.group_id,
+        topics=",".join(settings.kafka_topics),
+    )  # fmt: skip
+    source.start()
+
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _force_exit, log, "second signal: exiting now")
+    readiness.set(health.DRAINING, "shutting down")
+    log.info(
+        "shutdown_started", "shutting down", connections=gateway.hub_connections(),
+        timeout_s=settings.shutdown_timeout,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(settings.shutdown_timeout):
+            await asyncio.gather(gateway.close_connections(), source.stop())
+            await gateway.stop()
+    except TimeoutError:
+        _force_exit(log, f"shutdown did not finish within {settings.shutdown_timeout}s")
+    log.info("shutdown_complete", "shutdown complete")
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """Run :func:`serve` on uvloop where available."""
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(serve(settings))

@@ -1,0 +1,184 @@
+"""JWT verification and channel grants, Sans-I/O.
+
+:class:`Verifier` turns a token into :class:`Claims` or raises
+:class:`AuthError` with a short, loggable reason (never the token itself).
+:meth:`Claims.allows` answers "may this connection use this channel?" with
+the grant rules of section 4 of the design. :func:`mint_token` is the one
+place tokens are made (``wsrt token``, ``generate_token.py``, the tests).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import jwt
+from jwt.warnings import InsecureKeyLengthWarning
+
+from wsrt.errors import WsrtError
+from wsrt.protocol import split_channel
+
+# The configuration warns once about a short WS_AUTH_SECRET; PyJWT would warn
+# on every token.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+
+
+class AuthError(WsrtError):
+    """A token was refused. ``reason`` is a short code safe to log and count."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token lets a connection do."""
+
+    subject: str
+    #: ``exp`` as a UNIX time, or ``None`` for a token that does not expire.
+    expires_at: int | None
+    #: Channel patterns of the ``channels`` claim; ``None`` grants every channel.
+    channels: tuple[str, ...] | None
+
+    def allows(self, channel: str) -> bool:
+        """May this token subscribe to ``channel``?
+
+        A pattern matches the channel itself (``fnmatch`` style). A grant of a
+        bare topic (a pattern without ``:``) also covers its ``topic:key``
+        sub-channels; ``order_book:*`` does not cover ``order_book``.
+        """
+        if self.channels is None:
+            return True
+        topic, key = split_channel(channel)
+        for pattern in self.channels:
+            if fnmatchcase(channel, pattern):
+                return True
+            if key is not None and ":" not in pattern and fnmatchcase(topic, pattern):
+                return True
+        return False
+
+
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not_yet_valid"),
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.InvalidAudienceError, "bad_audience"),
+    (jwt.MissingRequiredClaimError, "missing_claim"),
+    (jwt.InvalidAlgorithmError, "bad_algorithm"),
+    (jwt.DecodeError, "malformed"),
+)
+
+
+class Verifier:
+    """Verifies HMAC JWTs with pinned algorithms (``none`` is never accepted)."""
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        algorithms: Iterable[str] = ("HS256",),
+        audience: str | None = None,
+        leeway: float = 0.0,
+    ) -> None:
+        self._secret = secret
+        self._algorithms = list(algorithms)
+        self._audience = audience
+        self.leeway = leeway
+        required = ["sub", "aud"] if audience is not None else ["sub"]
+        self._options: Any = {"require": required, "verify_aud": audience is not None}
+
+    def verify(self, token: str) -> Claims:
+        if not token:
+            raise AuthError("missing", "no token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError("malformed", f"token is malformed: {exc}") from None
+        if header.get("alg") not in self._algorithms:
+            raise AuthError(
+                "bad_algorithm", f"algorithm {header.get('alg')!r} is not accepted"
+            )
+        try:
+            payload = jwt.decode(
+                token,
+                self._secret,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                leeway=self.leeway,
+                options=self._options,
+            )
+        except jwt.PyJWTError as exc:
+            reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), "invalid")
+            raise AuthError(reason, f"token rejected: {exc}") from None
+        return claims_from_payload(payload)
+
+
+def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
+    subject = payload.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise AuthError("missing_claim", "token has no subject (sub)")
+    exp = payload.get("exp")
+    channels = payload.get("channels")
+    if channels is not None and (
+        not isinstance(channels, list) or not all(isinstance(c, str) for c in channels)
+    ):
+        raise AuthError("invalid", "the channels claim must be a list of strings")
+    return Claims(
+        subject=subject,
+        expires_at=int(exp) if exp is not None else None,
+        channels=tuple(channels) if channels is not None else None,
+    )
+
+
+def mint_token(
+    secret: str,
+    subject: str,
+    *,
+    ttl: float | None = 3600,
+    audience: str | None = None,
+    channels: Iterable[str] | None = None,
+    extra_claims: Mapping[str, Any] | None = None,
+    algorithm: str = "HS256",
+    now: float | None = None,
+) -> str:
+    """An HMAC-signed JWT for ``subject``; ``ttl`` of ``None`` or 0 means no ``exp``."""
+    issued = int(time.time() if now is None else now)
+    payload: dict[str, Any] = {"sub": subject, "iat": issued}
+    if ttl:
+        payload["exp"] = issued + int(ttl)
+    if audience is not None:
+        payload["aud"] = audience
+    if channels is not None:
+        payload["channels"] = list(channels)
+    payload.update(extra_claims or {})
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """Is a browser ``Origin`` in the allow list?
+
+    An empty list or ``*`` allows every origin. Entries match scheme, host and
+    port exactly; ``https://*.example.com`` matches any subdomain of
+    example.com over https (not example.com itself).
+    """
+    if not allowed or "*" in allowed:
+        return True
+    origin = origin.lower().rstrip("/")
+    for entry in allowed:
+        if origin == entry:
+            return True
+        scheme, sep, rest = entry.partition("://*.")
+        if sep and origin.startswith(scheme + "://"):
+            host_port = origin[len(scheme) + 3 :]
+            suffix = "." + rest
+            host, _, port = host_port.partition(":")
+            want_host, _, want_port = suffix.partition(":")
+            if host.endswith(want_host) and len(host) > len(want_host) and port == want_port:
+                return True
+    return False

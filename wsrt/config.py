@@ -1,0 +1,370 @@
+"""Settings for every wsrt command, from one place.
+
+Command-line flags win over environment variables, which win over a ``.env``
+file in the current working directory. This module is the only reader of
+``os.environ`` and ``.env`` in wsrt: commands build a :class:`Settings` at the
+edge and pass it down.
+
+Every variable is declared once in :data:`VARIABLES` with its default and its
+documentation; the README, the runbook and the drift tests read that table.
+An invalid value raises :class:`~wsrt.errors.ConfigError`, whose message is the
+single line the CLI prints before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from wsrt.errors import ConfigError
+
+#: Secrets shorter than this are accepted with a warning (the runbook's own
+#: examples use ``dev-secret``); RFC 7518 asks for at least 256 bits for HS256.
+MIN_SECRET_BYTES = 32
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_ORIGIN_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>(\*\.)?[^/:*\s]+)(:(?P<port>\d+))?$")
+
+
+# -- parsers: str -> value, raising ValueError with the problem -----------------
+
+
+def _parse_host_port(raw: str, *, host_required: bool) -> tuple[str, int]:
+    text = raw.strip()
+    if text.startswith("["):  # [v6]:port
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [ipv6]:port, got {raw!r}")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected host:port or :port, got {raw!r}")
+    if host_required and not host:
+        raise ValueError(f"missing host in {raw!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {raw!r}")
+    return host, int(port)
+
+
+def _bind_address(raw: str) -> tuple[str, int]:
+    host, port = _parse_host_port(raw, host_required=False)
+    if host:
+        try:
+            socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+                raise ValueError(f"{host!r} is not an IP address or host name") from None
+    return host, port
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _brokers(raw: str) -> tuple[str, ...]:
+    brokers = _csv(raw)
+    if not brokers:
+        raise ValueError("needs at least one host:port")
+    for broker in brokers:
+        _parse_host_port(broker, host_required=True)
+    return brokers
+
+
+def _topics(raw: str) -> tuple[str, ...]:
+    topics = _csv(raw)
+    if not topics:
+        raise ValueError("needs at least one topic")
+    for topic in topics:
+        if not _TOPIC_RE.match(topic) or topic in (".", ".."):
+            raise ValueError(
+                f"{topic!r} is not a Kafka topic name (letters, digits, '.', '_', '-')"
+            )
+    if len(set(topics)) != len(topics):
+        raise ValueError("lists a topic twice")
+    return topics
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = _csv(raw)
+    for origin in origins:
+        if origin != "*" and not _ORIGIN_RE.match(origin.lower()):
+            raise ValueError(
+                f"{origin!r} is not an origin like https://app.example.com[:port] "
+                "or https://*.example.com"
+            )
+    return tuple(o.lower() for o in origins)
+
+
+def _non_empty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _optional(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _secret(raw: str) -> str | None:
+    return raw or None
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be positive, got {value}")
+    return value
+
+
+def _seconds(raw: str, *, allow_zero: bool) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"must be {'zero or more' if allow_zero else 'more than zero'}, got {raw!r}")
+    return value
+
+
+def _positive_seconds(raw: str) -> float:
+    return _seconds(raw, allow_zero=False)
+
+
+def _seconds_or_zero(raw: str) -> float:
+    return _seconds(raw, allow_zero=True)
+
+
+def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    allowed = ("HS256", "HS384", "HS512")
+    algorithms = tuple(a.upper() for a in _csv(raw))
+    if not algorithms:
+        raise ValueError("needs at least one of " + ", ".join(allowed))
+    for algorithm in algorithms:
+        if algorithm not in allowed:
+            raise ValueError(f"{algorithm!r} is not an HMAC algorithm ({', '.join(allowed)})")
+    return algorithms
+
+
+def _default_replica_id() -> str:
+    # Two processes on one host never share a broadcast group.
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One ``WS_*`` setting: where it goes, its default and what it means."""
+
+    name: str
+    attr: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("WS_BIND_ADDRESS", "bind_address", ":8080", _bind_address,
+             "Listen address, host:port or :port (all interfaces)."),
+    Variable("WS_KAFKA_BROKERS", "kafka_brokers", "localhost:9092", _brokers,
+             "Comma-separated Kafka bootstrap servers."),
+    Variable("WS_KAFKA_GROUP_ID", "kafka_group_id", "ws-realtime", _non_empty,
+             "Consumer group id (broadcast mode appends -<WS_REPLICA_ID>)."),
+    Variable("WS_KAFKA_TOPICS", "kafka_topics", "lines,order_book,analytics", _topics,
+             "Topics to serve; each is a channel."),
+    Variable("WS_AUTH_SECRET", "auth_secret", None, _secret,
+             "HMAC secret for JWT validation (required by serve)."),
+    Variable("WS_ALLOWED_ORIGINS", "allowed_origins", "", _origins,
+             "Origin allow list, comma-separated; empty allows all origins."),
+    Variable("WS_CLIENT_BUFFER", "client_buffer", "256", _positive_int,
+             "Per-client outbound queue in messages; a client past it is closed 1008."),
+    Variable("WS_SHUTDOWN_TIMEOUT_SECONDS", "shutdown_timeout", "10", _positive_seconds,
+             "Bound on the whole graceful shutdown."),
+    Variable("WS_AUTH_AUDIENCE", "auth_audience", "", _optional,
+             "Expected JWT aud; when set, tokens without it get 401."),
+    Variable("WS_AUTH_LEEWAY_SECONDS", "auth_leeway", "0", _seconds_or_zero,
+             "Clock-skew leeway for exp, nbf and iat."),
+    Variable("WS_AUTH_ALGORITHMS", "auth_algorithms", "HS256", _algorithms,
+             "Accepted JWT algorithms (HMAC only)."),
+    Variable("WS_FANOUT_MODE", "fanout_mode", "broadcast", _choice("broadcast", "shared"),
+             "broadcast: every replica gets every message; shared: one group splits partitions."),
+    Variable("WS_REPLICA_ID", "replica_id", "", _optional,
+             "This replica's identity in broadcast mode (default: host name + random suffix)."),
+    Variable("WS_MAX_SUBSCRIPTIONS", "max_subscriptions", "100", _positive_int,
+             "Subscriptions per connection; beyond it too_many_subscriptions."),
+    Variable("WS_MAX_FRAME_BYTES", "max_frame_bytes", "65536", _positive_int,
+             "Largest client frame in bytes; beyond it close 1009."),
+    Variable("WS_CONTROL_RATE", "control_rate", "20", _positive_int,
+             "Client control messages per second (burst of the same size); beyond it rate_limited."),
+    Variable("WS_MAX_CLIENT_ERRORS", "max_client_errors", "20", _positive_int,
+             "Errors a connection may cause within 10 s before it is closed 1008."),
+    Variable("WS_PING_INTERVAL_SECONDS", "ping_interval", "20", _seconds_or_zero,
+             "Server keepalive ping interval; 0 disables keepalive."),
+    Variable("WS_LOG_FORMAT", "log_format", "text", _choice("text", "json"),
+             "text ([ws-realtime] prefix) or json (one object per line)."),
+    Variable("WS_LOG_LEVEL", "log_level", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
+             "Log level."),
+    Variable("WS_KAFKA_OFFSET_RESET", "kafka_offset_reset", "latest", _choice("latest", "earliest"),
+             "shared mode: where a group without committed offsets starts."),
+    Variable("WS_KAFKA_MAX_BATCH", "kafka_max_batch", "1000", _positive_int,
+             "Most records handed to the hub in one batch (bounds memory)."),
+    Variable("WS_KAFKA_FETCH_MAX_WAIT_SECONDS", "kafka_fetch_max_wait", "0.1", _positive_seconds,
+             "Longest a fetch waits for data; brokers that always wait this long add it to latency."),
+    Variable("WS_KAFKA_METADATA_REFRESH_SECONDS", "kafka_metadata_refresh", "10", _positive_seconds,
+             "How often new topics and partitions are looked for (broadcast mode)."),
+    Variable("WS_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", "PLAINTEXT",
+             _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", upper=True),
+             "Kafka security protocol."),
+    Variable("WS_KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", "PLAIN",
+             _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", upper=True),
+             "SASL mechanism when the protocol is SASL_*."),
+    Variable("WS_KAFKA_SASL_USERNAME", "kafka_sasl_username", "", _optional, "SASL user name."),
+    Variable("WS_KAFKA_SASL_PASSWORD", "kafka_sasl_password", "", _secret, "SASL password."),
+    Variable("WS_KAFKA_SSL_CAFILE", "kafka_ssl_cafile", "", _optional,
+             "CA bundle for SSL / SASL_SSL (default: system trust store)."),
+    Variable("WS_KAFKA_SSL_CERTFILE", "kafka_ssl_certfile", "", _optional,
+             "Client certificate for mutual TLS."),
+    Variable("WS_KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile", "", _optional,
+             "Client private key for mutual TLS."),
+)  # fmt: skip
+
+_BY_NAME = {v.name: v for v in VARIABLES}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Build with :func:`load_settings`; never mutate."""
+
+    bind_address: tuple[str, int]
+    kafka_brokers: tuple[str, ...]
+    kafka_group_id: str
+    kafka_topics: tuple[str, ...]
+    auth_secret: str | None
+    allowed_origins: tuple[str, ...]
+    client_buffer: int
+    shutdown_timeout: float
+    auth_audience: str | None
+    auth_leeway: float
+    auth_algorithms: tuple[str, ...]
+    fanout_mode: str
+    replica_id: str
+    max_subscriptions: int
+    max_frame_bytes: int
+    control_rate: int
+    max_client_errors: int
+    ping_interval: float
+    log_format: str
+    log_level: str
+    kafka_offset_reset: str
+    kafka_max_batch: int
+    kafka_fetch_max_wait: float
+    kafka_metadata_refresh: float
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str | None
+    kafka_sasl_password: str | None
+    kafka_ssl_cafile: str | None
+    kafka_ssl_certfile: str | None
+    kafka_ssl_keyfile: str | None
+    #: Non-fatal remarks about the values (printed once by the CLI).
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def bind_host(self) -> str | None:
+        """Host to bind, or ``None`` for all interfaces."""
+        return self.bind_address[0] or None
+
+    @property
+    def bind_port(self) -> int:
+        return self.bind_address[1]
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group this replica joins (section 6 of the design)."""
+        if self.fanout_mode == "broadcast":
+            return f"{self.kafka_group_id}-{self.replica_id}"
+        return self.kafka_group_id
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def load_settings(
+    flags: Mapping[str, object | None] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | Path | None = ".env",
+    require_secret: bool = False,
+) -> Settings:
+    """Merge flags > environment > ``.env`` and validate every value.
+
+    ``flags`` maps variable names to the value a command-line flag gave, or
+    ``None`` where the flag was not given. Raises :class:`ConfigError` naming
+    the first invalid variable.
+    """
+    sources: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        sources.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    sources.update(os.environ if environ is None else environ)
+    for name, value in (flags or {}).items():
+        if name not in _BY_NAME:
+            raise KeyError(f"unknown setting {name}")
+        if value is not None:
+            sources[name] = str(value)
+
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = sources.get(var.name, var.default)
+        if raw is None:
+            values[var.attr] = None
+            continue
+        try:
+            values[var.attr] = var.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(var.name, str(exc)) from None
+
+    warnings: list[str] = []
+    secret = values["auth_secret"]
+    if require_secret and secret is None:
+        raise ConfigError("WS_AUTH_SECRET", "is required (the HMAC secret that signs client tokens)")
+    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        warnings.append(
+            f"WS_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
+            "use a long random secret in production"
+        )
+    if values["replica_id"] is None:
+        values["replica_id"] = _default_replica_id()
+    if values["kafka_security_protocol"].startswith("SASL") and not (
+        values["kafka_sasl_username"] and values["kafka_sasl_password"]
+    ):
+        raise ConfigError(
+            "WS_KAFKA_SASL_USERNAME",
+            "SASL needs WS_KAFKA_SASL_USERNAME and WS_KAFKA_SASL_PASSWORD",
+        )
+    return Settings(**values, warnings=tuple(warnings))
+
+
+def variable(name: str) -> Variable:
+    """The declaration of one ``WS_*`` variable."""
+    return _BY_NAME[name]

@@ -1,0 +1,129 @@
+"""Structured log lines: ``[ws-realtime]`` text or one JSON object per line.
+
+Code logs events with stable names and fields::
+
+    log.info("connection_closed", "connection closed", subject="alice", code=1008)
+
+In text mode this prints ``[ws-realtime] 2026-… INFO connection closed
+subject=alice code=1008``; with ``WS_LOG_FORMAT=json`` it prints
+``{"ts": …, "level": "info", "event": "connection_closed", …}``. Noisy events
+go through :class:`RateLimited`, which lets one line through per interval and
+reports how many it suppressed. No caller passes a token or a secret here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+PREFIX = "[ws-realtime]"
+_FIELDS = "wsrt_fields"
+_EVENT = "wsrt_event"
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return (
+        datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    )
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    if not text or any(c.isspace() or c in "\"=" for c in text):
+        return orjson.dumps(text).decode()
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, _FIELDS, {})
+        parts = [PREFIX, _timestamp(record), record.levelname, record.getMessage()]
+        parts += [f"{k}={_text(v)}" for k, v in fields.items() if v is not None]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "event": getattr(record, _EVENT, record.name),
+            "message": record.getMessage(),
+        }
+        obj.update(
+            (k, v) for k, v in getattr(record, _FIELDS, {}).items() if v is not None
+        )
+        if record.exc_info:
+            obj["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(obj, default=str).decode()
+
+
+def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
+    """Send wsrt's (and the libraries') log records to stderr in ``fmt``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Library chatter stays out unless it is a real problem; their lines would
+    # also lack our fields.
+    for name in ("aiokafka", "kafka", "websockets"):
+        logging.getLogger(name).setLevel(max(logging.ERROR, logging.getLevelName(level)))
+
+
+class EventLogger:
+    """A thin layer over :mod:`logging` that carries an event name and fields."""
+
+    def __init__(self, name: str = "wsrt") -> None:
+        self._logger = logging.getLogger(name)
+
+    def log(self, level: int, event: str, message: str, **fields: Any) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, message, extra={_EVENT: event, _FIELDS: fields})
+
+    def debug(self, event: str, message: str, **fields: Any) -> None:
+        self.log(logging.DEBUG, event, message, **fields)
+
+    def info(self, event: str, message: str, **fields: Any) -> None:
+        self.log(logging.INFO, event, message, **fields)
+
+    def warning(self, event: str, message: str, **fields: Any) -> None:
+        self.log(logging.WARNING, event, message, **fields)
+
+    def error(self, event: str, message: str, **fields: Any) -> None:
+        self.log(logging.ERROR, event, message, **fields)
+
+    def exception(self, event: str, message: str, **fields: Any) -> None:
+        self._logger.error(message, exc_info=True, extra={_EVENT: event, _FIELDS: fields})
+
+
+class RateLimited:
+    """At most one line per ``interval`` seconds for one noisy event."""
+
+    def __init__(self, log: EventLogger, interval: float = 5.0) -> None:
+        self._log = log
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def log(self, level: int, event: str, message: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + self._interval
+        if self._suppressed:
+            fields["suppressed"] = self._suppressed
+            self._suppressed = 0
+        self._log.log(level, event, message, **fields)
+
+    def warning(self, event: str, message: str, **fields: Any) -> None:
+        self.log(logging.WARNING, event, message, **fields)

@@ -1,0 +1,158 @@
+"""One connection's control state, Sans-I/O.
+
+A :class:`Session` takes the client's text frames and answers with
+:class:`Effects`: frames to send, channels to add to or drop from the hub,
+and possibly a close. It holds the grants of the connection's token, its
+subscriptions, the control-message rate limit and the abuse counter. The
+gateway applies the effects; the unit tests call :meth:`Session.handle`
+directly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from wsrt import protocol
+from wsrt.auth import AuthError, Claims, Verifier
+from wsrt.protocol import ProtocolError, split_channel
+
+#: Window over which client errors are counted towards ``max_errors``.
+ERROR_WINDOW_SECONDS = 10.0
+
+
+@dataclass
+class Effects:
+    """What the gateway must do after one client frame."""
+
+    replies: list[bytes] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+    unsubscribe: list[str] = field(default_factory=list)
+    close: tuple[int, str] | None = None
+    #: The token was replaced: reschedule the expiry timer.
+    refreshed: bool = False
+
+
+class Session:
+    def __init__(
+        self,
+        claims: Claims,
+        *,
+        topics: frozenset[str],
+        verifier: Verifier,
+        max_subscriptions: int,
+        control_rate: int,
+        max_errors: int,
+        now: float,
+    ) -> None:
+        self.claims = claims
+        self.topics = topics
+        self.verifier = verifier
+        self.max_subscriptions = max_subscriptions
+        self.control_rate = control_rate
+        self.max_errors = max_errors
+        self.subscriptions: set[str] = set()
+        self._tokens = float(control_rate)
+        self._last = now
+        self._errors: deque[float] = deque()
+
+    def handle(self, text: str, now: float) -> Effects:
+        """Answer one client text frame received at monotonic time ``now``."""
+        effects = Effects()
+        if not self._take_token(now):
+            self._fail(
+                effects,
+                ProtocolError(
+                    protocol.RATE_LIMITED,
+                    f"more than {self.control_rate} control messages per second",
+                ),
+                now,
+                "rate limit exceeded",
+            )
+            return effects
+        try:
+            control = protocol.parse_control(text)
+            if isinstance(control, protocol.Subscribe):
+                self._subscribe(control.channel, control.id, effects)
+            elif isinstance(control, protocol.Unsubscribe):
+                self.subscriptions.discard(control.channel)
+                effects.unsubscribe.append(control.channel)
+                effects.replies.append(protocol.unsubscribed_reply(control.channel, control.id))
+            elif isinstance(control, protocol.Ping):
+                effects.replies.append(protocol.pong_reply(control.id))
+            else:
+                self._refresh(control.token, control.id, effects)
+        except ProtocolError as exc:
+            self._fail(effects, exc, now, "too many invalid messages")
+        return effects
+
+    def subscribe_at_connect(self, channels: list[str], now: float) -> Effects:
+        """``?channels=a,b``: each answered like a ``subscribe``."""
+        effects = Effects()
+        for channel in channels:
+            try:
+                self._subscribe(channel, None, effects)
+            except ProtocolError as exc:
+                self._fail(effects, exc, now, "too many invalid messages")
+        return effects
+
+    def _subscribe(self, channel: str, request_id: protocol.RequestId, effects: Effects) -> None:
+        # Grants first: a restricted token learns nothing about other topics.
+        if not self.claims.allows(channel):
+            raise ProtocolError(
+                protocol.FORBIDDEN, "your token does not grant this channel", request_id, channel
+            )
+        topic, key = split_channel(channel)
+        if topic not in self.topics or key == "":
+            raise ProtocolError(
+                protocol.UNKNOWN_CHANNEL, "no such channel", request_id, channel
+            )
+        if channel not in self.subscriptions:
+            if len(self.subscriptions) >= self.max_subscriptions:
+                raise ProtocolError(
+                    protocol.TOO_MANY_SUBSCRIPTIONS,
+                    f"at most {self.max_subscriptions} subscriptions per connection",
+                    request_id,
+                    channel,
+                )
+            self.subscriptions.add(channel)
+            effects.subscribe.append(channel)
+        effects.replies.append(protocol.subscribed_reply(channel, request_id))
+
+    def _refresh(self, token: str, request_id: protocol.RequestId, effects: Effects) -> None:
+        try:
+            claims = self.verifier.verify(token)
+        except AuthError as exc:
+            raise ProtocolError(protocol.UNAUTHORIZED, exc.detail, request_id) from None
+        if claims.subject != self.claims.subject:
+            raise ProtocolError(
+                protocol.UNAUTHORIZED, "the new token is for another subject", request_id
+            )
+        self.claims = claims
+        effects.refreshed = True
+        for channel in sorted(self.subscriptions):
+            if not claims.allows(channel):
+                self.subscriptions.discard(channel)
+                effects.unsubscribe.append(channel)
+                effects.replies.append(
+                    protocol.unsubscribed_reply(channel, None, reason=protocol.FORBIDDEN)
+                )
+        effects.replies.append(protocol.refreshed_reply(claims.expires_at, request_id))
+
+    def _take_token(self, now: float) -> bool:
+        rate = self.control_rate
+        self._tokens = min(float(rate), self._tokens + (now - self._last) * rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _fail(self, effects: Effects, error: ProtocolError, now: float, abuse: str) -> None:
+        effects.replies.append(error.reply())
+        errors = self._errors
+        errors.append(now)
+        while errors and errors[0] <= now - ERROR_WINDOW_SECONDS:
+            errors.popleft()
+        if len(errors) > self.max_errors:
+            effects.close = (protocol.CLOSE_POLICY_VIOLATION, abuse)
