@@ -64,6 +64,7 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _force_exit, log, "second signal: exiting now")
     readiness.set(health.DRAINING, "shutting down")
+    log.info("readiness", "readiness draining", status=health.DRAINING)
     log.info(
         "shutdown_started", "shutting down", connections=gateway.hub_connections(),
         timeout_s=settings.shutdown_timeout,

@@ -207,6 +207,10 @@ class KafkaSource:
             for tp in wanted:  # resolve lazily reset positions before saying "ready"
                 self._positions[tp] = await consumer.position(tp)
             self.log.info(
+                "kafka_positioned", "consuming from",
+                positions=_offsets({tp: self._positions[tp] for tp in wanted}),
+            )  # fmt: skip
+            self.log.info(
                 "kafka_assigned", "partitions assigned",
                 partitions=_describe(wanted), missing=",".join(missing) or None,
             )  # fmt: skip
@@ -233,8 +237,14 @@ class KafkaSource:
         consumer = self.consumer
         assert consumer is not None
         self._needs_positioning = False
-        for tp in consumer.assignment():
+        assignment = consumer.assignment()
+        for tp in assignment:
             self._positions[tp] = await consumer.position(tp)
+        self.log.info(
+            "kafka_positioned", "consuming from", positions=_offsets(
+                {tp: self._positions[tp] for tp in assignment}
+            ),
+        )  # fmt: skip
         self._set_health(health.OK)
 
     # -- the loop --------------------------------------------------------------
@@ -308,7 +318,7 @@ class KafkaSource:
                 continue
             try:
                 await consumer.commit(offsets)
-                self.log.debug("kafka_committed", "offsets committed", count=len(offsets))
+                self.log.debug("kafka_committed", "offsets committed", offsets=_offsets(offsets))
             except KafkaError as exc:
                 # A later commit carries newer offsets; a revoked partition's
                 # new owner resumes from the last successful one.
@@ -331,7 +341,9 @@ class KafkaSource:
     def _set_health(self, status: str, reason: str = "") -> None:
         if self.readiness.set(status, reason):
             level = logging.INFO if status in (health.OK, health.STARTING) else logging.WARNING
-            self.log.log(level, "readiness", f"readiness {status}", reason=reason or None)
+            self.log.log(
+                level, "readiness", f"readiness {status}", status=status, reason=reason or None
+            )
 
 
 def _describe(partitions: Iterable[TopicPartition]) -> str:
@@ -339,3 +351,8 @@ def _describe(partitions: Iterable[TopicPartition]) -> str:
     for tp in partitions:
         by_topic.setdefault(tp.topic, []).append(tp.partition)
     return " ".join(f"{t}[{','.join(map(str, sorted(p)))}]" for t, p in sorted(by_topic.items()))
+
+
+def _offsets(offsets: dict[TopicPartition, int]) -> str:
+    """``topic[partition]=offset`` pairs, sorted, for logs."""
+    return " ".join(f"{tp.topic}[{tp.partition}]={o}" for tp, o in sorted(offsets.items()))

