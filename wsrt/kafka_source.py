@@ -63,7 +63,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
         self,
         on_revoked: Callable[[set[TopicPartition]], Awaitable[None]],
-        on_assigned: Callable[[set[TopicPartition]], None],
+        on_assigned: Callable[[set[TopicPartition]], Awaitable[None]],
     ) -> None:
         self._on_revoked = on_revoked
         self._on_assigned = on_assigned
@@ -72,7 +72,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._on_assigned(set(assigned))
+        await self._on_assigned(set(assigned))
 
 
 class KafkaSource:
@@ -96,7 +96,6 @@ class KafkaSource:
         self._commit_task: asyncio.Task[None] | None = None
         #: Next offset to read per partition, for records the hub took.
         self._positions: dict[TopicPartition, int] = {}
-        self._needs_positioning = False
         #: Partitions known at the first assignment start at their end (live
         #: data); partitions found later are read from their beginning.
         self._assigned_once = False
@@ -229,21 +228,16 @@ class KafkaSource:
             self._positions.pop(tp, None)
         self.log.info("kafka_revoked", "partitions revoked", partitions=_describe(revoked))
 
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._needs_positioning = True
-        self.log.info("kafka_assigned", "partitions assigned", partitions=_describe(assigned))
-
-    async def _position_assigned(self) -> None:
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Resolve where each partition resumes (committed offset, or the reset
+        # policy) before anything is fetched, so readiness means "positioned".
         consumer = self.consumer
         assert consumer is not None
-        self._needs_positioning = False
-        assignment = consumer.assignment()
-        for tp in assignment:
+        for tp in assigned:
             self._positions[tp] = await consumer.position(tp)
         self.log.info(
-            "kafka_positioned", "consuming from", positions=_offsets(
-                {tp: self._positions[tp] for tp in assignment}
-            ),
+            "kafka_positioned", "consuming from",
+            positions=_offsets({tp: self._positions[tp] for tp in assigned}),
         )  # fmt: skip
         self._set_health(health.OK)
 
@@ -269,8 +263,6 @@ class KafkaSource:
                     fetch.cancel()
                     break
                 batches = fetch.result()
-                if self._needs_positioning:
-                    await self._position_assigned()
                 if batches:
                     self._publish(batches)
                 if s.fanout_mode == "broadcast" and loop.time() >= next_refresh:

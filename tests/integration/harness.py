@@ -187,3 +187,88 @@ async def messages(ws: Any, count: int, timeout: float = EVENT_TIMEOUT) -> list[
     except TimeoutError:
         raise AssertionError(f"got {len(received)} of {count} messages: {received[-3:]}") from None
     return received
+
+
+class StalledClient:
+    """A WebSocket client that stops reading after the handshake.
+
+    It speaks the protocol through websockets' own Sans-I/O ``ClientProtocol``
+    over a socket with a tiny receive buffer, and reads nothing until
+    :meth:`drain`, which returns the text frames received and the close frame.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.url = url
+        self.headers = headers
+        self.frames: list[str] = []
+
+    async def connect(self) -> StalledClient:
+        import asyncio
+        import socket
+
+        from websockets.client import ClientProtocol
+        from websockets.protocol import State
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(self.url)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (uri.host, uri.port))
+        self.sock = sock
+        self.reader, self.writer = await asyncio.open_connection(sock=sock, limit=1024)
+        self.protocol = ClientProtocol(uri, max_size=None)
+        request = self.protocol.connect()
+        for name, value in self.headers.items():
+            request.headers[name] = value
+        self.protocol.send_request(request)
+        self._flush()
+        while self.protocol.state is State.CONNECTING:
+            data = await self.reader.read(1024)
+            if not data:
+                raise AssertionError("connection closed during the handshake")
+            self.protocol.receive_data(data)
+        self._collect()
+        if self.protocol.handshake_exc is not None:
+            raise self.protocol.handshake_exc
+        return self
+
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.writer.write(data)
+
+    def _collect(self) -> None:
+        from websockets.frames import Opcode
+
+        for event in self.protocol.events_received():
+            if getattr(event, "opcode", None) is Opcode.TEXT:
+                self.frames.append(event.data.decode())
+
+    async def drain(self, timeout: float = EVENT_TIMEOUT) -> tuple[int | None, str | None]:
+        """Read everything the server sent until it closes; the close code and reason."""
+        import asyncio
+        import socket
+
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+
+        async def run() -> None:
+            while True:
+                try:
+                    data = await self.reader.read(1 << 20)
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    self.protocol.receive_eof()
+                    break
+                self.protocol.receive_data(data)
+                self._collect()
+                self._flush()
+
+        await asyncio.wait_for(run(), timeout)
+        self._collect()
+        close = self.protocol.close_rcvd
+        return (close.code, close.reason) if close else (None, None)
+
+    def close(self) -> None:
+        self.writer.close()

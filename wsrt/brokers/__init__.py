@@ -105,6 +105,7 @@ class Broker:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> Broker:
+        """Start and wait until it answers metadata (blocking: from async code use a thread)."""
         self.prepare()
         self._ready.clear()
         self.process = subprocess.Popen(
@@ -150,12 +151,14 @@ class Broker:
 
     def _wait_metadata(self, deadline: float) -> None:
         """A real metadata request must succeed before the broker counts as up."""
+        from aiokafka.errors import KafkaError
+
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
                 asyncio.run(probe(self.bootstrap))
                 return
-            except Exception as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
                 last = exc
                 # The broker printed its start-up line; metadata follows within
                 # moments. Pace the retries instead of spinning.

@@ -1,0 +1,92 @@
+"""Start before Kafka, readiness, and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.integration.harness import StalledClient, auth, messages, next_json
+from wsrt.brokers import Broker, create_topics, make_broker
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+async def test_server_waits_for_kafka_and_then_delivers(broker: Broker, servers) -> None:
+    late = make_broker(broker.kind)
+    try:
+        server = servers(["late"], ready=False, brokers=late.bootstrap)
+        server.wait_for("kafka_error")
+        status, body = get(f"{server.http}/healthz")
+        assert status == 503
+        assert body["status"] == "starting" and "kafka" in body["reason"]
+        assert get(f"{server.http}/livez") == (200, {"status": "ok"})
+        # Upgrades are accepted while Kafka is away.
+        async with websockets.connect(f"{server.url}?channels=late", additional_headers=auth()) as ws:
+            assert (await next_json(ws))["type"] == "subscribed"
+            await asyncio.to_thread(late.start)
+            await create_topics(late.bootstrap, {"late": 1})
+            await asyncio.to_thread(server.wait_ready)
+            assert get(f"{server.http}/healthz")[0] == 200
+            from aiokafka import AIOKafkaProducer
+
+            producer = AIOKafkaProducer(bootstrap_servers=late.bootstrap)
+            await producer.start()
+            try:
+                await producer.send_and_wait("late", b'{"hello":"late"}')
+            finally:
+                await producer.stop()
+            (m,) = await messages(ws, 1)
+            assert m["data"] == {"hello": "late"}
+    finally:
+        late.stop()
+
+
+async def test_sigterm_drains_with_1001_and_exits_in_time(make_topics, servers) -> None:
+    (topic,) = await make_topics("lines")
+    server = servers([topic], {"WS_SHUTDOWN_TIMEOUT_SECONDS": "6"})
+    clients = [
+        await websockets.connect(f"{server.url}?channels={topic}", additional_headers=auth(f"c{i}"))
+        for i in range(5)
+    ]
+    for ws in clients:
+        await next_json(ws)
+    # One client that never answers the close handshake keeps the drain going
+    # for the close timeout: long enough to see what the server says meanwhile.
+    stalled = await StalledClient(server.url, auth("stalled")).connect()
+    try:
+        mark = server.mark()
+        started = time.monotonic()
+        server.signal()
+        server.wait_for("readiness", lambda e: e.get("status") == "draining", start=mark)
+        status, body = get(f"{server.http}/healthz")
+        assert (status, body["status"]) == (503, "draining")
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(server.url, additional_headers=auth()):
+                pass
+        assert refused.value.response.status_code == 503
+        for ws in clients:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1001
+        code = await asyncio.to_thread(server.wait_exit, 30)
+        elapsed = time.monotonic() - started
+    finally:
+        stalled.close()
+        for ws in clients:
+            await ws.close()
+    assert code == 0
+    assert elapsed < 6 + 1  # the configured bound, plus process exit
+    server.wait_for("shutdown_complete", start=mark)
