@@ -101,9 +101,7 @@ class Verifier:
         except jwt.PyJWTError as exc:
             raise AuthError("malformed", f"token is malformed: {exc}") from None
         if header.get("alg") not in self._algorithms:
-            raise AuthError(
-                "bad_algorithm", f"algorithm {header.get('alg')!r} is not accepted"
-            )
+            raise AuthError("bad_algorithm", f"algorithm {header.get('alg')!r} is not accepted")
         try:
             payload = jwt.decode(
                 token,

@@ -33,7 +33,9 @@ from wsrt.errors import ConfigError
 MIN_SECRET_BYTES = 32
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_ORIGIN_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>(\*\.)?[^/:*\s]+)(:(?P<port>\d+))?$")
+_ORIGIN_RE = re.compile(
+    r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>(\*\.)?[^/:*\s]+)(:(?P<port>\d+))?$"
+)
 
 
 # -- parsers: str -> value, raising ValueError with the problem -----------------
@@ -135,7 +137,9 @@ def _seconds(raw: str, *, allow_zero: bool) -> float:
     except ValueError:
         raise ValueError(f"must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"must be {'zero or more' if allow_zero else 'more than zero'}, got {raw!r}")
+        raise ValueError(
+            f"must be {'zero or more' if allow_zero else 'more than zero'}, got {raw!r}"
+        )
     return value
 
 
@@ -216,21 +220,22 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WS_MAX_FRAME_BYTES", "max_frame_bytes", "65536", _positive_int,
              "Largest client frame in bytes; beyond it close 1009."),
     Variable("WS_CONTROL_RATE", "control_rate", "20", _positive_int,
-             "Client control messages per second (burst of the same size); beyond it rate_limited."),
+             "Client control messages per second (burst of as many); beyond it rate_limited."),
     Variable("WS_MAX_CLIENT_ERRORS", "max_client_errors", "20", _positive_int,
              "Errors a connection may cause within 10 s before it is closed 1008."),
     Variable("WS_PING_INTERVAL_SECONDS", "ping_interval", "20", _seconds_or_zero,
              "Server keepalive ping interval; 0 disables keepalive."),
     Variable("WS_LOG_FORMAT", "log_format", "text", _choice("text", "json"),
              "text ([ws-realtime] prefix) or json (one object per line)."),
-    Variable("WS_LOG_LEVEL", "log_level", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
+    Variable("WS_LOG_LEVEL", "log_level", "INFO",
+             _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
              "Log level."),
     Variable("WS_KAFKA_OFFSET_RESET", "kafka_offset_reset", "latest", _choice("latest", "earliest"),
              "shared mode: where a group without committed offsets starts."),
     Variable("WS_KAFKA_MAX_BATCH", "kafka_max_batch", "1000", _positive_int,
              "Most records handed to the hub in one batch (bounds memory)."),
     Variable("WS_KAFKA_FETCH_MAX_WAIT_SECONDS", "kafka_fetch_max_wait", "0.1", _positive_seconds,
-             "Longest a fetch waits for data; brokers that always wait this long add it to latency."),
+             "Longest a fetch waits for data (some brokers always wait it: latency)."),
     Variable("WS_KAFKA_METADATA_REFRESH_SECONDS", "kafka_metadata_refresh", "10", _positive_seconds,
              "How often new topics and partitions are looked for (broadcast mode)."),
     Variable("WS_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", "PLAINTEXT",
@@ -347,7 +352,9 @@ def load_settings(
     warnings: list[str] = []
     secret = values["auth_secret"]
     if require_secret and secret is None:
-        raise ConfigError("WS_AUTH_SECRET", "is required (the HMAC secret that signs client tokens)")
+        raise ConfigError(
+            "WS_AUTH_SECRET", "is required (the HMAC secret that signs client tokens)"
+        )
     if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
         warnings.append(
             f"WS_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "

@@ -159,9 +159,9 @@ class Gateway:
             )  # fmt: skip
             return _text_response(http.HTTPStatus.FORBIDDEN, "origin not allowed")
         params = parse_qs(query)
-        token = _bearer(request) or (params.get("token") or [None])[0]
+        token = _bearer(request) or next(iter(params.get("token", [])), "")
         try:
-            claims = self.verifier.verify(token or "")
+            claims = self.verifier.verify(token)
         except AuthError as exc:
             self._auth_failures.warning(
                 "handshake_rejected", "authentication failed", status=401, reason=exc.reason,

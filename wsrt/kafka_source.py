@@ -20,6 +20,7 @@ and ``/healthz`` says why it is not ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -131,10 +132,8 @@ class KafkaSource:
                         retry_in_s=backoff,
                     )  # fmt: skip
                     await self._close_consumer(commit=False)
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), backoff)
-                    except TimeoutError:
-                        pass
                     backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
         finally:
             await self._close_consumer(commit=True)
@@ -252,6 +251,12 @@ class KafkaSource:
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
+                if s.fanout_mode == "broadcast" and not consumer.assignment():
+                    # No topic exists yet: nothing to fetch until the next look.
+                    await asyncio.wait({stopping}, timeout=max(0.0, next_refresh - loop.time()))
+                    next_refresh = loop.time() + s.kafka_metadata_refresh
+                    await self._assign_all()
+                    continue
                 fetch = asyncio.ensure_future(
                     consumer.getmany(
                         timeout_ms=int(s.kafka_fetch_max_wait * 1000) + 100,
@@ -277,9 +282,7 @@ class KafkaSource:
         for tp, messages in batches.items():
             topic = tp.topic
             for m in messages:
-                payload = encode_envelope(
-                    topic, m.key, m.partition, m.offset, m.timestamp, m.value
-                )
+                payload = encode_envelope(topic, m.key, m.partition, m.offset, m.timestamp, m.value)
                 if payload is None:
                     invalid += 1
                     self._invalid_log.warning(
@@ -296,13 +299,13 @@ class KafkaSource:
         self.invalid += invalid
         # The hub has taken the batch: its offsets may be committed now.
         if self._commit_task is None or self._commit_task.done():
-            self._commit_task = asyncio.create_task(self._commit_loop())
+            self._commit_task = asyncio.create_task(self._commit_loop(self.consumer))
 
     # -- commits ---------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
-        consumer = self.consumer
-        while self._uncommitted and consumer is not None and consumer is self.consumer:
+    async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        # Stop when the consumer was replaced (restart): its successor commits.
+        while self._uncommitted and self._is_current(consumer):
             offsets, self._uncommitted = self._uncommitted, {}
             assignment = consumer.assignment()
             offsets = {tp: o for tp, o in offsets.items() if tp in assignment}
@@ -315,6 +318,9 @@ class KafkaSource:
                 # A later commit carries newer offsets; a revoked partition's
                 # new owner resumes from the last successful one.
                 self._error_log.warning("commit_failed", "offset commit failed", error=str(exc))
+
+    def _is_current(self, consumer: AIOKafkaConsumer) -> bool:
+        return self.consumer is consumer
 
     async def _flush_commits(self, consumer: AIOKafkaConsumer) -> None:
         task = self._commit_task

@@ -27,14 +27,12 @@ _EVENT = "wsrt_event"
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    return (
-        datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-    )
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _text(value: Any) -> str:
     text = str(value)
-    if not text or any(c.isspace() or c in "\"=" for c in text):
+    if not text or any(c.isspace() or c in '"=' for c in text):
         return orjson.dumps(text).decode()
     return text
 
@@ -58,9 +56,7 @@ class JsonFormatter(logging.Formatter):
             "event": getattr(record, _EVENT, record.name),
             "message": record.getMessage(),
         }
-        obj.update(
-            (k, v) for k, v in getattr(record, _FIELDS, {}).items() if v is not None
-        )
+        obj.update((k, v) for k, v in getattr(record, _FIELDS, {}).items() if v is not None)
         if record.exc_info:
             obj["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(obj, default=str).decode()

@@ -90,9 +90,10 @@ def parse_control(text: str | bytes) -> Control:
     if not isinstance(obj, dict):
         raise ProtocolError(BAD_REQUEST, "message must be a JSON object")
     request_id = obj.get("id")
-    if not isinstance(request_id, str | int | float) or isinstance(request_id, bool):
-        # An id we cannot echo faithfully is dropped rather than echoed wrongly.
-        request_id = None
+    if request_id is not None and (
+        not isinstance(request_id, str | int | float) or isinstance(request_id, bool)
+    ):
+        raise ProtocolError(BAD_REQUEST, "'id' must be a string or a number")
     kind = obj.get("type")
     if kind == "subscribe" or kind == "unsubscribe":
         channel = obj.get("channel")

@@ -104,9 +104,7 @@ class Session:
             )
         topic, key = split_channel(channel)
         if topic not in self.topics or key == "":
-            raise ProtocolError(
-                protocol.UNKNOWN_CHANNEL, "no such channel", request_id, channel
-            )
+            raise ProtocolError(protocol.UNKNOWN_CHANNEL, "no such channel", request_id, channel)
         if channel not in self.subscriptions:
             if len(self.subscriptions) >= self.max_subscriptions:
                 raise ProtocolError(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.harness import SECRET, ServerProcess
+from tests.integration.harness import ServerProcess
 from wsrt.brokers import Broker, create_topics, default_kind, make_broker
 
 pytestmark = pytest.mark.integration

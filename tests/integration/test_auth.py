@@ -45,26 +45,42 @@ async def test_missing_token_is_401(server) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        pytest.param(lambda: jwt.encode({"sub": "x"}, "another-secret-of-enough-length-000"), id="bad-signature"),
-        pytest.param(lambda: token(ttl=None, extra_claims={"exp": int(time.time()) - 60}), id="expired"),
+        pytest.param(
+            lambda: jwt.encode({"sub": "x"}, "another-secret-of-enough-length-000"),
+            id="bad-signature",
+        ),
+        pytest.param(
+            lambda: token(ttl=None, extra_claims={"exp": int(time.time()) - 60}), id="expired"
+        ),
         pytest.param(lambda: UNSIGNED, id="alg-none"),
         pytest.param(lambda: jwt.encode({"iat": int(time.time())}, SECRET), id="missing-sub"),
-        pytest.param(lambda: token(extra_claims={"iat": int(time.time()) + 600}), id="iat-in-future"),
-        pytest.param(lambda: token(extra_claims={"nbf": int(time.time()) + 600}), id="not-yet-valid"),
-        pytest.param(lambda: jwt.encode({"sub": "x"}, SECRET, algorithm="HS512"), id="unpinned-alg"),
+        pytest.param(
+            lambda: token(extra_claims={"iat": int(time.time()) + 600}), id="iat-in-future"
+        ),
+        pytest.param(
+            lambda: token(extra_claims={"nbf": int(time.time()) + 600}), id="not-yet-valid"
+        ),
+        pytest.param(
+            lambda: jwt.encode({"sub": "x"}, SECRET, algorithm="HS512"), id="unpinned-alg"
+        ),
         pytest.param(lambda: "not.a.jwt", id="garbage"),
     ],
 )
 async def test_invalid_tokens_get_401_before_upgrade(server, bad) -> None:
     bad_token = bad()
-    assert await status_of(server.url, additional_headers={"Authorization": f"Bearer {bad_token}"}) == 401
+    assert (
+        await status_of(server.url, additional_headers={"Authorization": f"Bearer {bad_token}"})
+        == 401
+    )
     assert await status_of(f"{server.url}?token={bad_token}") == 401
     assert bad_token not in "".join(server.raw)
 
 
 async def test_valid_token_in_header_or_query(server) -> None:
     good = token("alice")
-    assert await status_of(server.url, additional_headers={"Authorization": f"Bearer {good}"}) == 101
+    assert (
+        await status_of(server.url, additional_headers={"Authorization": f"Bearer {good}"}) == 101
+    )
     assert await status_of(f"{server.url}?token={good}") == 101
     server.wait_for("connection_closed", lambda e: e.get("subject") == "alice")
     assert good not in "".join(server.raw)
@@ -83,14 +99,37 @@ async def test_audience_is_enforced_when_configured(make_topics, servers) -> Non
 
 async def test_origin_allow_list(server) -> None:
     headers = auth()
-    assert await status_of(server.url, additional_headers=headers, origin="https://evil.example.com") == 403
-    assert await status_of(server.url, additional_headers=headers, origin="http://app.example.com") == 403
-    assert await status_of(server.url, additional_headers=headers, origin="https://app.example.com:8443") == 403
-    assert await status_of(server.url, origin="https://evil.example.com") == 403  # origin before token
-    assert await status_of(server.url, additional_headers=headers, origin="https://app.example.com") == 101
-    assert await status_of(server.url, additional_headers=headers, origin="https://a.b.example.org") == 101
-    assert await status_of(server.url, additional_headers=headers, origin="https://example.org") == 403
-    assert await status_of(server.url, additional_headers=headers) == 101  # no Origin: not a browser
+    assert (
+        await status_of(server.url, additional_headers=headers, origin="https://evil.example.com")
+        == 403
+    )
+    assert (
+        await status_of(server.url, additional_headers=headers, origin="http://app.example.com")
+        == 403
+    )
+    assert (
+        await status_of(
+            server.url, additional_headers=headers, origin="https://app.example.com:8443"
+        )
+        == 403
+    )
+    assert (
+        await status_of(server.url, origin="https://evil.example.com") == 403
+    )  # origin before token
+    assert (
+        await status_of(server.url, additional_headers=headers, origin="https://app.example.com")
+        == 101
+    )
+    assert (
+        await status_of(server.url, additional_headers=headers, origin="https://a.b.example.org")
+        == 101
+    )
+    assert (
+        await status_of(server.url, additional_headers=headers, origin="https://example.org") == 403
+    )
+    assert (
+        await status_of(server.url, additional_headers=headers) == 101
+    )  # no Origin: not a browser
 
 
 async def test_channels_claim_limits_subscriptions(server) -> None:

@@ -69,7 +69,11 @@ async def test_subscription_limit_and_idempotence(setup) -> None:
             assert await next_json(ws) == {"type": "subscribed", "channel": channel, "id": n}
         await ws.send(json.dumps({"type": "subscribe", "channel": f"{topic}:b", "id": 3}))
         reply = await next_json(ws)
-        assert (reply["code"], reply["id"], reply["channel"]) == ("too_many_subscriptions", 3, f"{topic}:b")
+        assert (reply["code"], reply["id"], reply["channel"]) == (
+            "too_many_subscriptions",
+            3,
+            f"{topic}:b",
+        )
         await ws.send(json.dumps({"type": "unsubscribe", "channel": f"{topic}:zzz", "id": 4}))
         assert (await next_json(ws))["type"] == "unsubscribed"
         await ws.send(json.dumps({"type": "ping", "id": 5.5}))
@@ -124,20 +128,27 @@ async def test_flood_is_rate_limited_then_closed(setup, producer) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=10,
 )
 control_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["subscribe", "unsubscribe", "ping", "refresh", "", "SUBSCRIBE"]) | st.text(max_size=10)},
+    {
+        "type": st.sampled_from(["subscribe", "unsubscribe", "ping", "refresh", "", "SUBSCRIBE"])
+        | st.text(max_size=10)
+    },
     optional={"channel": json_values, "id": json_values, "token": json_values},
 )
 frames = st.text(max_size=200) | json_values.map(json.dumps) | control_like.map(json.dumps)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(batch=st.lists(frames, min_size=1, max_size=5))
 def test_arbitrary_frames_get_an_answer_each(setup, batch) -> None:
-    server, topic = setup
+    server, _ = setup
 
     async def run() -> None:
         async with websockets.connect(server.url, additional_headers=auth()) as ws:

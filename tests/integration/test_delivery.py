@@ -43,7 +43,9 @@ async def test_every_topic_reaches_its_subscribers_in_partition_order(
         got_lines = await messages(only_lines, 20)
 
     for envelope in got:
-        key, timestamp, value = sent[(envelope["channel"], envelope["partition"], envelope["offset"])]
+        key, timestamp, value = sent[
+            (envelope["channel"], envelope["partition"], envelope["offset"])
+        ]
         assert envelope["type"] == "message"
         assert envelope["key"] == key
         assert envelope["timestamp"] == timestamp
@@ -60,7 +62,9 @@ async def test_every_topic_reaches_its_subscribers_in_partition_order(
     assert {order_book, analytics}.isdisjoint(e["channel"] for e in got_lines)
 
 
-async def test_key_channel_filters_exactly_and_delivers_once(make_topics, servers, producer) -> None:
+async def test_key_channel_filters_exactly_and_delivers_once(
+    make_topics, servers, producer
+) -> None:
     (topic,) = await make_topics("order_book")
     server = servers([topic])
     async with (
@@ -123,7 +127,11 @@ async def test_poison_values_are_skipped_and_the_stream_goes_on(
         await producer.send_and_wait(topic, b'{"good":2}')
         got = await messages(ws, 3)
     assert [m["data"] for m in got] == [{"good": 1}, "a string", {"good": 2}]
-    assert [m["offset"] for m in got] == [got[0]["offset"], got[0]["offset"] + 5, got[0]["offset"] + 6]
+    assert [m["offset"] for m in got] == [
+        got[0]["offset"],
+        got[0]["offset"] + 5,
+        got[0]["offset"] + 6,
+    ]
     skipped = server.wait_for("invalid_message", start=mark)
     assert skipped["topic"] == topic
     with urllib.request.urlopen(f"{server.http}/healthz") as response:

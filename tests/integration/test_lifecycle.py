@@ -34,7 +34,9 @@ async def test_server_waits_for_kafka_and_then_delivers(broker: Broker, servers)
         assert body["status"] == "starting" and "kafka" in body["reason"]
         assert get(f"{server.http}/livez") == (200, {"status": "ok"})
         # Upgrades are accepted while Kafka is away.
-        async with websockets.connect(f"{server.url}?channels=late", additional_headers=auth()) as ws:
+        async with websockets.connect(
+            f"{server.url}?channels=late", additional_headers=auth()
+        ) as ws:
             assert (await next_json(ws))["type"] == "subscribed"
             await asyncio.to_thread(late.start)
             await create_topics(late.bootstrap, {"late": 1})

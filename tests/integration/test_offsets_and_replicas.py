@@ -6,8 +6,7 @@ import re
 import uuid
 
 import websockets
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.integration.harness import auth, messages, next_json
 
@@ -16,25 +15,39 @@ def positions(event: dict) -> dict[tuple[str, int], int]:
     """``topic[p]=o`` pairs of a kafka_positioned / kafka_committed log event."""
     return {
         (m["topic"], int(m["p"])): int(m["o"])
-        for m in re.finditer(r"(?P<topic>[^\s\[]+)\[(?P<p>\d+)\]=(?P<o>\d+)", event.get("offsets") or event["positions"])
+        for m in re.finditer(
+            r"(?P<topic>[^\s\[]+)\[(?P<p>\d+)\]=(?P<o>\d+)",
+            event.get("offsets") or event["positions"],
+        )
     }
 
 
-async def committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def committed(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> dict[tuple[str, int], int]:
+    """The group's committed offsets, read through a consumer of that group (no join)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        return {
+            (topic, p): await consumer.committed(TopicPartition(topic, p))
+            for p in range(partitions)
+        }
     finally:
-        await admin.close()
-    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+        await consumer.stop()
 
 
-async def test_committed_offset_is_the_next_to_read(bootstrap, make_topics, servers, producer) -> None:
+async def test_committed_offset_is_the_next_to_read(
+    bootstrap, make_topics, servers, producer
+) -> None:
     (topic,) = await make_topics("order_book", partitions=2)
     group = f"offsets-{uuid.uuid4().hex[:6]}"
     server = servers([topic], {"WS_KAFKA_GROUP_ID": group, "WS_REPLICA_ID": "r1"})
-    async with websockets.connect(f"{server.url}?channels={topic}", additional_headers=auth()) as ws:
+    async with websockets.connect(
+        f"{server.url}?channels={topic}", additional_headers=auth()
+    ) as ws:
         await next_json(ws)
         mark = server.mark()
         last = {}
@@ -45,9 +58,13 @@ async def test_committed_offset_is_the_next_to_read(bootstrap, make_topics, serv
     want = {tp: offset + 1 for tp, offset in last.items()}
     # Commits may be split over several requests: wait until each partition's arrived.
     for tp, offset in want.items():
-        server.wait_for("kafka_committed", lambda e, tp=tp, offset=offset: positions(e).get(tp) == offset, start=mark)
+        server.wait_for(
+            "kafka_committed",
+            lambda e, tp=tp, offset=offset: positions(e).get(tp) == offset,
+            start=mark,
+        )
     # Broadcast mode commits in the replica's own group.
-    assert await committed(bootstrap, f"{group}-r1") == want
+    assert await committed(bootstrap, f"{group}-r1", topic, 2) == want
 
 
 async def test_shared_mode_restart_resumes_from_committed_offsets(
@@ -55,7 +72,11 @@ async def test_shared_mode_restart_resumes_from_committed_offsets(
 ) -> None:
     (topic,) = await make_topics("lines", partitions=2)
     group = f"shared-{uuid.uuid4().hex[:6]}"
-    env = {"WS_FANOUT_MODE": "shared", "WS_KAFKA_GROUP_ID": group, "WS_KAFKA_OFFSET_RESET": "earliest"}
+    env = {
+        "WS_FANOUT_MODE": "shared",
+        "WS_KAFKA_GROUP_ID": group,
+        "WS_KAFKA_OFFSET_RESET": "earliest",
+    }
     first = servers([topic], env)
     async with websockets.connect(f"{first.url}?channels={topic}", additional_headers=auth()) as ws:
         await next_json(ws)
@@ -65,7 +86,7 @@ async def test_shared_mode_restart_resumes_from_committed_offsets(
     assert sorted(m["data"]["n"] for m in got) == list(range(6))
     first.signal()
     assert first.wait_exit() == 0
-    assert await committed(bootstrap, group) == {(topic, 0): 3, (topic, 1): 3}
+    assert await committed(bootstrap, group, topic, 2) == {(topic, 0): 3, (topic, 1): 3}
 
     for n in range(6, 10):
         await producer.send_and_wait(topic, b'{"n":%d}' % n, partition=n % 2)
@@ -73,7 +94,9 @@ async def test_shared_mode_restart_resumes_from_committed_offsets(
     start = second.wait_for("kafka_positioned")
     # Without the commits the group would start from the earliest offsets (0).
     assert positions(start) == {(topic, 0): 3, (topic, 1): 3}
-    async with websockets.connect(f"{second.url}?channels={topic}", additional_headers=auth()) as ws:
+    async with websockets.connect(
+        f"{second.url}?channels={topic}", additional_headers=auth()
+    ) as ws:
         await next_json(ws)
         await producer.send_and_wait(topic, b'{"n":10}', partition=0)
         got = []
@@ -84,7 +107,9 @@ async def test_shared_mode_restart_resumes_from_committed_offsets(
     assert (got[-1]["partition"], got[-1]["offset"]) == (0, 5)
 
 
-async def test_broadcast_replicas_each_deliver_every_message(make_topics, servers, producer) -> None:
+async def test_broadcast_replicas_each_deliver_every_message(
+    make_topics, servers, producer
+) -> None:
     (topic,) = await make_topics("analytics", partitions=3)
     group = f"bcast-{uuid.uuid4().hex[:6]}"
     one = servers([topic], {"WS_KAFKA_GROUP_ID": group})
@@ -103,7 +128,9 @@ async def test_broadcast_replicas_each_deliver_every_message(make_topics, server
     assert sorted(m["data"]["n"] for m in got_b) == list(range(30))
 
 
-async def test_shared_mode_splits_partitions_between_replicas(make_topics, servers, producer) -> None:
+async def test_shared_mode_splits_partitions_between_replicas(
+    make_topics, servers, producer
+) -> None:
     (topic,) = await make_topics("order_book", partitions=2)
     env = {"WS_FANOUT_MODE": "shared", "WS_KAFKA_GROUP_ID": f"split-{uuid.uuid4().hex[:6]}"}
     one = servers([topic], env)

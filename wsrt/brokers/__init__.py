@@ -205,14 +205,15 @@ class Broker:
         self.stop()
 
 
-async def probe(bootstrap: str, timeout: float = 5.0) -> list[str]:
+async def probe(bootstrap: str, seconds: float = 5.0) -> list[str]:
     """One metadata request; returns the topic names. Raises when the broker does not answer."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(seconds * 1000))
     try:
-        await asyncio.wait_for(admin.start(), timeout)
-        topics: list[str] = await asyncio.wait_for(admin.list_topics(), timeout)
+        async with asyncio.timeout(seconds):
+            await admin.start()
+            topics: list[str] = await admin.list_topics()
         return topics
     finally:
         with contextlib.suppress(Exception):
@@ -240,9 +241,7 @@ async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     await admin.start()
     try:
         for name, partitions in topics.items():
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(name, partitions, 1)])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()

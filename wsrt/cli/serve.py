@@ -10,15 +10,25 @@ from wsrt.cli.common import ENV_FILE_OPTION, settings_or_exit
 
 
 def serve(
-    bind: str = typer.Option(None, "--bind", help="Listen address host:port or :port [WS_BIND_ADDRESS]."),
-    brokers: str = typer.Option(None, "--brokers", help="Kafka bootstrap servers [WS_KAFKA_BROKERS]."),
-    topics: str = typer.Option(None, "--topics", help="Topics to serve, comma-separated [WS_KAFKA_TOPICS]."),
+    bind: str = typer.Option(
+        None, "--bind", help="Listen address host:port or :port [WS_BIND_ADDRESS]."
+    ),
+    brokers: str = typer.Option(
+        None, "--brokers", help="Kafka bootstrap servers [WS_KAFKA_BROKERS]."
+    ),
+    topics: str = typer.Option(
+        None, "--topics", help="Topics to serve, comma-separated [WS_KAFKA_TOPICS]."
+    ),
     group_id: str = typer.Option(None, "--group-id", help="Consumer group id [WS_KAFKA_GROUP_ID]."),
     mode: str = typer.Option(None, "--mode", help="broadcast or shared [WS_FANOUT_MODE]."),
     replica_id: str = typer.Option(None, "--replica-id", help="Replica identity [WS_REPLICA_ID]."),
-    client_buffer: str = typer.Option(None, "--client-buffer", help="Per-client queue in messages [WS_CLIENT_BUFFER]."),
+    client_buffer: str = typer.Option(
+        None, "--client-buffer", help="Per-client queue in messages [WS_CLIENT_BUFFER]."
+    ),
     log_format: str = typer.Option(None, "--log-format", help="text or json [WS_LOG_FORMAT]."),
-    log_level: str = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR [WS_LOG_LEVEL]."),
+    log_level: str = typer.Option(
+        None, "--log-level", help="DEBUG, INFO, WARNING, ERROR [WS_LOG_LEVEL]."
+    ),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Run the bridge: consume the Kafka topics and serve them to WebSocket clients on /ws.

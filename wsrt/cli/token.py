@@ -24,13 +24,19 @@ def _claim(text: str) -> tuple[str, object]:
 def token(
     secret: str = typer.Argument(..., help="The HMAC secret (the server's WS_AUTH_SECRET)."),
     subject: str = typer.Argument(..., help="The sub claim: who the client is."),
-    ttl: float = typer.Option(3600, "--ttl", help="Seconds until exp; 0 for a token that never expires."),
-    aud: str = typer.Option(None, "--aud", help="The aud claim (needed when the server sets WS_AUTH_AUDIENCE)."),
+    ttl: float = typer.Option(
+        3600, "--ttl", help="Seconds until exp; 0 for a token that never expires."
+    ),
+    aud: str = typer.Option(
+        None, "--aud", help="The aud claim (needed when the server sets WS_AUTH_AUDIENCE)."
+    ),
     channels: str = typer.Option(
         None, "--channels", help="Comma-separated channel patterns the token grants (default: all)."
     ),
     claim: list[str] = typer.Option(
-        [], "--claim", help="Extra claim NAME=VALUE (VALUE parsed as JSON when it is JSON); repeatable."
+        [],
+        "--claim",
+        help="Extra claim NAME=VALUE (VALUE parsed as JSON when it is JSON); repeatable.",
     ),
     algorithm: str = typer.Option("HS256", "--algorithm", help="HS256, HS384 or HS512."),
 ) -> None:

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import pytest
+
+from wsrt.hub import Hub, Outlet, Record
+
+
+class MemoryOutlet(Outlet):
+    """An outlet whose transport is a list of writes."""
+
+    def __init__(self, limit: int = 10) -> None:
+        self.overflowed = 0
+        super().__init__(limit, self._overflowed)
+        self.writes: list[bytes] = []
+
+    def _overflowed(self, outlet: Outlet) -> None:
+        self.overflowed += 1
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(self.writes)
+
+
+def rec(topic: str, key: str | None, n: int) -> Record:
+    return Record(topic, key.encode() if key else None, f"<{topic}:{key}:{n}>".encode())
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return Hub(["lines", "order_book"])
+
+
+def test_whole_topic_subscriber_gets_the_batch_in_one_write(hub: Hub) -> None:
+    a = MemoryOutlet()
+    hub.subscribe(a, "lines")
+    hub.publish([rec("lines", None, 1), rec("order_book", None, 2), rec("lines", "k", 3)])
+    assert a.writes == [b"<lines:None:1><lines:k:3>"]
+    assert a.frames_sent == 2
+
+
+def test_one_write_per_client_across_topics(hub: Hub) -> None:
+    a = MemoryOutlet()
+    hub.subscribe(a, "lines")
+    hub.subscribe(a, "order_book", "BTC")
+    hub.publish([rec("lines", None, 1), rec("order_book", "BTC", 2), rec("order_book", "ETH", 3)])
+    assert a.writes == [b"<lines:None:1><order_book:BTC:2>"]
+
+
+def test_key_subscriptions_filter_and_keep_partition_order(hub: Hub) -> None:
+    a = MemoryOutlet()
+    hub.subscribe(a, "order_book", "BTC")
+    hub.subscribe(a, "order_book", "ETH")
+    batch = [rec("order_book", k, n) for n, k in enumerate(["BTC", "ETH", "SOL", "BTC", None])]
+    hub.publish(batch)
+    assert a.received == b"<order_book:BTC:0><order_book:ETH:1><order_book:BTC:3>"
+
+
+def test_topic_and_key_subscription_delivers_once(hub: Hub) -> None:
+    a = MemoryOutlet()
+    hub.subscribe(a, "order_book")
+    hub.subscribe(a, "order_book", "BTC")
+    hub.publish([rec("order_book", "BTC", 1), rec("order_book", "ETH", 2)])
+    assert a.received == b"<order_book:BTC:1><order_book:ETH:2>"
+    hub.unsubscribe(a, "order_book")
+    hub.publish([rec("order_book", "BTC", 3), rec("order_book", "ETH", 4)])
+    assert a.received.endswith(b"<order_book:ETH:2><order_book:BTC:3>")
+
+
+def test_subscriptions_are_idempotent_and_removable(hub: Hub) -> None:
+    a, b = MemoryOutlet(), MemoryOutlet()
+    hub.subscribe(a, "lines")
+    hub.subscribe(a, "lines")
+    hub.subscribe(b, "lines", "k")
+    assert hub.subscriber_count("lines") == 2
+    hub.unsubscribe(a, "lines", "never")
+    hub.remove(a)
+    assert hub.subscriber_count("lines") == 1
+    hub.publish([rec("lines", "k", 1)])
+    assert a.writes == [] and b.received == b"<lines:k:1>"
+    hub.remove(b)
+    assert hub.outlet_count == 0
+
+
+def test_unknown_topic_is_refused(hub: Hub) -> None:
+    with pytest.raises(KeyError):
+        hub.subscribe(MemoryOutlet(), "nope")
+
+
+def test_paused_outlet_queues_then_flushes_on_resume(hub: Hub) -> None:
+    a = MemoryOutlet(limit=5)
+    hub.subscribe(a, "lines")
+    a.pause()
+    hub.publish([rec("lines", None, 1), rec("lines", None, 2)])
+    hub.publish([rec("lines", None, 3)])
+    assert a.writes == [] and a.queued == 3
+    a.resume()
+    assert a.writes == [b"<lines:None:1><lines:None:2><lines:None:3>"]
+    assert a.queued == 0 and a.overflowed == 0
+
+
+def test_overflow_drops_the_slow_outlet_only(hub: Hub) -> None:
+    slow, fast = MemoryOutlet(limit=3), MemoryOutlet(limit=3)
+    hub.subscribe(slow, "lines")
+    hub.subscribe(fast, "lines")
+    slow.pause()
+    hub.publish([rec("lines", None, n) for n in range(3)])
+    assert slow.overflowed == 0
+    hub.publish([rec("lines", None, 3)])
+    assert slow.overflowed == 1 and slow.closed and slow.outbox == []
+    hub.publish([rec("lines", None, 4)])
+    slow.resume()
+    assert slow.writes == []
+    assert fast.received == b"".join(f"<lines:None:{n}>".encode() for n in range(5))
+
+
+def test_control_frames_wait_behind_pending_data(hub: Hub) -> None:
+    a = MemoryOutlet()
+    hub.subscribe(a, "lines")
+    a.pause()
+    hub.publish([rec("lines", None, 1)])
+    a.send(b"<ack>")
+    a.resume()
+    assert a.received == b"<lines:None:1><ack>"
+
+
+def test_subscriber_added_after_publish_sees_only_later_messages(hub: Hub) -> None:
+    a = MemoryOutlet()
+    hub.publish([rec("lines", None, 1)])
+    hub.subscribe(a, "lines")
+    hub.publish([rec("lines", None, 2)])
+    assert a.received == b"<lines:None:2>"
