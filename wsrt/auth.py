@@ -3,13 +3,12 @@
 :class:`Verifier` turns a token into :class:`Claims` or raises
 :class:`AuthError` with a short, loggable reason (never the token itself).
 :meth:`Claims.allows` answers "may this connection use this channel?" with
-the grant rules of section 4 of the design. :func:`mint_token` is the one
-place tokens are made (``wsrt token``, ``generate_token.py``, the tests).
+the grant rules of section 4 of the design. Tokens are minted by
+:func:`wsrt.tokens.mint_token`, which is stdlib-only (re-exported here).
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,10 +20,13 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from wsrt.errors import WsrtError
 from wsrt.protocol import split_channel
+from wsrt.tokens import mint_token
 
 # The configuration warns once about a short WS_AUTH_SECRET; PyJWT would warn
 # on every token.
 warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+
+__all__ = ["AuthError", "Claims", "Verifier", "mint_token", "origin_allowed"]
 
 
 class AuthError(WsrtError):
@@ -132,30 +134,6 @@ def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
         expires_at=int(exp) if exp is not None else None,
         channels=tuple(channels) if channels is not None else None,
     )
-
-
-def mint_token(
-    secret: str,
-    subject: str,
-    *,
-    ttl: float | None = 3600,
-    audience: str | None = None,
-    channels: Iterable[str] | None = None,
-    extra_claims: Mapping[str, Any] | None = None,
-    algorithm: str = "HS256",
-    now: float | None = None,
-) -> str:
-    """An HMAC-signed JWT for ``subject``; ``ttl`` of ``None`` or 0 means no ``exp``."""
-    issued = int(time.time() if now is None else now)
-    payload: dict[str, Any] = {"sub": subject, "iat": issued}
-    if ttl:
-        payload["exp"] = issued + int(ttl)
-    if audience is not None:
-        payload["aud"] = audience
-    if channels is not None:
-        payload["channels"] = list(channels)
-    payload.update(extra_claims or {})
-    return jwt.encode(payload, secret, algorithm=algorithm)
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:

@@ -172,6 +172,13 @@ def _algorithms(raw: str) -> tuple[str, ...]:
     return algorithms
 
 
+def _ws_url(raw: str) -> str:
+    url = raw.strip()
+    if not re.match(r"^wss?://[^/\s]+(/\S*)?$", url):
+        raise ValueError(f"must be a ws:// or wss:// URL, got {raw!r}")
+    return url
+
+
 def _default_replica_id() -> str:
     # Two processes on one host never share a broadcast group.
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
@@ -252,6 +259,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Client certificate for mutual TLS."),
     Variable("WS_KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile", "", _optional,
              "Client private key for mutual TLS."),
+    Variable("WS_URL", "url", "ws://localhost:8080/ws", _ws_url,
+             "Server URL for the client commands (tail, check, loadtest)."),
+    Variable("WS_TOKEN", "token", "", _secret,
+             "Token for the client commands; default: minted from WS_AUTH_SECRET."),
 )  # fmt: skip
 
 _BY_NAME = {v.name: v for v in VARIABLES}
@@ -292,6 +303,8 @@ class Settings:
     kafka_ssl_cafile: str | None
     kafka_ssl_certfile: str | None
     kafka_ssl_keyfile: str | None
+    url: str
+    token: str | None
     #: Non-fatal remarks about the values (printed once by the CLI).
     warnings: tuple[str, ...] = ()
 
@@ -310,6 +323,13 @@ class Settings:
         if self.fanout_mode == "broadcast":
             return f"{self.kafka_group_id}-{self.replica_id}"
         return self.kafka_group_id
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP base of :attr:`url`: ``ws://h:p/ws`` → ``http://h:p``."""
+        scheme, _, rest = self.url.partition("://")
+        host = rest.split("/", 1)[0]
+        return f"{'https' if scheme == 'wss' else 'http'}://{host}"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -40,7 +40,7 @@ BACKOFF_INITIAL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 10.0
 
 
-def consumer_options(settings: Settings) -> dict[str, Any]:
+def client_options(settings: Settings) -> dict[str, Any]:
     """aiokafka client options shared by every wsrt Kafka client (TLS, SASL, brokers)."""
     options: dict[str, Any] = {
         "bootstrap_servers": list(settings.kafka_brokers),
@@ -142,7 +142,7 @@ class KafkaSource:
         s = self.settings
         self._set_health(health.STARTING, f"connecting to kafka at {','.join(s.kafka_brokers)}")
         consumer = AIOKafkaConsumer(
-            **consumer_options(s),
+            **client_options(s),
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset=s.kafka_offset_reset if s.fanout_mode == "shared" else "latest",
@@ -169,7 +169,12 @@ class KafkaSource:
             return
         try:
             if commit:
-                await self._flush_commits(consumer)
+                # A broker that is gone would keep the commit retrying: leave
+                # half of the shutdown budget for leaving the group.
+                async with asyncio.timeout(self.settings.shutdown_timeout / 2):
+                    await self._flush_commits(consumer)
+        except TimeoutError:
+            self.log.warning("commit_failed", "final offset commit timed out; Kafka unreachable?")
         finally:
             await consumer.stop()
 

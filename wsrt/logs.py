@@ -62,10 +62,40 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(obj, default=str).decode()
 
 
+class LibraryFlood(logging.Filter):
+    """At most one record per message template per ``interval`` from the libraries.
+
+    aiokafka logs every failed reconnect attempt (ten a second while a broker
+    is down); one line per template every few seconds, with the count of what
+    was suppressed, tells the same story.
+    """
+
+    def __init__(self, interval: float = 5.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._next: dict[tuple[str, object], float] = {}
+        self._suppressed: dict[tuple[str, object], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "wsrt" or record.name.startswith("wsrt."):
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        if now < self._next.get(key, 0.0):
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._next[key] = now + self.interval
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            setattr(record, _FIELDS, {"suppressed": suppressed})
+        return True
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     """Send wsrt's (and the libraries') log records to stderr in ``fmt``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(LibraryFlood())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

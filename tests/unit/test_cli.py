@@ -49,13 +49,6 @@ def test_token_usage_errors_exit_2(args: list[str]) -> None:
     assert result.stderr.startswith("error: ")
 
 
-@pytest.mark.parametrize("command", ["tail", "check", "produce", "loadtest", "dev"])
-def test_unbuilt_commands_say_so_and_fail(command: str) -> None:
-    result = runner.invoke(app, [command, "--channel", "x"])
-    assert result.exit_code == 1
-    assert "not available" in result.stderr
-
-
 def run_serve(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wsrt", "serve"],

@@ -115,6 +115,9 @@ class Broker:
             stdin=subprocess.DEVNULL,
             cwd=self.workdir,
             preexec_fn=_die_with_parent,
+            # Its own session: a terminal's Ctrl-C reaches the parent, which
+            # stops the broker last, after its clients.
+            start_new_session=True,
         )
         assert self.process.stdout is not None
         self._reader = threading.Thread(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from wsrt.cli import serve, token, unbuilt
+from wsrt.cli import check, dev, loadtest, produce, serve, tail, token
 
 app = typer.Typer(
     name="wsrt",
@@ -15,9 +15,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve.serve)
+app.command("dev")(dev.dev)
 app.command("token")(token.token)
-for name, summary in unbuilt.COMMANDS.items():
-    app.command(name, help=summary, context_settings=unbuilt.CONTEXT)(unbuilt.handler(name))
+app.command("tail")(tail.tail)
+app.command("check")(check.check)
+app.command("produce")(produce.produce)
+app.command("loadtest")(loadtest.loadtest)
 
 
 def main() -> None:

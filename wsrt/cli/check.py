@@ -1,0 +1,173 @@
+"""``wsrt check``: probe a deployment and exit 0 only when every check passes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import typer
+import websockets
+from aiokafka.errors import KafkaError
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from wsrt.cli.common import (
+    ENV_FILE_OPTION,
+    EXIT_USAGE,
+    client_token,
+    fail,
+    quiet_libraries,
+    settings_or_exit,
+)
+from wsrt.config import Settings
+
+
+@dataclass
+class Result:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name:<10} {self.detail}"
+
+
+def _get(url: str, timeout: float) -> tuple[int, str, float]:
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status, body = response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read().decode(errors="replace")
+    return status, body, (time.perf_counter() - started) * 1000
+
+
+def check_http(settings: Settings, path: str, timeout: float) -> Result:
+    name = path.strip("/")
+    try:
+        status, body, ms = _get(settings.http_url + path, timeout)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Result(name, False, f"{settings.http_url}{path} unreachable: {reason}")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = {}
+    state = doc.get("status", "")
+    detail = f"{status} {state}".strip()
+    if doc.get("reason"):
+        detail += f": {doc['reason']}"
+    if "connections" in doc:
+        detail += f", {doc['connections']} connections"
+    return Result(name, status == 200, f"{detail} ({ms:.0f} ms)")
+
+
+async def check_subscribe(settings: Settings, channel: str, token: str, seconds: float) -> Result:
+    name = "subscribe"
+    started = time.perf_counter()
+    url = f"{settings.url}?channels={quote(channel, safe=':')}"
+    try:
+        async with (
+            asyncio.timeout(seconds),
+            websockets.connect(
+                url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
+            ) as ws,
+        ):
+            async for frame in ws:
+                msg = json.loads(frame)
+                if msg.get("type") == "error":
+                    return Result(
+                        name, False, f"{channel}: {msg.get('code')}: {msg.get('message')}"
+                    )
+                if msg.get("type") == "message":
+                    ms = (time.perf_counter() - started) * 1000
+                    where = f"{msg['partition']}:{msg['offset']}"
+                    return Result(name, True, f"{channel}: message at {where} after {ms:.0f} ms")
+            return Result(name, False, f"{channel}: closed {ws.close_code} {ws.close_reason}")
+    except InvalidStatus as exc:
+        body = (exc.response.body or b"").decode(errors="replace").strip()
+        return Result(
+            name, False, f"server refused the connection: {exc.response.status_code} {body}"
+        )
+    except TimeoutError:
+        return Result(name, False, f"{channel}: no message within {seconds:g}s")
+    except (OSError, InvalidHandshake, ConnectionClosed) as exc:
+        return Result(name, False, f"cannot connect to {settings.url}: {exc}")
+
+
+async def check_kafka(settings: Settings, seconds: float) -> Result:
+    from aiokafka import AIOKafkaClient
+
+    from wsrt.kafka_source import client_options
+
+    where = ",".join(settings.kafka_brokers)
+    client = AIOKafkaClient(**client_options(settings), request_timeout_ms=int(seconds * 1000))
+    try:
+        async with asyncio.timeout(seconds):
+            await client.bootstrap()
+            cluster = await client.fetch_all_metadata()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return Result("kafka", False, f"cannot reach Kafka at {where}: {exc or type(exc).__name__}")
+    finally:
+        await client.close()
+    parts, missing = [], []
+    for topic in settings.kafka_topics:
+        partitions = cluster.partitions_for_topic(topic)
+        if partitions:
+            parts.append(f"{topic} {len(partitions)}p")
+        else:
+            missing.append(topic)
+    if missing:
+        return Result("kafka", False, f"{where}: missing topic(s) {', '.join(missing)}")
+    return Result("kafka", True, f"{where}: {', '.join(parts)}")
+
+
+def check(
+    url: str = typer.Option(
+        None, "--url", help="Server WebSocket URL [WS_URL]; /healthz is beside it."
+    ),
+    subscribe: str = typer.Option(
+        None, "--subscribe", help="Also subscribe to this channel and wait for one message."
+    ),
+    kafka: bool = typer.Option(
+        False, "--kafka", help="Also check the brokers and that every topic exists."
+    ),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
+    token: str = typer.Option(None, "--token", help="JWT for --subscribe [WS_TOKEN]."),
+    secret: str = typer.Option(
+        None, "--secret", help="Mint the token with this secret [WS_AUTH_SECRET]."
+    ),
+    subject: str = typer.Option("wsrt-check", "--subject", help="sub of a minted token."),
+    brokers: str = typer.Option(
+        None, "--brokers", help="Kafka bootstrap servers [WS_KAFKA_BROKERS]."
+    ),
+    topics: str = typer.Option(None, "--topics", help="Topics --kafka expects [WS_KAFKA_TOPICS]."),
+    env_file: Path = ENV_FILE_OPTION,
+) -> None:
+    """Probe /healthz and /livez (and optionally a real subscribe and Kafka).
+
+    Prints one line per check and exits 0 only when every requested check
+    passes, 1 otherwise: fit for cron, CI and Kubernetes exec probes.
+    """
+    if timeout <= 0:
+        fail("--timeout must be more than 0", EXIT_USAGE)
+    settings = settings_or_exit(
+        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": secret,
+         "WS_KAFKA_BROKERS": brokers, "WS_KAFKA_TOPICS": topics},
+        env_file, require_secret=False, warn=False,
+    )  # fmt: skip
+    quiet_libraries()
+    results = [check_http(settings, "/healthz", timeout), check_http(settings, "/livez", timeout)]
+    if subscribe:
+        bearer = client_token(settings, subject)
+        results.append(asyncio.run(check_subscribe(settings, subscribe, bearer, timeout)))
+    if kafka:
+        results.append(asyncio.run(check_kafka(settings, timeout)))
+    for result in results:
+        typer.echo(result.line())
+    raise typer.Exit(0 if all(r.ok for r in results) else 1)

