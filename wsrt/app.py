@@ -19,9 +19,10 @@ from wsrt import __version__, health
 from wsrt.auth import Verifier
 from wsrt.config import Settings
 from wsrt.gateway import Gateway
-from wsrt.hub import Hub
+from wsrt.hub import DeliveryStats, Hub
 from wsrt.kafka_source import KafkaSource
 from wsrt.logs import EventLogger
+from wsrt.metrics import Collector, Metrics, Stats
 
 
 def _force_exit(log: EventLogger, message: str) -> None:
@@ -44,8 +45,12 @@ async def serve(settings: Settings) -> int:
         audience=settings.auth_audience,
         leeway=settings.auth_leeway,
     )
-    gateway = Gateway(settings, hub, verifier, readiness, log)
-    source = KafkaSource(settings, hub, readiness, log)
+    stats = Stats()
+    delivery = DeliveryStats()
+    gateway = Gateway(settings, hub, verifier, readiness, log, stats, delivery)
+    metrics = Metrics(Collector(stats, delivery, hub, readiness, gateway.hub_connections))
+    gateway.metrics = metrics.render
+    source = KafkaSource(settings, hub, readiness, log, stats)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

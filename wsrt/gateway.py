@@ -26,8 +26,9 @@ from websockets.protocol import State
 from wsrt import health, protocol
 from wsrt.auth import AuthError, Claims, Verifier, origin_allowed
 from wsrt.config import Settings
-from wsrt.hub import Hub, Outlet
+from wsrt.hub import DeliveryStats, Hub, Outlet
 from wsrt.logs import EventLogger, RateLimited
+from wsrt.metrics import Stats, close_reason
 from wsrt.protocol import split_channel, text_frame
 from wsrt.session import Effects, Session
 
@@ -36,9 +37,13 @@ class ConnectionOutlet(Outlet):
     """Writes hub frames to one WebSocket connection's transport."""
 
     def __init__(
-        self, connection: ClientConnection, limit: int, on_overflow: Callable[[Outlet], None]
+        self,
+        connection: ClientConnection,
+        limit: int,
+        on_overflow: Callable[[Outlet], None],
+        delivery: DeliveryStats,
     ) -> None:
-        super().__init__(limit, on_overflow)
+        super().__init__(limit, on_overflow, delivery)
         self.connection = connection
         self.paused = connection.paused
 
@@ -97,9 +102,13 @@ class Gateway:
         verifier: Verifier,
         readiness: health.Readiness,
         log: EventLogger,
+        stats: Stats,
+        delivery: DeliveryStats,
         metrics: Callable[[], tuple[bytes, str]] | None = None,
     ) -> None:
         self.settings = settings
+        self.stats = stats
+        self.delivery = delivery
         self.hub = hub
         self.verifier = verifier
         self.readiness = readiness
@@ -150,6 +159,7 @@ class Gateway:
             return _text_response(http.HTTPStatus.NOT_FOUND, "not found; WebSocket clients use /ws")
         remote = _remote(connection)
         if self.readiness.draining:
+            self.stats.handshakes_rejected["draining"] += 1
             return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down")
         origin = request.headers.get("Origin")
         if origin is not None and not origin_allowed(origin, self.settings.allowed_origins):
@@ -157,6 +167,7 @@ class Gateway:
                 "handshake_rejected", "origin not allowed", status=403, reason="origin",
                 origin=origin[:200], remote=remote,
             )  # fmt: skip
+            self.stats.handshakes_rejected["origin"] += 1
             return _text_response(http.HTTPStatus.FORBIDDEN, "origin not allowed")
         params = parse_qs(query)
         token = _bearer(request) or next(iter(params.get("token", [])), "")
@@ -167,6 +178,7 @@ class Gateway:
                 "handshake_rejected", "authentication failed", status=401, reason=exc.reason,
                 remote=remote,
             )  # fmt: skip
+            self.stats.handshakes_rejected[exc.reason] += 1
             return _text_response(http.HTTPStatus.UNAUTHORIZED, f"unauthorized: {exc.reason}")
         assert isinstance(connection, ClientConnection)
         connection.claims = claims
@@ -202,11 +214,12 @@ class Gateway:
             max_errors=s.max_client_errors,
             now=loop.time(),
         )
-        outlet = ConnectionOutlet(connection, s.client_buffer, self._on_overflow)
+        outlet = ConnectionOutlet(connection, s.client_buffer, self._on_overflow, self.delivery)
         connection.outlet = outlet
         remote = _remote(connection)
         subject = session.claims.subject
         opened = time.monotonic()
+        self.stats.connections_opened += 1
         self.log.info("connection_opened", "connection opened", subject=subject, remote=remote)
         expiry = self._schedule_expiry(connection, session)
         try:
@@ -235,6 +248,9 @@ class Gateway:
             outlet.close()
             self.hub.remove(outlet)
             await connection.wait_closed()
+            self.stats.connections_closed[
+                close_reason(connection.close_code, connection.close_reason)
+            ] += 1
             self.log.info(
                 "connection_closed", "connection closed", subject=subject, remote=remote,
                 code=connection.close_code, reason=connection.close_reason or None,
@@ -282,6 +298,7 @@ class Gateway:
         connection = outlet.connection
         # Called from inside Hub.publish: leave the hub's sets alone until it returns.
         asyncio.get_running_loop().call_soon(self.hub.remove, outlet)
+        self.stats.slow_consumer()
         self._slow.warning(
             "slow_consumer", "closing slow consumer",
             subject=connection.claims.subject if connection.claims else None,

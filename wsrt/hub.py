@@ -30,6 +30,16 @@ class Record(NamedTuple):
     frame: bytes
 
 
+class DeliveryStats:
+    """Frames and bytes handed to client transports, summed over all outlets."""
+
+    __slots__ = ("bytes", "frames")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.bytes = 0
+
+
 class Outlet:
     """One client's outbound queue. Subclasses provide the transport.
 
@@ -38,9 +48,15 @@ class Outlet:
     exceeds it: it must not call back into the hub.
     """
 
-    def __init__(self, limit: int, on_overflow: Callable[[Outlet], None]) -> None:
+    def __init__(
+        self,
+        limit: int,
+        on_overflow: Callable[[Outlet], None],
+        delivery: DeliveryStats | None = None,
+    ) -> None:
         self.limit = limit
         self.on_overflow = on_overflow
+        self.delivery = delivery if delivery is not None else DeliveryStats()
         self.outbox: list[bytes] = []
         self.queued = 0
         self.paused = False
@@ -72,6 +88,9 @@ class Outlet:
         data = box[0] if len(box) == 1 else b"".join(box)
         self.frames_sent += self.queued
         self.bytes_sent += len(data)
+        delivery = self.delivery
+        delivery.frames += self.queued
+        delivery.bytes += len(data)
         box.clear()
         self.queued = 0
         self.write(data)
@@ -155,6 +174,11 @@ class Hub:
         for subscribers in self._keyed.get(topic, {}).values():
             outlets |= subscribers
         return len(outlets)
+
+    def subscription_count(self, topic: str) -> int:
+        """Subscriptions to ``topic`` and its ``topic:key`` channels."""
+        whole = len(self._whole.get(topic, ()))
+        return whole + sum(len(s) for s in self._keyed.get(topic, {}).values())
 
     @property
     def outlet_count(self) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -33,6 +34,7 @@ from wsrt import health
 from wsrt.config import Settings
 from wsrt.hub import Hub, Record
 from wsrt.logs import EventLogger, RateLimited
+from wsrt.metrics import Stats
 from wsrt.protocol import encode_envelope, text_frame
 
 #: Reconnect backoff: first wait, and the cap it doubles up to.
@@ -83,8 +85,10 @@ class KafkaSource:
         hub: Hub,
         readiness: health.Readiness,
         log: EventLogger,
+        stats: Stats,
     ) -> None:
         self.settings = settings
+        self.stats = stats
         self.hub = hub
         self.readiness = readiness
         self.log = log
@@ -213,6 +217,7 @@ class KafkaSource:
                 "kafka_positioned", "consuming from",
                 positions=_offsets({tp: self._positions[tp] for tp in wanted}),
             )  # fmt: skip
+            self.stats.kafka_rebalances += 1
             self.log.info(
                 "kafka_assigned", "partitions assigned",
                 partitions=_describe(wanted), missing=",".join(missing) or None,
@@ -230,6 +235,7 @@ class KafkaSource:
             await self._flush_commits(self.consumer)
         for tp in revoked:
             self._positions.pop(tp, None)
+            self.stats.kafka_lag.pop((tp.topic, tp.partition), None)
         self.log.info("kafka_revoked", "partitions revoked", partitions=_describe(revoked))
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -237,6 +243,7 @@ class KafkaSource:
         # policy) before anything is fetched, so readiness means "positioned".
         consumer = self.consumer
         assert consumer is not None
+        self.stats.kafka_rebalances += 1
         for tp in assigned:
             self._positions[tp] = await consumer.position(tp)
         self.log.info(
@@ -283,9 +290,11 @@ class KafkaSource:
 
     def _publish(self, batches: dict[TopicPartition, list[Any]]) -> None:
         records: list[Record] = []
-        invalid = 0
+        timestamps: list[int] = []
+        stats = self.stats
         for tp, messages in batches.items():
             topic = tp.topic
+            invalid = 0
             for m in messages:
                 payload = encode_envelope(topic, m.key, m.partition, m.offset, m.timestamp, m.value)
                 if payload is None:
@@ -296,12 +305,22 @@ class KafkaSource:
                     )  # fmt: skip
                     continue
                 records.append(Record(topic, m.key, text_frame(payload)))
+                timestamps.append(m.timestamp)
             next_offset = messages[-1].offset + 1
             self._positions[tp] = next_offset
             self._uncommitted[tp] = next_offset
+            stats.kafka_messages[topic] += len(messages)
+            if invalid:
+                stats.kafka_invalid[topic] += invalid
         self.hub.publish(records)
+        stats.delay.observe_ms(time.time() * 1000, timestamps)
         self.consumed += len(records)
-        self.invalid += invalid
+        consumer = self.consumer
+        if consumer is not None:
+            for tp in batches:
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    stats.kafka_lag[(tp.topic, tp.partition)] = highwater - self._positions[tp]
         # The hub has taken the batch: its offsets may be committed now.
         if self._commit_task is None or self._commit_task.done():
             self._commit_task = asyncio.create_task(self._commit_loop(self.consumer))
@@ -318,6 +337,7 @@ class KafkaSource:
                 continue
             try:
                 await consumer.commit(offsets)
+                self.stats.kafka_last_commit = time.time()
                 self.log.debug("kafka_committed", "offsets committed", offsets=_offsets(offsets))
             except KafkaError as exc:
                 # A later commit carries newer offsets; a revoked partition's

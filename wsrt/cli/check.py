@@ -34,7 +34,7 @@ class Result:
     detail: str
 
     def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name:<10} {self.detail}"
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name:<11} {self.detail}"
 
 
 def _get(url: str, timeout: float) -> tuple[int, str, float]:
@@ -127,6 +127,36 @@ async def check_kafka(settings: Settings, seconds: float) -> Result:
     return Result("kafka", True, f"{where}: {', '.join(parts)}")
 
 
+def check_metrics(settings: Settings, interval: float, timeout: float) -> list[Result]:
+    """Two scrapes ``interval`` apart: what on-call wants to see first."""
+    from wsrt.metrics import parse, total
+
+    url = settings.http_url + "/metrics"
+    try:
+        first = parse(_get(url, timeout)[1])
+        time.sleep(interval)  # two scrapes give rates
+        second = parse(_get(url, timeout)[1])
+    except (OSError, ValueError) as exc:
+        return [Result("metrics", False, f"{url} unreachable: {getattr(exc, 'reason', exc)}")]
+
+    def rate(name: str) -> float:
+        return (total(second, name) - total(first, name)) / interval
+
+    lags = {dict(k[1]).get("topic", "?") + "[" + dict(k[1]).get("partition", "?") + "]": v
+            for k, v in second.items() if k[0] == "wsrt_kafka_lag"}  # fmt: skip
+    worst = max(lags.items(), key=lambda kv: kv[1], default=("-", 0.0))
+    slow = total(second, "wsrt_slow_consumer_disconnects_recent")
+    lines = [
+        ("connections", f"{total(second, 'wsrt_connections'):.0f} open"),
+        ("delivered", f"{rate('wsrt_frames_delivered_total'):.0f} frames/s"),
+        ("consumed", f"{rate('wsrt_kafka_messages_total'):.0f} messages/s"),
+        ("lag", f"{sum(lags.values()):.0f} messages (max {worst[0]} {worst[1]:.0f})"),
+        ("slow", f"{slow:.0f} slow-consumer disconnects in the last 5 min"),
+        ("invalid", f"{total(second, 'wsrt_kafka_invalid_messages_total'):.0f} invalid messages"),
+    ]
+    return [Result(name, True, detail) for name, detail in lines]
+
+
 def check(
     url: str = typer.Option(
         None, "--url", help="Server WebSocket URL [WS_URL]; /healthz is beside it."
@@ -136,6 +166,12 @@ def check(
     ),
     kafka: bool = typer.Option(
         False, "--kafka", help="Also check the brokers and that every topic exists."
+    ),
+    metrics: bool = typer.Option(
+        False, "--metrics", help="Also show connections, delivery rate, lag, slow consumers."
+    ),
+    interval: float = typer.Option(
+        2.0, "--interval", help="Seconds between the two --metrics scrapes."
     ),
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
     token: str = typer.Option(None, "--token", help="JWT for --subscribe [WS_TOKEN]."),
@@ -149,7 +185,7 @@ def check(
     topics: str = typer.Option(None, "--topics", help="Topics --kafka expects [WS_KAFKA_TOPICS]."),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
-    """Probe /healthz and /livez (and optionally a real subscribe and Kafka).
+    """Probe /healthz and /livez (and optionally a real subscribe, Kafka and the metrics).
 
     Prints one line per check and exits 0 only when every requested check
     passes, 1 otherwise: fit for cron, CI and Kubernetes exec probes.
@@ -168,6 +204,8 @@ def check(
         results.append(asyncio.run(check_subscribe(settings, subscribe, bearer, timeout)))
     if kafka:
         results.append(asyncio.run(check_kafka(settings, timeout)))
+    if metrics:
+        results += check_metrics(settings, interval, timeout)
     for result in results:
         typer.echo(result.line())
     raise typer.Exit(0 if all(r.ok for r in results) else 1)

@@ -1,0 +1,246 @@
+"""Prometheus metrics, cheap enough to leave on.
+
+The hot path only bumps plain integers on :class:`Stats` (and on the hub's
+:class:`~wsrt.hub.DeliveryStats`); nothing is labelled per message or per
+client. At scrape time :class:`Collector` turns those numbers, the hub's
+subscription index and the readiness state into metric families.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from wsrt import __version__
+from wsrt.health import Readiness
+from wsrt.hub import DeliveryStats, Hub
+
+#: Upper bounds (seconds) of the delivery-delay histogram buckets.
+DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Window of the "recent slow consumers" gauge, for on-call at a glance.
+RECENT_WINDOW_SECONDS = 300.0
+
+CLOSE_REASONS = ("normal", "slow_consumer", "token_expired", "shutdown", "policy", "error")
+
+
+def close_reason(code: int | None, reason: str | None) -> str:
+    """The ``reason`` label of a closed connection."""
+    if reason == "slow consumer":
+        return "slow_consumer"
+    if reason == "token expired":
+        return "token_expired"
+    if code == 1001:
+        return "shutdown"
+    if code in (1000, 1005):
+        return "normal"
+    if code in (1003, 1008, 1009):
+        return "policy"
+    return "error"
+
+
+class DelayHistogram:
+    """Histogram of delays in seconds, observed in whole batches."""
+
+    def __init__(self, buckets: tuple[float, ...] = DELAY_BUCKETS) -> None:
+        self.bounds_ms = [b * 1000 for b in buckets]
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum_ms = 0.0
+
+    def observe_ms(self, now_ms: float, timestamps: Iterable[int]) -> None:
+        bounds, counts = self.bounds_ms, self.counts
+        total = 0.0
+        for ts in timestamps:
+            delay = now_ms - ts
+            if delay < 0:
+                delay = 0.0  # producer clock ahead of ours
+            counts[bisect_left(bounds, delay)] += 1
+            total += delay
+        self.sum_ms += total
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip(self.buckets, self.counts, strict=False):
+            running += count
+            cumulative.append((repr(bound), running))
+        running += self.counts[-1]
+        cumulative.append(("+Inf", running))
+        return HistogramMetricFamily(
+            name, documentation, buckets=cumulative, sum_value=self.sum_ms / 1000
+        )
+
+
+@dataclass
+class Stats:
+    """Counters the gateway and the Kafka source update; read at scrape time."""
+
+    connections_opened: int = 0
+    connections_closed: Counter[str] = field(default_factory=Counter)
+    handshakes_rejected: Counter[str] = field(default_factory=Counter)
+    kafka_messages: Counter[str] = field(default_factory=Counter)
+    kafka_invalid: Counter[str] = field(default_factory=Counter)
+    kafka_lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    kafka_last_commit: float = 0.0
+    kafka_rebalances: int = 0
+    delay: DelayHistogram = field(default_factory=DelayHistogram)
+    slow_recent: deque[float] = field(default_factory=deque)
+
+    def slow_consumer(self) -> None:
+        self.slow_recent.append(time.monotonic())
+
+    def recent_slow_consumers(self) -> int:
+        horizon = time.monotonic() - RECENT_WINDOW_SECONDS
+        while self.slow_recent and self.slow_recent[0] < horizon:
+            self.slow_recent.popleft()
+        return len(self.slow_recent)
+
+
+class Collector:
+    """Renders :class:`Stats`, the hub and readiness as Prometheus families."""
+
+    def __init__(
+        self,
+        stats: Stats,
+        delivery: DeliveryStats,
+        hub: Hub,
+        readiness: Readiness,
+        open_connections: Callable[[], int],
+    ) -> None:
+        self.stats = stats
+        self.delivery = delivery
+        self.hub = hub
+        self.readiness = readiness
+        self.open_connections = open_connections
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        info = GaugeMetricFamily("wsrt_build_info", "Version of this wsrt.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        ready = GaugeMetricFamily(
+            "wsrt_ready", "1 when /healthz answers 200, else 0.", labels=["status"]
+        )
+        ready.add_metric([self.readiness.status], 1 if self.readiness.ready else 0)
+        yield ready
+
+        yield GaugeMetricFamily(
+            "wsrt_connections", "Open WebSocket connections.", value=self.open_connections()
+        )
+        yield CounterMetricFamily(
+            "wsrt_connections_opened", "WebSocket connections accepted.", value=s.connections_opened
+        )
+        closed = CounterMetricFamily(
+            "wsrt_connections_closed", "WebSocket connections closed, by reason.", labels=["reason"]
+        )
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], s.connections_closed[reason])
+        yield closed
+        rejected = CounterMetricFamily(
+            "wsrt_handshakes_rejected",
+            "Upgrades refused before the handshake, by reason (401 kinds, origin, draining).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(s.handshakes_rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "wsrt_slow_consumer_disconnects",
+            "Clients closed with 1008 slow consumer.",
+            value=s.connections_closed["slow_consumer"],
+        )
+        yield GaugeMetricFamily(
+            "wsrt_slow_consumer_disconnects_recent",
+            f"Slow-consumer disconnects in the last {RECENT_WINDOW_SECONDS:.0f} seconds.",
+            value=s.recent_slow_consumers(),
+        )
+        subscriptions = GaugeMetricFamily(
+            "wsrt_subscriptions",
+            "Subscriptions by topic (topic:key channels counted under their topic).",
+            labels=["topic"],
+        )
+        for topic in sorted(self.hub.topics):
+            subscriptions.add_metric([topic], self.hub.subscription_count(topic))
+        yield subscriptions
+
+        yield CounterMetricFamily(
+            "wsrt_frames_delivered",
+            "Frames written to client sockets (messages and control replies).",
+            value=self.delivery.frames,
+        )
+        yield CounterMetricFamily(
+            "wsrt_bytes_sent", "Bytes of message frames written.", value=self.delivery.bytes
+        )
+        consumed = CounterMetricFamily(
+            "wsrt_kafka_messages",
+            "Kafka messages consumed (valid or not), by topic.",
+            labels=["topic"],
+        )
+        invalid = CounterMetricFamily(
+            "wsrt_kafka_invalid_messages",
+            "Kafka messages skipped because the value is not JSON, by topic.",
+            labels=["topic"],
+        )
+        for topic in sorted(self.hub.topics):
+            consumed.add_metric([topic], s.kafka_messages[topic])
+            invalid.add_metric([topic], s.kafka_invalid[topic])
+        yield consumed
+        yield invalid
+        lag = GaugeMetricFamily(
+            "wsrt_kafka_lag",
+            "Messages behind the partition's high watermark.",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), value in sorted(s.kafka_lag.items()):
+            lag.add_metric([topic, str(partition)], value)
+        yield lag
+        yield GaugeMetricFamily(
+            "wsrt_kafka_last_commit_timestamp_seconds",
+            "UNIX time of the last successful offset commit (0: none yet).",
+            value=s.kafka_last_commit,
+        )
+        yield CounterMetricFamily(
+            "wsrt_kafka_rebalances", "Partition assignments received.", value=s.kafka_rebalances
+        )
+        yield s.delay.family(
+            "wsrt_delivery_delay_seconds",
+            "From the Kafka record timestamp to hand-off to the client sockets.",
+        )
+
+
+class Metrics:
+    """The registry behind ``GET /metrics``."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Exposition text → ``{(sample name, sorted labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    """Sum of a sample over all its label sets."""
+    return sum(v for (n, _), v in samples.items() if n == name)
