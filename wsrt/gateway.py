@@ -248,12 +248,11 @@ class Gateway:
             outlet.close()
             self.hub.remove(outlet)
             await connection.wait_closed()
-            self.stats.connections_closed[
-                close_reason(connection.close_code, connection.close_reason)
-            ] += 1
+            code, reason = close_info(connection)
+            self.stats.connections_closed[close_reason(code, reason)] += 1
             self.log.info(
                 "connection_closed", "connection closed", subject=subject, remote=remote,
-                code=connection.close_code, reason=connection.close_reason or None,
+                code=code, reason=reason or None,
                 duration_ms=round((time.monotonic() - opened) * 1000),
                 frames=outlet.frames_sent,
             )  # fmt: skip
@@ -327,6 +326,22 @@ class Gateway:
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()
+
+
+def close_info(connection: ServerConnection) -> tuple[int, str]:
+    """Code and reason of a closed connection, from whichever side closed first.
+
+    websockets' ``close_code`` is the code *received*; when the server closed
+    (slow consumer, token expired, shutdown) and the client never answered,
+    that would read 1006 and hide why.
+    """
+    p = connection.protocol
+    sent, received = p.close_sent, p.close_rcvd
+    if sent is not None and (received is None or not p.close_rcvd_then_sent):
+        return sent.code, sent.reason
+    if received is not None:
+        return received.code, received.reason
+    return 1006, ""
 
 
 def _remote(connection: ServerConnection) -> str | None:

@@ -95,9 +95,11 @@ class Stats:
     kafka_last_commit: float = 0.0
     kafka_rebalances: int = 0
     delay: DelayHistogram = field(default_factory=DelayHistogram)
+    slow_consumers: int = 0
     slow_recent: deque[float] = field(default_factory=deque)
 
     def slow_consumer(self) -> None:
+        self.slow_consumers += 1
         self.slow_recent.append(time.monotonic())
 
     def recent_slow_consumers(self) -> int:
@@ -158,7 +160,7 @@ class Collector:
         yield CounterMetricFamily(
             "wsrt_slow_consumer_disconnects",
             "Clients closed with 1008 slow consumer.",
-            value=s.connections_closed["slow_consumer"],
+            value=s.slow_consumers,
         )
         yield GaugeMetricFamily(
             "wsrt_slow_consumer_disconnects_recent",

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wsrt.health import Readiness
+from wsrt.hub import DeliveryStats, Hub
+from wsrt.logs import EventLogger, JsonFormatter, LibraryFlood, TextFormatter
+from wsrt.metrics import Collector, DelayHistogram, Metrics, Stats, close_reason, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exported_names() -> set[str]:
+    stats = Stats()
+    stats.kafka_lag[("lines", 0)] = 1
+    stats.handshakes_rejected["expired"] += 1
+    metrics = Metrics(Collector(stats, DeliveryStats(), Hub(["lines"]), Readiness(), lambda: 0))
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    return {name for name, _ in parse(body.decode())}
+
+
+def expressions() -> list[str]:
+    dashboard = json.loads((ROOT / "infrastructure/grafana/ws-realtime-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    alerts = yaml.safe_load((ROOT / "infrastructure/prometheus/alerts.yml").read_text())
+    exprs += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    return exprs
+
+
+def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
+    names = exported_names()
+    used = {m for e in expressions() for m in re.findall(r"\bwsrt_[a-z_]+", e)}
+    assert used, "no wsrt metric referenced"
+    assert used <= names, f"not exported: {sorted(used - names)}"
+
+
+def test_expressions_are_balanced() -> None:
+    for expr in expressions():
+        depth = 0
+        for char in expr:
+            depth += {"(": 1, ")": -1, "[": 1, "]": -1, "{": 1, "}": -1}.get(char, 0)
+            assert depth >= 0, expr
+        assert depth == 0, expr
+
+
+def test_every_alert_is_actionable() -> None:
+    alerts = yaml.safe_load((ROOT / "infrastructure/prometheus/alerts.yml").read_text())
+    rules = [r for g in alerts["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {
+        "WsrtNotReady", "WsrtConsumerLagGrowing", "WsrtNoMessagesConsumed", "WsrtSlowConsumerStorm",
+    }  # fmt: skip
+    for rule in rules:
+        assert rule["for"] and rule["labels"]["severity"] in {"page", "warn"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "label"),
+    [(1000, "", "normal"), (1005, None, "normal"), (1008, "slow consumer", "slow_consumer"),
+     (1008, "token expired", "token_expired"), (1001, "server shutting down", "shutdown"),
+     (1008, "rate limit exceeded", "policy"), (1009, "", "policy"), (1006, None, "error"),
+     (None, None, "error")],
+)  # fmt: skip
+def test_close_reasons(code, reason, label) -> None:
+    assert close_reason(code, reason) == label
+
+
+def test_delay_histogram_is_cumulative() -> None:
+    h = DelayHistogram((0.01, 0.1))
+    h.observe_ms(1000.0, [995, 950, 100, 1200])  # 5 ms, 50 ms, 900 ms, clock skew → 0
+    family = h.family("d", "delay")
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "d_bucket"}
+    assert buckets == {"0.01": 2, "0.1": 3, "+Inf": 4}
+    assert [s.value for s in family.samples if s.name == "d_sum"] == [pytest.approx(0.955)]
+
+
+def record(name: str = "wsrt", msg: str = "connection closed", **fields) -> logging.LogRecord:
+    r = logging.LogRecord(name, logging.INFO, __file__, 1, msg, None, None)
+    r.wsrt_event = "connection_closed"
+    r.wsrt_fields = fields
+    return r
+
+
+def test_text_lines_have_the_prefix_and_fields() -> None:
+    line = TextFormatter().format(record(subject="alice", code=1008, reason="slow consumer"))
+    assert line.startswith("[ws-realtime] ")
+    assert line.endswith('INFO connection closed subject=alice code=1008 reason="slow consumer"')
+
+
+def test_json_lines_are_objects_with_stable_fields() -> None:
+    obj = json.loads(JsonFormatter().format(record(subject="alice", duration_ms=12, remote=None)))
+    assert obj["event"] == "connection_closed" and obj["level"] == "info"
+    assert obj["subject"] == "alice" and obj["duration_ms"] == 12
+    assert "remote" not in obj and obj["ts"].endswith("Z")
+
+
+def test_library_floods_are_cut_with_a_count() -> None:
+    flood = LibraryFlood(interval=60)
+    lines = [
+        logging.LogRecord("aiokafka", logging.ERROR, "", 1, "Unable connect to %s", ("x",), None)
+        for _ in range(5)
+    ]
+    assert [flood.filter(r) for r in lines] == [True, False, False, False, False]
+    assert flood.filter(record()) is True  # wsrt's own lines are never cut
+
+
+def test_event_logger_respects_level(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="wsrt")
+    log = EventLogger()
+    log.info("x", "hidden")
+    log.warning("y", "shown", a=1)
+    assert [r.getMessage() for r in caplog.records] == ["shown"]
