@@ -174,6 +174,9 @@ def check(
         2.0, "--interval", help="Seconds between the two --metrics scrapes."
     ),
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
+    wait: float = typer.Option(
+        0, "--wait", help="First wait up to this many seconds for /healthz to answer 200."
+    ),
     token: str = typer.Option(None, "--token", help="JWT for --subscribe [WS_TOKEN]."),
     secret: str = typer.Option(
         None, "--secret", help="Mint the token with this secret [WS_AUTH_SECRET]."
@@ -198,7 +201,12 @@ def check(
         env_file, require_secret=False, warn=False,
     )  # fmt: skip
     quiet_libraries()
-    results = [check_http(settings, "/healthz", timeout), check_http(settings, "/livez", timeout)]
+    healthz = check_http(settings, "/healthz", timeout)
+    deadline = time.monotonic() + wait
+    while not healthz.ok and time.monotonic() < deadline:
+        time.sleep(0.5)  # polling a server that is starting: there is no event to wait on
+        healthz = check_http(settings, "/healthz", timeout)
+    results = [healthz, check_http(settings, "/livez", timeout)]
     if subscribe:
         bearer = client_token(settings, subject)
         results.append(asyncio.run(check_subscribe(settings, subscribe, bearer, timeout)))

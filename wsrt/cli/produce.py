@@ -46,7 +46,9 @@ async def _keyed(
 
 
 def produce(
-    topic: str = typer.Option(..., "--topic", "-t", help="Topic to publish to."),
+    topic: list[str] = typer.Option(
+        ..., "--topic", "-t", help="Topic to publish to; repeatable for samples (round-robin)."
+    ),
     file: str = typer.Option(
         None, "--file", "-f", help="JSON messages, one per line ('-' for stdin). Default: samples."
     ),
@@ -72,6 +74,11 @@ def produce(
     """
     if count < 0 or rate < 0:
         fail("--count and --rate must be 0 or more", EXIT_USAGE)
+    topics = list(
+        dict.fromkeys(t.strip() for value in topic for t in value.split(",") if t.strip())
+    )
+    if file is not None and len(topics) != 1:
+        fail("--file sends to exactly one --topic", EXIT_USAGE)
     settings = settings_or_exit(
         {"WS_KAFKA_BROKERS": brokers}, env_file, require_secret=False, warn=False
     )
@@ -91,18 +98,19 @@ def produce(
             fail(f"cannot reach Kafka at {where}: {exc}")
         try:
             cluster = await kafka.client.fetch_all_metadata()
-            if topic not in cluster.topics():
-                fail(f"topic {topic!r} does not exist on {where}")
+            for name in topics:
+                if name not in cluster.topics():
+                    fail(f"topic {name!r} does not exist on {where}")
             messages = (
-                _given(topic, given, key_bytes)
+                _given(topics[0], given, key_bytes)
                 if given is not None
-                else _keyed(samples([topic], count), key_bytes)
+                else _keyed(samples(topics, count), key_bytes)
             )
             return await publish(kafka, messages, rate, stop)
         except KafkaError as exc:
-            fail(f"publishing to {topic} failed: {exc}")
+            fail(f"publishing to {', '.join(topics)} failed: {exc}")
         finally:
             await kafka.stop()
 
     sent = asyncio.run(run())
-    typer.echo(f"sent {sent} message{'s' * (sent != 1)} to {topic}")
+    typer.echo(f"sent {sent} message{'s' * (sent != 1)} to {', '.join(topics)}")
