@@ -34,11 +34,15 @@ def _force_exit(log: EventLogger, message: str) -> None:
     os._exit(1)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, baseline_broadcast: bool = False) -> int:
     log = EventLogger()
     assert settings.auth_secret is not None
     readiness = health.Readiness()
     hub = Hub(settings.kafka_topics)
+    if baseline_broadcast:  # the benchmark's baseline, never for operators
+        from wsrt.baseline import BroadcastHub
+
+        hub = BroadcastHub(settings.kafka_topics)
     verifier = Verifier(
         settings.auth_secret,
         algorithms=settings.auth_algorithms,
@@ -84,7 +88,7 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, baseline_broadcast: bool = False) -> int:
     """Run :func:`serve` on uvloop where available."""
     try:
         import uvloop
@@ -93,4 +97,4 @@ def run(settings: Settings) -> int:
     except ImportError:  # pragma: no cover - platforms without uvloop
         runner = asyncio.Runner()
     with runner:
-        return runner.run(serve(settings))
+        return runner.run(serve(settings, baseline_broadcast=baseline_broadcast))

@@ -131,6 +131,16 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _seconds(raw: str, *, allow_zero: bool) -> float:
     try:
         value = float(raw.strip())
@@ -210,6 +220,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Origin allow list, comma-separated; empty allows all origins."),
     Variable("WS_CLIENT_BUFFER", "client_buffer", "256", _positive_int,
              "Per-client outbound queue in messages; a client past it is closed 1008."),
+    Variable("WS_SEND_BUFFER_BYTES", "send_buffer_bytes", "262144", _non_negative_int,
+             "Kernel send buffer per client socket (0: OS autotuning, up to megabytes)."),
     Variable("WS_SHUTDOWN_TIMEOUT_SECONDS", "shutdown_timeout", "10", _positive_seconds,
              "Bound on the whole graceful shutdown."),
     Variable("WS_AUTH_AUDIENCE", "auth_audience", "", _optional,
@@ -279,6 +291,7 @@ class Settings:
     auth_secret: str | None
     allowed_origins: tuple[str, ...]
     client_buffer: int
+    send_buffer_bytes: int
     shutdown_timeout: float
     auth_audience: str | None
     auth_leeway: float

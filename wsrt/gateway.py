@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,11 +59,23 @@ class ConnectionOutlet(Outlet):
 class ClientConnection(ServerConnection):
     """A server connection that tells its outlet when the transport pauses."""
 
+    #: SO_SNDBUF for accepted sockets (0 leaves the kernel's autotuning), set by the gateway.
+    send_buffer_bytes = 0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outlet: ConnectionOutlet | None = None
         self.claims: Claims | None = None
         self.initial_channels: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Bound what the kernel holds for a client that stops reading: with
+        # autotuning a socket can buffer megabytes before the transport pauses,
+        # which delays the slow-consumer verdict and costs memory per client.
+        sock = transport.get_extra_info("socket")
+        if self.send_buffer_bytes and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
+        super().connection_made(transport)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -126,7 +139,9 @@ class Gateway:
             s.bind_host,
             s.bind_port,
             process_request=self._process_request,
-            create_connection=ClientConnection,
+            create_connection=type(
+                "Connection", (ClientConnection,), {"send_buffer_bytes": s.send_buffer_bytes}
+            ),
             # Pre-built frames are shared by every client: no per-client deflate.
             compression=None,
             max_size=s.max_frame_bytes,

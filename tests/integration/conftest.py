@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.harness import ServerProcess
+from tests.integration.harness import SECRET, ServerProcess
 from wsrt.brokers import Broker, create_topics, default_kind, make_broker
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def servers(bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., ServerProc
         ready: bool = True,
         brokers: str | None = None,
     ) -> ServerProcess:
-        server = ServerProcess(brokers or bootstrap, topics, tmp_path, env)
+        server = ServerProcess(brokers or bootstrap, topics, tmp_path, env, secret=SECRET)
         started.append(server)
         server.start()
         if ready:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from wsrt.cli import check, dev, loadtest, produce, serve, tail, token
+from wsrt.cli import bench, check, dev, loadtest, produce, serve, tail, token
 
 app = typer.Typer(
     name="wsrt",
@@ -21,6 +21,7 @@ app.command("tail")(tail.tail)
 app.command("check")(check.check)
 app.command("produce")(produce.produce)
 app.command("loadtest")(loadtest.loadtest)
+app.command("bench")(bench.bench)
 
 
 def main() -> None:

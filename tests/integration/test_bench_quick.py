@@ -1,0 +1,26 @@
+"""The benchmark's quick mode, so it cannot rot: correctness only, never timing."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsrt.bench.run import SCENARIOS, run
+from wsrt.brokers import Broker
+
+
+@pytest.mark.timeout(300)
+def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
+    results = run(broker, SCENARIOS, quick=True)
+    assert [r.scenario for r in results] == [
+        "fan-out, wsrt hub",
+        "fan-out, websockets.broadcast() per message",
+        "latency",
+        "isolation: 1 stalled client",
+        "idle connections",
+    ]
+    for result in results:
+        assert result.checks, result.scenario
+        failed = [name for name, ok in result.checks.items() if not ok]
+        assert not failed, f"{result.scenario}: {failed} {result.figures}"
+    fanout = results[0]
+    assert "every frame delivered" in fanout.checks  # the quick run is never cut by its window

@@ -1,0 +1,306 @@
+"""The benchmark's load client: many WebSocket connections in one process.
+
+Run as ``python -m wsrt.bench.client '<json parameters>'``; it prints
+``{"event": "ready", …}`` once every connection is upgraded, then one JSON
+result line.
+
+Three kinds of connection keep the client cheap enough not to be the
+bottleneck:
+
+* **counters** speak the handshake themselves and then only count message
+  frames, with ``bytes.count`` over what arrives (the envelope's
+  ``"type":"message"`` marker; a marker split across two reads is counted
+  once). No frame is parsed.
+* **samplers** are real ``websockets`` clients that parse every frame: they
+  check that offsets of each partition arrive in order with no gap, and
+  measure the delay from the Kafka record timestamp to receipt. They are the
+  correctness check on a sample, and the latency figures.
+* one optional **stalled** client stops reading after the handshake (a
+  4 KiB receive buffer), to show that the server drops it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+MARK = b'"type":"message"'
+
+
+@dataclass
+class Totals:
+    frames: int = 0
+    closed: int = 0
+    upgraded: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+class Counter(asyncio.Protocol):
+    """Handshake by hand, then count message frames without parsing them."""
+
+    def __init__(
+        self, request: bytes, totals: Totals, upgraded: asyncio.Event, stall: bool
+    ) -> None:
+        self.request = request
+        self.totals = totals
+        self.upgraded = upgraded
+        self.stall = stall
+        self.head = b""
+        self.open = False
+        self.frames = 0
+        self.carry = b""
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = self.head.split(b"\r\n", 1)[0]
+            data = self.head[end + 4 :]
+            self.head = b""
+            if b" 101 " not in status:
+                self.totals.failed.append(status.decode(errors="replace"))
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.open = True
+            self.totals.upgraded += 1
+            self.upgraded.set()
+            if self.stall:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                return
+        # A marker split across two reads lies in carry + data[:15]; carry is
+        # shorter than the marker, so nothing is counted twice.
+        edge = (self.carry + data[: len(MARK) - 1]).count(MARK) if self.carry else 0
+        found = data.count(MARK) + edge
+        self.frames += found
+        self.totals.frames += found
+        self.carry = data[-(len(MARK) - 1) :]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.totals.closed += 1
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+def _request(url: str, token: str) -> bytes:
+    parts = urlsplit(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+async def open_counter(url: str, token: str, totals: Totals, *, stall: bool = False) -> Counter:
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    if stall:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (parts.hostname, parts.port))
+    upgraded = asyncio.Event()
+    _, protocol = await loop.create_connection(
+        lambda: Counter(_request(url, token), totals, upgraded, stall), sock=sock
+    )
+    waiting = asyncio.ensure_future(upgraded.wait())
+    await asyncio.wait({waiting, protocol.lost}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    return protocol
+
+
+@dataclass
+class Sample:
+    """What one parsing client saw."""
+
+    received: int = 0
+    gaps: int = 0
+    out_of_order: int = 0
+    delays_ms: list[float] = field(default_factory=list)
+    close: tuple[int | None, str | None] | None = None
+
+
+async def sampler(
+    url: str, token: str, sample: Sample, stop: asyncio.Event, ready: asyncio.Event
+) -> None:
+    import websockets
+
+    last: dict[int, int] = {}
+    async with websockets.connect(
+        url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None,
+        ping_interval=None, compression=None,
+    ) as ws:  # fmt: skip
+        ready.set()
+        reading = asyncio.ensure_future(_read(ws, sample, last))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        reading.cancel()
+        stopping.cancel()
+        sample.close = (ws.close_code, ws.close_reason)
+
+
+async def _read(ws: Any, sample: Sample, last: dict[int, int]) -> None:
+    async for frame in ws:
+        now_ms = time.time() * 1000
+        msg = json.loads(frame)
+        if msg.get("type") != "message":
+            continue
+        sample.received += 1
+        sample.delays_ms.append(now_ms - msg["timestamp"])
+        partition, offset = msg["partition"], msg["offset"]
+        previous = last.get(partition)
+        if previous is not None:
+            if offset <= previous:
+                sample.out_of_order += 1
+            elif offset != previous + 1:
+                sample.gaps += 1
+        last[partition] = offset
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1], "n": len(ordered)}
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def stream(p: dict[str, Any]) -> dict[str, Any]:
+    """Counters and samplers on one channel until the target, the window or the timeout."""
+    url = f"{p['url']}?channels={p['channel']}"
+    totals = Totals()
+    counters = []
+    for i in range(0, p["counters"], 100):
+        batch = range(i, min(i + 100, p["counters"]))
+        counters += await asyncio.gather(*(open_counter(url, p["token"], totals) for _ in batch))
+    stalled = await open_counter(url, p["token"], totals, stall=True) if p.get("stalled") else None
+    stop = asyncio.Event()
+    samples = [Sample() for _ in range(p["samplers"])]
+    readies = [asyncio.Event() for _ in samples]
+    tasks = [
+        asyncio.ensure_future(sampler(url, p["token"], s, stop, r))
+        for s, r in zip(samples, readies, strict=True)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    emit({"event": "ready", "upgraded": totals.upgraded, "failed": totals.failed[:5]})
+
+    target = p.get("messages")  # expected message frames per connection, if known
+    started = time.monotonic()
+    deadline = started + p["timeout"]
+    series: list[tuple[float, int]] = []
+    first: float | None = None
+    ended = "timeout"
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # sampling the counters' progress for the time series
+        now, frames = time.time(), totals.frames + sum(s.received for s in samples)
+        series.append((now, frames))
+        if first is None and frames:
+            first = now
+        if first is not None and now - first >= p["window"]:
+            ended = "window"
+            break
+        if (
+            target
+            and all(c.frames >= target for c in counters)
+            and all(s.received >= target for s in samples)
+        ):
+            ended = "target"
+            break
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    per_client = [c.frames for c in counters] + [s.received for s in samples]
+    delays = [d for s in samples for d in s.delays_ms]
+    result = {
+        "event": "result",
+        "ended": ended,
+        "connections": len(per_client),
+        "frames": sum(per_client),
+        "per_client_min": min(per_client, default=0),
+        "per_client_max": max(per_client, default=0),
+        "series": series,
+        "closed_early": sum(1 for c in counters if c.lost.done()),
+        "sample_gaps": sum(s.gaps for s in samples),
+        "sample_out_of_order": sum(s.out_of_order for s in samples),
+        "sample_received": [s.received for s in samples],
+        "delay_ms": percentiles(delays),
+        "stalled_closed": bool(stalled and stalled.lost.done()),
+        "failed": totals.failed[:5],
+    }
+    for c in counters:
+        if c.transport is not None:
+            c.transport.abort()
+    if stalled is not None and stalled.transport is not None:
+        stalled.transport.abort()
+    return result
+
+
+async def idle(p: dict[str, Any]) -> dict[str, Any]:
+    """Open ``connections`` idle connections, ``concurrency`` at a time; hold until stdin closes."""
+    url = f"{p['url']}?channels={p['channel']}"
+    totals = Totals()
+    counters: list[Counter] = []
+    semaphore = asyncio.Semaphore(p["concurrency"])
+
+    async def one() -> None:
+        async with semaphore:
+            counters.append(await open_counter(url, p["token"], totals))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(p["connections"])), return_exceptions=True)
+    elapsed = time.perf_counter() - started
+    emit({
+        "event": "ready", "upgraded": totals.upgraded, "seconds": elapsed,
+        "handshakes_per_s": totals.upgraded / elapsed if elapsed else 0.0,
+        "failed": len(totals.failed) + p["connections"] - len(counters),
+    })  # fmt: skip
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    still_open = sum(1 for c in counters if not c.lost.done())
+    for c in counters:
+        if c.transport is not None:
+            c.transport.abort()
+    return {"event": "result", "still_open": still_open}
+
+
+def main() -> None:
+    params = json.loads(sys.argv[1])
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover
+        runner = asyncio.Runner()
+    with runner:
+        scenario = stream if params["mode"] == "stream" else idle
+        emit(runner.run(scenario(params)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,433 @@
+"""``wsrt bench``: scenarios on a real broker, a real server process and a load client.
+
+Every scenario starts its own ``wsrt serve`` on loopback, a load client in
+another process (:mod:`wsrt.bench.client`), feeds Kafka, and stops by itself
+within its time bound. Figures are printed with the machine, the versions and
+the parameters; ratios are taken between runs of the same invocation, since
+the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from wsrt.bench.server import ServerProcess
+from wsrt.brokers import Broker, create_topics
+from wsrt.config import load_settings
+from wsrt.metrics import parse, total
+from wsrt.tokens import mint_token
+
+SECRET = "wsrt-bench-secret-0123456789abcdef0123456789"
+#: A message value of about the size the design measured with (about 200 bytes).
+VALUE = (
+    b'{"symbol":"BTC-USD","seq":%d,"bids":[[97000.5,0.4201],[96999.9,1.25],[96998.1,0.07]],'
+    b'"asks":[[97001.2,0.3310],[97001.9,2.5],[97003.4,0.11]],"venue":"bench","ts":0}'
+)
+
+
+@dataclass
+class Scale:
+    """Counts and durations of one invocation (full or quick)."""
+
+    fanout_clients: int = 1000
+    fanout_messages: int = 30_000
+    fanout_window: float = 10.0
+    latency_clients: int = 1000
+    latency_rate: float = 100.0
+    latency_seconds: float = 60.0
+    isolation_seconds: float = 30.0
+    samplers: int = 20
+    #: WS_CLIENT_BUFFER of the isolation scenario.
+    isolation_buffer: int = 256
+    idle_connections: int = 10_000
+    handshake_concurrency: int = 200
+
+    @classmethod
+    def quick(cls) -> Scale:
+        return cls(
+            fanout_clients=20, fanout_messages=300, fanout_window=30.0, latency_clients=20,
+            latency_rate=50.0, latency_seconds=2.0, isolation_seconds=10.0, samplers=5,
+            isolation_buffer=16,
+            idle_connections=200, handshake_concurrency=50,
+        )  # fmt: skip
+
+
+@dataclass
+class Result:
+    scenario: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    versions = {name: version(name) for name in ("websockets", "aiokafka", "uvloop", "orjson")}
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        **versions,
+    }
+
+
+class Bench:
+    def __init__(self, broker: Broker, scale: Scale, workdir: Path) -> None:
+        self.broker = broker
+        self.scale = scale
+        self.workdir = workdir
+        self.token = mint_token(SECRET, "bench", ttl=24 * 3600)
+        self.settings = load_settings(
+            {"WS_KAFKA_BROKERS": broker.bootstrap}, environ={}, env_file=None
+        )
+
+    # -- plumbing --------------------------------------------------------------
+
+    @contextmanager
+    def server(self, topic: str, env: dict[str, str], args: list[str]) -> Iterator[ServerProcess]:
+        server = ServerProcess(
+            self.broker.bootstrap, [topic], self.workdir,
+            {"WS_LOG_LEVEL": "INFO", "WS_PING_INTERVAL_SECONDS": "0",
+             "WS_KAFKA_METADATA_REFRESH_SECONDS": "0.5", **env},
+            args=args, secret=SECRET,
+        )  # fmt: skip
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    @contextmanager
+    def client(self, params: dict[str, Any]) -> Iterator[subprocess.Popen[str]]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wsrt.bench.client", json.dumps(params)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+    @staticmethod
+    def line(process: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+        """The next JSON line of the client (it prints two: ready, then result)."""
+        box: list[str] = []
+        assert process.stdout is not None
+        reader = threading.Thread(target=lambda: box.append(process.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout)
+        if not box or not box[0]:
+            raise RuntimeError("the load client did not answer in time (or died)")
+        obj: dict[str, Any] = json.loads(box[0])
+        return obj
+
+    def metrics(self, server: ServerProcess) -> dict[Any, float]:
+        with urllib.request.urlopen(f"{server.http}/metrics", timeout=10) as response:
+            return parse(response.read().decode())
+
+    def preload(self, topic: str, count: int, value: bytes = VALUE) -> float:
+        """Produce ``count`` messages as fast as the producer goes; messages/s."""
+        from aiokafka import AIOKafkaProducer
+
+        async def run() -> float:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.broker.bootstrap, linger_ms=20,
+                max_batch_size=512 * 1024, acks=1,
+            )  # fmt: skip
+            await producer.start()
+            started = time.perf_counter()
+            try:
+                pending = []
+                for n in range(count):
+                    pending.append(await producer.send(topic, value % n, partition=0))
+                    if len(pending) >= 5000:
+                        await asyncio.gather(*pending)
+                        pending.clear()
+                await asyncio.gather(*pending)
+            finally:
+                await producer.stop()
+            return count / (time.perf_counter() - started)
+
+        return asyncio.run(run())
+
+    def paced(self, topic: str, count: int, rate: float) -> None:
+        """Produce ``count`` messages of about 2 KB at ``rate`` per second.
+
+        The record timestamp is the produce time; clients measure their delay
+        from it. 2 KB makes a stalled client's buffers fill within seconds.
+        """
+        from wsrt.feed import producer, publish
+
+        padding = "x" * 1800
+
+        async def messages() -> AsyncIterator[tuple[str, bytes | None, bytes]]:
+            for n in range(count):
+                value = b'{"seq":%d,"pad":"%s"}' % (n, padding.encode())
+                yield topic, b"k%d" % (n % 8), value
+
+        async def run() -> None:
+            kafka = producer(self.settings)
+            await kafka.start()
+            try:
+                await publish(kafka, messages(), rate)
+            finally:
+                await kafka.stop()
+
+        asyncio.run(run())
+
+    def new_topic(self, name: str, create: bool = True) -> str:
+        topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        if create:
+            asyncio.run(create_topics(self.broker.bootstrap, {topic: 1}))
+        return topic
+
+    # -- scenarios -------------------------------------------------------------
+
+    def fanout(self, baseline: bool) -> Result:
+        """N clients on one channel; the topic is filled after they connected."""
+        s = self.scale
+        name = "fan-out, websockets.broadcast() per message" if baseline else "fan-out, wsrt hub"
+        topic = self.new_topic("fanout", create=False)
+        env = {"WS_CLIENT_BUFFER": "1000000"}  # measure the server, not slow-consumer drops
+        args = ["--baseline-broadcast"] if baseline else []
+        with self.server(topic, env, args) as server:
+            samplers = min(s.samplers, s.fanout_clients)
+            params = {
+                "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
+                "counters": s.fanout_clients - samplers, "samplers": samplers,
+                "messages": s.fanout_messages, "window": s.fanout_window,
+                "timeout": s.fanout_window + 60,
+            }  # fmt: skip
+            with self.client(params) as client:
+                ready = self.line(client, 120)
+                assert server.process is not None
+                cpu = CpuSampler(server.process.pid)
+                # The topic appears after the clients subscribed: the server reads it
+                # from its beginning, a backlog it delivers as fast as it can.
+                asyncio.run(create_topics(self.broker.bootstrap, {topic: 1}))
+                produced_per_s = self.preload(topic, s.fanout_messages)
+                result = self.line(client, 400)
+                cpu.stop()
+        return self._stream_result(name, ready, result, cpu, produced_per_s, s.fanout_messages)
+
+    def _stream_result(
+        self,
+        name: str,
+        ready: dict[str, Any],
+        result: dict[str, Any],
+        cpu: CpuSampler,
+        produced_per_s: float,
+        expected: int,
+    ) -> Result:
+        rate, window = steady_rate(result["series"])
+        checks = {
+            "all upgraded": ready["upgraded"] == result["connections"] - ready_samplers(result),
+            "sample in order, no gap": result["sample_gaps"] == 0
+            and result["sample_out_of_order"] == 0,
+            "no client dropped": result["closed_early"] == 0,
+        }
+        if result["ended"] != "window":  # a run cut by its time bound is not complete
+            checks["every frame delivered"] = result["per_client_min"] == expected
+        return Result(
+            name,
+            {
+                "clients": result["connections"],
+                "frames/s": rate,
+                "kafka msg/s": rate / max(1, result["connections"]),
+                "server CPU": cpu.percent(window),
+                "window s": window[1] - window[0] if window else 0.0,
+                "frames": result["frames"],
+                "ended by": result["ended"],
+                "produce msg/s": produced_per_s,
+            },
+            checks,
+        )
+
+    def latency(self, stalled: bool) -> Result:
+        """N clients, a steady rate from a separate producer; delay produce → receipt."""
+        s = self.scale
+        seconds = s.isolation_seconds if stalled else s.latency_seconds
+        name = "isolation: 1 stalled client" if stalled else "latency"
+        topic = self.new_topic("latency")
+        count = int(s.latency_rate * seconds)
+        env = {"WS_CLIENT_BUFFER": str(s.isolation_buffer)}
+        with self.server(topic, env, []) as server:
+            samplers = min(s.samplers, s.latency_clients - 1)
+            params = {
+                "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
+                "counters": s.latency_clients - samplers - (1 if stalled else 0),
+                "samplers": samplers, "messages": count, "window": seconds + 30,
+                "timeout": seconds + 60, "stalled": stalled,
+            }  # fmt: skip
+            with self.client(params) as client:
+                ready = self.line(client, 120)
+                assert server.process is not None
+                cpu = CpuSampler(server.process.pid)
+                self.paced(topic, count, s.latency_rate)
+                result = self.line(client, seconds + 120)
+                cpu.stop()
+                after = self.metrics(server)
+        delay = result["delay_ms"]
+        rate, window = steady_rate(result["series"])
+        figures = {
+            "clients": result["connections"] + (1 if stalled else 0),
+            "frames/s": rate,
+            "msg/s": s.latency_rate,
+            "p50 ms": delay.get("p50"),
+            "p90 ms": delay.get("p90"),
+            "p99 ms": delay.get("p99"),
+            "max ms": delay.get("max"),
+            "server CPU": cpu.percent(window),
+        }
+        upgraded = ready["upgraded"] + samplers
+        checks = {
+            "all upgraded": upgraded == result["connections"] + (1 if stalled else 0),
+            "every frame delivered": result["per_client_min"] == count,
+            "sample in order, no gap": result["sample_gaps"] == 0
+            and result["sample_out_of_order"] == 0,
+        }
+        if stalled:
+            drops = total(after, "wsrt_slow_consumer_disconnects_total")
+            figures["slow-consumer drops"] = drops
+            figures["stalled socket gone by the end"] = result["stalled_closed"]
+            checks["stalled client dropped (1008), alone"] = drops == 1
+        return Result(name, figures, checks)
+
+    def connections(self) -> Result:
+        """Idle authenticated connections held by one server: handshakes/s and memory."""
+        s = self.scale
+        topic = self.new_topic("idle")
+        with self.server(topic, {}, []) as server:
+            assert server.process is not None
+            pid = server.process.pid
+            before = _rss_bytes(pid)
+            params = {
+                "mode": "idle", "url": server.url, "token": self.token, "channel": topic,
+                "connections": s.idle_connections, "concurrency": s.handshake_concurrency,
+            }  # fmt: skip
+            with self.client(params) as client:
+                ready = self.line(client, 300)
+                held = total(self.metrics(server), "wsrt_connections")
+                after = _rss_bytes(pid)
+                assert client.stdin is not None
+                client.stdin.close()
+                result = self.line(client, 60)
+        per_connection = (after - before) / max(1, ready["upgraded"])
+        return Result(
+            "idle connections",
+            {
+                "connections": ready["upgraded"],
+                "handshakes/s": ready["handshakes_per_s"],
+                "RSS per conn KB": per_connection / 1024,
+                "server RSS MB": after / 2**20,
+            },
+            {
+                "all upgraded": ready["upgraded"] == s.idle_connections and ready["failed"] == 0,
+                "server holds them all": held == s.idle_connections,
+                "all still open": result["still_open"] == s.idle_connections,
+            },
+        )
+
+
+def ready_samplers(result: dict[str, Any]) -> int:
+    return len(result["sample_received"])
+
+
+def steady_rate(series: list[list[float]]) -> tuple[float, tuple[float, float] | None]:
+    """Frames per second between the first and the last progress of a run."""
+    moving = [(t, n) for t, n in series if n > 0]
+    if len(moving) < 2:
+        return 0.0, None
+    last_n = moving[-1][1]
+    end = next(t for t, n in moving if n == last_n)
+    start_t, start_n = moving[0]
+    if end <= start_t:
+        return 0.0, None
+    return (last_n - start_n) / (end - start_t), (start_t, end)
+
+
+class CpuSampler:
+    """Server CPU seconds over time, read from /proc every 0.25 s in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.time(), _cpu_seconds(self.pid)))
+            except OSError:
+                return
+            self._stop.wait(0.25)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def percent(self, window: tuple[float, float] | None) -> float | None:
+        if window is None:
+            return None
+        inside = [(t, c) for t, c in self.samples if window[0] <= t <= window[1]]
+        if len(inside) < 2:
+            return None
+        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        return 100 * (c1 - c0) / (t1 - t0) if t1 > t0 else None
+
+
+SCENARIOS = ("fanout", "baseline", "latency", "isolation", "connections")
+
+
+def run(broker: Broker, scenarios: tuple[str, ...], quick: bool) -> list[Result]:
+    scale = Scale.quick() if quick else Scale()
+    with tempfile.TemporaryDirectory(prefix="wsrt-bench-") as tmp:
+        bench = Bench(broker, scale, Path(tmp))
+        results = []
+        for name in scenarios:
+            if name == "fanout":
+                results.append(bench.fanout(baseline=False))
+            elif name == "baseline":
+                results.append(bench.fanout(baseline=True))
+            elif name == "latency":
+                results.append(bench.latency(stalled=False))
+            elif name == "isolation":
+                results.append(bench.latency(stalled=True))
+            elif name == "connections":
+                results.append(bench.connections())
+    return results

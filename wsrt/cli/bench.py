@@ -1,0 +1,73 @@
+"""``wsrt bench``: the benchmark suite on a real broker (design section 7)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wsrt.cli.common import EXIT_USAGE, fail, quiet_libraries
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def bench(
+    scenario: list[str] = typer.Option(
+        [],
+        "--scenario",
+        "-s",
+        help="fanout, baseline, latency, isolation, connections (repeatable; default all).",
+    ),
+    quick: bool = typer.Option(False, "--quick", help="Small counts, a few seconds per scenario."),
+    broker: str = typer.Option(
+        None, "--broker", help="apache or embedded (default: WSRT_TEST_BROKER, else by Java)."
+    ),
+) -> None:
+    """Measure fan-out throughput (against a broadcast() baseline), latency,
+    slow-consumer isolation and idle connections on a real broker, and print
+    a table with the machine, versions and parameters.
+
+    Exit 1 when a correctness check fails (a frame missing or out of order, a
+    client not dropped or dropped wrongly); timings are reported, never judged.
+    """
+    from wsrt.bench.run import SCENARIOS, Scale, machine, run
+    from wsrt.brokers import default_kind, make_broker
+
+    chosen = tuple(scenario) or SCENARIOS
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown or (broker and broker not in ("apache", "embedded")):
+        fail(f"scenarios are {', '.join(SCENARIOS)}; --broker is apache or embedded", EXIT_USAGE)
+    quiet_libraries()
+    console = Console()
+    kind = broker or default_kind()
+    scale = Scale.quick() if quick else Scale()
+    with make_broker(kind) as kafka:
+        info = {**machine(), "broker": kafka.describe()}
+        console.print("  ".join(f"[bold]{k}[/] {v}" for k, v in info.items()))
+        console.print(f"[bold]parameters[/] {'quick' if quick else 'full'}: {scale}")
+        results = run(kafka, chosen, quick)
+    failed = []
+    for result in results:
+        table = Table(title=result.scenario, show_header=False, title_justify="left")
+        for key, value in result.figures.items():
+            table.add_row(key, _fmt(value))
+        for check, ok in result.checks.items():
+            table.add_row(check, "[green]ok[/]" if ok else "[red]FAILED[/]")
+            if not ok:
+                failed.append(f"{result.scenario}: {check}")
+        console.print(table)
+    by_name = {r.scenario: r.figures for r in results}
+    ours = by_name.get("fan-out, wsrt hub", {}).get("frames/s")
+    base = by_name.get("fan-out, websockets.broadcast() per message", {}).get("frames/s")
+    if ours and base:
+        console.print(
+            f"[bold]fan-out ratio[/] wsrt hub / broadcast() baseline = {ours / base:.1f}x"
+        )
+    if failed:
+        fail("correctness checks failed: " + "; ".join(failed))
