@@ -14,8 +14,8 @@ from wsrt.kafka_source import client_options
 from wsrt.samples import sample
 
 
-def producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(**client_options(settings), linger_ms=5, acks=1)
+def producer(settings: Settings, linger_ms: int = 5) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**client_options(settings), linger_ms=linger_ms, acks=1)
 
 
 def is_json(value: bytes) -> bool:

@@ -47,13 +47,14 @@ class ConnectionOutlet(Outlet):
         super().__init__(limit, on_overflow, delivery)
         self.connection = connection
         self.paused = connection.paused
+        self._protocol = connection.protocol
+        self._write = connection.transport.write
 
     def write(self, data: bytes) -> None:
         # Frames are whole, so they never interleave with the library's own
         # writes (pongs, close); after the close frame nothing more may go out.
-        connection = self.connection
-        if connection.protocol.state is State.OPEN:
-            connection.transport.write(data)
+        if self._protocol.state is State.OPEN:
+            self._write(data)
 
 
 class ClientConnection(ServerConnection):

@@ -95,6 +95,23 @@ class Outlet:
         self.queued = 0
         self.write(data)
 
+    def deliver(self, data: bytes, count: int) -> None:
+        """:meth:`push` then :meth:`flush`, for a publish that has one chunk for this outlet.
+
+        The common case (nothing pending, transport accepting) is one write,
+        with no list in between: this runs once per subscriber per batch.
+        """
+        if self.outbox or self.paused or self.closed:
+            if self.push(data, count):
+                self.flush()
+            return
+        self.frames_sent += count
+        self.bytes_sent += len(data)
+        delivery = self.delivery
+        delivery.frames += count
+        delivery.bytes += len(data)
+        self.write(data)
+
     def send(self, frame: bytes) -> None:
         """Send one control frame, after whatever is already pending."""
         if self.push(frame, 1):
@@ -198,6 +215,18 @@ class Hub:
                 by_topic[record.topic] = [record]
             else:
                 records.append(record)
+
+        if len(by_topic) == 1:
+            # One topic in this batch (the usual case): whole-topic subscribers
+            # without keyed routes for it get the joined chunk in one write.
+            ((topic, records),) = by_topic.items()
+            whole = self._whole.get(topic)
+            if whole and topic not in self._keyed:
+                data = b"".join([r.frame for r in records])
+                count = len(records)
+                for outlet in whole:
+                    outlet.deliver(data, count)
+                return
 
         dirty: list[Outlet] = []
         for topic, records in by_topic.items():

@@ -73,6 +73,25 @@ class Result:
     scenario: str
     figures: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
+    #: (share of samples, function) of the server's hottest functions, with --profile.
+    profile: list[tuple[float, str]] = field(default_factory=list)
+
+
+def top_functions(collapsed: Path, count: int = 15) -> list[tuple[float, str]]:
+    """Self time per function from py-spy's collapsed stacks ("a;b;c 12" lines)."""
+    own: dict[str, int] = {}
+    samples = 0
+    if not collapsed.exists():
+        return []
+    for line in collapsed.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf] = own.get(leaf, 0) + int(n)
+        samples += int(n)
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:count]
+    return [(n / samples, name) for name, n in ranked] if samples else []
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -103,10 +122,11 @@ def machine() -> dict[str, str]:
 
 
 class Bench:
-    def __init__(self, broker: Broker, scale: Scale, workdir: Path) -> None:
+    def __init__(self, broker: Broker, scale: Scale, workdir: Path, profile: bool = False) -> None:
         self.broker = broker
         self.scale = scale
         self.workdir = workdir
+        self.profile = profile
         self.token = mint_token(SECRET, "bench", ttl=24 * 3600)
         self.settings = load_settings(
             {"WS_KAFKA_BROKERS": broker.bootstrap}, environ={}, env_file=None
@@ -199,7 +219,9 @@ class Bench:
                 yield topic, b"k%d" % (n % 8), value
 
         async def run() -> None:
-            kafka = producer(self.settings)
+            # No linger: the record timestamp is taken at send(), and waiting
+            # to fill a batch would count in every client's delay.
+            kafka = producer(self.settings, linger_ms=0)
             await kafka.start()
             try:
                 await publish(kafka, messages(), rate)
@@ -238,10 +260,29 @@ class Bench:
                 # The topic appears after the clients subscribed: the server reads it
                 # from its beginning, a backlog it delivers as fast as it can.
                 asyncio.run(create_topics(self.broker.bootstrap, {topic: 1}))
+                spy = self._profiler(server.process.pid, s.fanout_window) if self.profile else None
                 produced_per_s = self.preload(topic, s.fanout_messages)
                 result = self.line(client, 400)
                 cpu.stop()
-        return self._stream_result(name, ready, result, cpu, produced_per_s, s.fanout_messages)
+        outcome = self._stream_result(name, ready, result, cpu, produced_per_s, s.fanout_messages)
+        if spy is not None:
+            spy.wait(60)
+            outcome.profile = top_functions(self._spy_output)
+        return outcome
+
+    def _profiler(self, pid: int, seconds: float) -> subprocess.Popen[bytes]:
+        """py-spy on the server for ``seconds`` (collapsed stacks)."""
+        import shutil
+
+        binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        spy = subprocess.Popen(
+            [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+             "--duration", str(max(1, int(seconds))), "--nonblocking",
+             "--output", str(self.workdir / "profile.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._spy_output = self.workdir / "profile.txt"
+        return spy
 
     def _stream_result(
         self,
@@ -296,10 +337,13 @@ class Bench:
                 ready = self.line(client, 120)
                 assert server.process is not None
                 cpu = CpuSampler(server.process.pid)
+                spy = self._profiler(server.process.pid, seconds) if self.profile else None
                 self.paced(topic, count, s.latency_rate)
                 result = self.line(client, seconds + 120)
                 cpu.stop()
                 after = self.metrics(server)
+        if spy is not None:
+            spy.wait(60)
         delay = result["delay_ms"]
         rate, window = steady_rate(result["series"])
         figures = {
@@ -324,7 +368,10 @@ class Bench:
             figures["slow-consumer drops"] = drops
             figures["stalled socket gone by the end"] = result["stalled_closed"]
             checks["stalled client dropped (1008), alone"] = drops == 1
-        return Result(name, figures, checks)
+        outcome = Result(name, figures, checks)
+        if spy is not None:
+            outcome.profile = top_functions(self._spy_output)
+        return outcome
 
     def connections(self) -> Result:
         """Idle authenticated connections held by one server: handshakes/s and memory."""
@@ -414,10 +461,12 @@ class CpuSampler:
 SCENARIOS = ("fanout", "baseline", "latency", "isolation", "connections")
 
 
-def run(broker: Broker, scenarios: tuple[str, ...], quick: bool) -> list[Result]:
+def run(
+    broker: Broker, scenarios: tuple[str, ...], quick: bool, profile: bool = False
+) -> list[Result]:
     scale = Scale.quick() if quick else Scale()
     with tempfile.TemporaryDirectory(prefix="wsrt-bench-") as tmp:
-        bench = Bench(broker, scale, Path(tmp))
+        bench = Bench(broker, scale, Path(tmp), profile)
         results = []
         for name in scenarios:
             if name == "fanout":

@@ -28,6 +28,9 @@ def bench(
     broker: str = typer.Option(
         None, "--broker", help="apache or embedded (default: WSRT_TEST_BROKER, else by Java)."
     ),
+    profile: bool = typer.Option(
+        False, "--profile", help="Profile the server with py-spy during the fan-out scenarios."
+    ),
 ) -> None:
     """Measure fan-out throughput (against a broadcast() baseline), latency,
     slow-consumer isolation and idle connections on a real broker, and print
@@ -51,7 +54,7 @@ def bench(
         info = {**machine(), "broker": kafka.describe()}
         console.print("  ".join(f"[bold]{k}[/] {v}" for k, v in info.items()))
         console.print(f"[bold]parameters[/] {'quick' if quick else 'full'}: {scale}")
-        results = run(kafka, chosen, quick)
+        results = run(kafka, chosen, quick, profile)
     failed = []
     for result in results:
         table = Table(title=result.scenario, show_header=False, title_justify="left")
@@ -62,6 +65,12 @@ def bench(
             if not ok:
                 failed.append(f"{result.scenario}: {check}")
         console.print(table)
+        if result.profile:
+            console.print(
+                f"[bold]hottest functions of the server (self time), {result.scenario}[/]"
+            )
+            for share, function in result.profile:
+                console.print(f"  {share:6.1%}  {function}")
     by_name = {r.scenario: r.figures for r in results}
     ours = by_name.get("fan-out, wsrt hub", {}).get("frames/s")
     base = by_name.get("fan-out, websockets.broadcast() per message", {}).get("frames/s")
