@@ -40,6 +40,10 @@ from wsrt.protocol import encode_envelope, text_frame
 #: Reconnect backoff: first wait, and the cap it doubles up to.
 BACKOFF_INITIAL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 10.0
+#: How long a consumer may take to leave its group and close.
+STOP_TIMEOUT_SECONDS = 5.0
+#: How long a consumer may take to connect before it is retried.
+START_TIMEOUT_SECONDS = 15.0
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -97,6 +101,7 @@ class KafkaSource:
         self.invalid = 0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._abandoned: set[asyncio.Future[None]] = set()
         self._uncommitted: dict[TopicPartition, int] = {}
         self._commit_task: asyncio.Task[None] | None = None
         #: Next offset to read per partition, for records the hub took.
@@ -154,7 +159,12 @@ class KafkaSource:
             metadata_max_age_ms=int(s.kafka_metadata_refresh * 1000),
         )
         self.consumer = consumer
-        await consumer.start()
+        # A broker that accepts connections but does not answer yet (starting
+        # up) can keep start() waiting: give up and retry with backoff.
+        if not await self._bounded(consumer.start(), START_TIMEOUT_SECONDS):
+            raise KafkaError(
+                f"no answer from {','.join(s.kafka_brokers)} within {START_TIMEOUT_SECONDS:g}s"
+            )
         if s.fanout_mode == "shared":
             consumer.subscribe(
                 list(s.kafka_topics), listener=_Listener(self._on_revoked, self._on_assigned)
@@ -180,7 +190,35 @@ class KafkaSource:
         except TimeoutError:
             self.log.warning("commit_failed", "final offset commit timed out; Kafka unreachable?")
         finally:
-            await consumer.stop()
+            # aiokafka's stop() can wait a long time for a broker that is gone,
+            # and shields parts of itself from cancellation: it runs as its own
+            # task, left behind if it takes too long, so that a replacement
+            # consumer (or the exit) does not wait with it.
+            try:
+                if not await self._bounded(consumer.stop(), STOP_TIMEOUT_SECONDS):
+                    self.log.warning("kafka_stop", "kafka consumer did not stop in time; left")
+            except (KafkaError, OSError) as exc:
+                self.log.warning(
+                    "kafka_stop", "kafka consumer stopped with an error", error=str(exc)
+                )
+
+    async def _bounded(self, coro: Awaitable[None], seconds: float) -> bool:
+        """Await ``coro`` for at most ``seconds``; False (and it goes on alone) if longer.
+
+        aiokafka shields parts of start() and stop() from cancellation, so a
+        timeout cannot interrupt them: they run as tasks that are left behind.
+        Its errors are re-raised; a stop() cancelled from inside counts as done.
+        """
+        task = asyncio.ensure_future(coro)
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if not done:
+            return False
+        if task.cancelled():
+            raise KafkaError("the Kafka client was cancelled from within")
+        task.result()
+        return True
 
     # -- broadcast mode: every partition, assigned by hand ---------------------
 
@@ -189,7 +227,11 @@ class KafkaSource:
         assert consumer is not None
         # consumer.topics() returns names only; the partitions come from the
         # same metadata request on the consumer's client.
-        cluster = await consumer._client.fetch_all_metadata()
+        try:
+            async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                cluster = await consumer._client.fetch_all_metadata()
+        except TimeoutError:
+            raise KafkaError("no metadata answer within the start timeout") from None
         wanted: set[TopicPartition] = set()
         missing = []
         for topic in self.settings.kafka_topics:
@@ -211,8 +253,12 @@ class KafkaSource:
                     await consumer.seek_to_beginning(tp)
                 else:
                     await consumer.seek_to_end(tp)
-            for tp in wanted:  # resolve lazily reset positions before saying "ready"
-                self._positions[tp] = await consumer.position(tp)
+            try:
+                async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                    for tp in wanted:  # resolve lazily reset positions before "ready"
+                        self._positions[tp] = await consumer.position(tp)
+            except TimeoutError:
+                raise KafkaError("partition positions not resolved in time") from None
             self.log.info(
                 "kafka_positioned", "consuming from",
                 positions=_offsets({tp: self._positions[tp] for tp in wanted}),

@@ -105,7 +105,12 @@ class Broker:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> Broker:
-        """Start and wait until it answers metadata (blocking: from async code use a thread)."""
+        """Start and wait until it answers metadata (blocking: from async code use a thread).
+
+        A broker stopped with ``keep_data=True`` starts again on the same port
+        and (Apache Kafka) the same log.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         self._ready.clear()
         self.process = subprocess.Popen(

@@ -117,7 +117,8 @@ class ApacheKafka(Broker):
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [*self._java(), "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(properties)],
+             # "=" form: a base64 id may begin with "-".
+             f"--cluster-id={cluster_id}", "-c", str(properties)],
             capture_output=True,
             text=True,
         )  # fmt: skip
