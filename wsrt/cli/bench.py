@@ -46,6 +46,14 @@ def bench(
     unknown = set(chosen) - set(SCENARIOS)
     if unknown or (broker and broker not in ("apache", "embedded")):
         fail(f"scenarios are {', '.join(SCENARIOS)}; --broker is apache or embedded", EXIT_USAGE)
+    if profile:
+        import shutil
+        import sys
+        from pathlib import Path
+
+        beside = Path(sys.executable).parent / "py-spy"
+        if not (shutil.which("py-spy") or beside.exists()):
+            fail("--profile needs py-spy: pip install py-spy", EXIT_USAGE)
     quiet_libraries()
     console = Console()
     kind = broker or default_kind()
