@@ -5,13 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python=${PYTHON:-python3}
-if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-    echo "error: wsrt needs Python 3.11 or newer ($python is $("$python" --version 2>&1))" >&2
-    exit 2
-fi
-venv=${WSRT_VENV:-.venv}
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -e '.[embedded,load]'
-exec "$venv/bin/wsrt" dev "$@"
+. scripts/venv.sh
+venv_dir=${WSRT_VENV:-.venv}
+venv "$venv_dir" embedded,load
+exec "$venv_dir/bin/wsrt" dev "$@"

@@ -9,20 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python=${PYTHON:-python3}
-if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-    echo "error: wsrt needs Python 3.11 or newer ($python is $("$python" --version 2>&1))" >&2
-    exit 2
-fi
-venv=${WSRT_TEST_VENV:-.venv-test}
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -e '.[test]'
+. scripts/venv.sh
+venv_dir=${WSRT_TEST_VENV:-.venv-test}
+venv "$venv_dir" test
 
 echo "== ruff"
-"$venv/bin/ruff" check wsrt tests scripts
-"$venv/bin/ruff" format --check wsrt tests scripts
+"$venv_dir/bin/ruff" check wsrt tests scripts
+"$venv_dir/bin/ruff" format --check wsrt tests scripts
 echo "== mypy"
-"$venv/bin/mypy"
+"$venv_dir/bin/mypy"
 echo "== pytest"
-exec "$venv/bin/pytest" "$@"
+exec "$venv_dir/bin/pytest" "$@"
