@@ -18,7 +18,8 @@ async def test_slow_consumer_is_closed_and_others_receive_everything(
     make_topics, servers, producer
 ) -> None:
     (topic,) = await make_topics("order_book")
-    server = servers([topic], {"WS_CLIENT_BUFFER": "32"})
+    # The default buffer: the good clients share one busy test process.
+    server = servers([topic], {"WS_CLIENT_BUFFER": "256"})
     slow = await StalledClient(f"{server.url}?channels={topic}", auth("slow")).connect()
     good = [
         await websockets.connect(
