@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wsrt.process import terminate
+
 EVENT_TIMEOUT = 60.0
 
 Event = dict[str, Any]
@@ -139,12 +141,5 @@ class ServerProcess:
         return self.process.wait(timeout)
 
     def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if self.process is not None:
+            terminate(self.process, timeout=20)

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +31,7 @@ from types import TracebackType
 from typing import IO
 
 from wsrt.errors import WsrtError
+from wsrt.process import die_with_parent, terminate
 
 KINDS = ("apache", "embedded")
 #: Environment variable choosing the broker of a test or benchmark run.
@@ -60,14 +59,6 @@ def default_kind(environ: dict[str, str] | None = None) -> str:
             raise BrokerError(f"{SELECT_ENV} must be one of {', '.join(KINDS)}, got {chosen!r}")
         return chosen
     return "apache" if shutil.which("java") and shutil.which("mvn") else "embedded"
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class Broker:
@@ -119,7 +110,7 @@ class Broker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self.workdir,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             # Its own session: a terminal's Ctrl-C reaches the parent, which
             # stops the broker last, after its clients.
             start_new_session=True,
@@ -178,13 +169,8 @@ class Broker:
     def stop(self, *, keep_data: bool = False) -> None:
         """Stop the process (SIGTERM, then SIGKILL) and, unless ``keep_data``, remove its data."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process, timeout=15)
         if self._reader is not None:
             self._reader.join(timeout=5)
         if not keep_data:

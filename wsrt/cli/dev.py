@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, fail, quiet_libraries, settings_or_exit
 from wsrt.config import Settings
 from wsrt.errors import WsrtError
+from wsrt.process import die_with_parent, terminate
 from wsrt.tokens import mint_token
 
 READY_MARK = "readiness ok"
@@ -40,12 +41,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    from wsrt.brokers import _die_with_parent as die
-
-    die()
 
 
 def dev(
@@ -100,7 +95,7 @@ def dev(
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
         start_new_session=True,  # Ctrl-C reaches us; we stop it before the broker
     )
     ready = threading.Event()
@@ -145,13 +140,7 @@ def dev(
         typer.echo(f"error: {exc}", err=True)
         code = 1
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        terminate(server, timeout=20)
         kafka.stop()
         typer.echo("wsrt dev: stopped", err=True)
     raise typer.Exit(code)
