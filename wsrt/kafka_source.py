@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -36,6 +36,8 @@ from wsrt.hub import Hub, Record
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
 from wsrt.protocol import encode_envelope, text_frame
+
+_T = TypeVar("_T")
 
 #: Reconnect backoff: first wait, and the cap it doubles up to.
 BACKOFF_INITIAL_SECONDS = 0.5
@@ -101,7 +103,7 @@ class KafkaSource:
         self.invalid = 0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._abandoned: set[asyncio.Future[None]] = set()
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self._uncommitted: dict[TopicPartition, int] = {}
         self._commit_task: asyncio.Task[None] | None = None
         #: Next offset to read per partition, for records the hub took.
@@ -203,22 +205,29 @@ class KafkaSource:
                 )
 
     async def _bounded(self, coro: Awaitable[None], seconds: float) -> bool:
-        """Await ``coro`` for at most ``seconds``; False (and it goes on alone) if longer.
+        """Await ``coro`` for at most ``seconds``; False (and it goes on alone) if longer."""
+        try:
+            await self._within(coro, seconds, "")
+        except _Late:
+            return False
+        return True
 
-        aiokafka shields parts of start() and stop() from cancellation, so a
+    async def _within(self, coro: Awaitable[_T], seconds: float, what: str) -> _T:
+        """The result of ``coro``, or :class:`KafkaError` after ``seconds``.
+
+        aiokafka shields parts of its coroutines from cancellation, so a
         timeout cannot interrupt them: they run as tasks that are left behind.
-        Its errors are re-raised; a stop() cancelled from inside counts as done.
+        Their errors are re-raised; one cancelled from inside is a KafkaError.
         """
         task = asyncio.ensure_future(coro)
         self._abandoned.add(task)
         task.add_done_callback(self._abandoned.discard)
         done, _ = await asyncio.wait({task}, timeout=seconds)
         if not done:
-            return False
+            raise _Late(f"{what or 'kafka call'}: no answer within {seconds:g}s")
         if task.cancelled():
             raise KafkaError("the Kafka client was cancelled from within")
-        task.result()
-        return True
+        return task.result()
 
     # -- broadcast mode: every partition, assigned by hand ---------------------
 
@@ -227,11 +236,9 @@ class KafkaSource:
         assert consumer is not None
         # consumer.topics() returns names only; the partitions come from the
         # same metadata request on the consumer's client.
-        try:
-            async with asyncio.timeout(START_TIMEOUT_SECONDS):
-                cluster = await consumer._client.fetch_all_metadata()
-        except TimeoutError:
-            raise KafkaError("no metadata answer within the start timeout") from None
+        cluster = await self._within(
+            consumer._client.fetch_all_metadata(), START_TIMEOUT_SECONDS, "metadata"
+        )
         wanted: set[TopicPartition] = set()
         missing = []
         for topic in self.settings.kafka_topics:
@@ -253,12 +260,10 @@ class KafkaSource:
                     await consumer.seek_to_beginning(tp)
                 else:
                     await consumer.seek_to_end(tp)
-            try:
-                async with asyncio.timeout(START_TIMEOUT_SECONDS):
-                    for tp in wanted:  # resolve lazily reset positions before "ready"
-                        self._positions[tp] = await consumer.position(tp)
-            except TimeoutError:
-                raise KafkaError("partition positions not resolved in time") from None
+            for tp in wanted:  # resolve lazily reset positions before saying "ready"
+                self._positions[tp] = await self._within(
+                    consumer.position(tp), START_TIMEOUT_SECONDS, f"position of {tp}"
+                )
             self.log.info(
                 "kafka_positioned", "consuming from",
                 positions=_offsets({tp: self._positions[tp] for tp in wanted}),
@@ -413,6 +418,10 @@ class KafkaSource:
             self.log.log(
                 level, "readiness", f"readiness {status}", status=status, reason=reason or None
             )
+
+
+class _Late(KafkaError):  # type: ignore[misc]
+    """A Kafka call that did not answer in time (it goes on, abandoned)."""
 
 
 def _describe(partitions: Iterable[TopicPartition]) -> str:
