@@ -403,8 +403,3 @@ def load_settings(
             "SASL needs WS_KAFKA_SASL_USERNAME and WS_KAFKA_SASL_PASSWORD",
         )
     return Settings(**values, warnings=tuple(warnings))
-
-
-def variable(name: str) -> Variable:
-    """The declaration of one ``WS_*`` variable."""
-    return _BY_NAME[name]

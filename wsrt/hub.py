@@ -61,8 +61,8 @@ class Outlet:
         self.queued = 0
         self.paused = False
         self.closed = False
+        #: Frames written to this client (logged when it closes).
         self.frames_sent = 0
-        self.bytes_sent = 0
 
     def write(self, data: bytes) -> None:
         """Hand bytes to the transport (never blocks)."""
@@ -87,7 +87,6 @@ class Outlet:
             return
         data = box[0] if len(box) == 1 else b"".join(box)
         self.frames_sent += self.queued
-        self.bytes_sent += len(data)
         delivery = self.delivery
         delivery.frames += self.queued
         delivery.bytes += len(data)
@@ -106,7 +105,6 @@ class Outlet:
                 self.flush()
             return
         self.frames_sent += count
-        self.bytes_sent += len(data)
         delivery = self.delivery
         delivery.frames += count
         delivery.bytes += len(data)
@@ -184,13 +182,6 @@ class Hub:
         """Forget every subscription of a closing outlet."""
         for topic, key in list(self._channels.get(outlet, ())):
             self.unsubscribe(outlet, topic, key)
-
-    def subscriber_count(self, topic: str) -> int:
-        """Distinct outlets that receive some messages of ``topic``."""
-        outlets = set(self._whole.get(topic, ()))
-        for subscribers in self._keyed.get(topic, {}).values():
-            outlets |= subscribers
-        return len(outlets)
 
     def subscription_count(self, topic: str) -> int:
         """Subscriptions to ``topic`` and its ``topic:key`` channels."""

@@ -100,7 +100,6 @@ class KafkaSource:
         self.log = log
         self.consumer: AIOKafkaConsumer | None = None
         self.consumed = 0
-        self.invalid = 0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._abandoned: set[asyncio.Future[Any]] = set()

@@ -182,7 +182,7 @@ class Collector:
             value=self.delivery.frames,
         )
         yield CounterMetricFamily(
-            "wsrt_bytes_sent", "Bytes of message frames written.", value=self.delivery.bytes
+            "wsrt_bytes_sent", "Bytes of frames written to clients.", value=self.delivery.bytes
         )
         consumed = CounterMetricFamily(
             "wsrt_kafka_messages",

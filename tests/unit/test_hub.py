@@ -74,10 +74,10 @@ def test_subscriptions_are_idempotent_and_removable(hub: Hub) -> None:
     hub.subscribe(a, "lines")
     hub.subscribe(a, "lines")
     hub.subscribe(b, "lines", "k")
-    assert hub.subscriber_count("lines") == 2
+    assert hub.subscription_count("lines") == 2
     hub.unsubscribe(a, "lines", "never")
     hub.remove(a)
-    assert hub.subscriber_count("lines") == 1
+    assert hub.subscription_count("lines") == 1
     hub.publish([rec("lines", "k", 1)])
     assert a.writes == [] and b.received == b"<lines:k:1>"
     hub.remove(b)
