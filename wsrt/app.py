@@ -14,13 +14,15 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterable
 
-from wsrt import __version__, health
+from wsrt import __version__
 from wsrt.auth import Verifier
 from wsrt.config import Settings
 from wsrt.gateway import Gateway
-from wsrt.hub import DeliveryStats, Hub
-from wsrt.kafka_source import KafkaSource
+from wsrt.health import Readiness, Status
+from wsrt.hub import Hub
+from wsrt.kafka.source import KafkaSource
 from wsrt.logs import EventLogger
 from wsrt.metrics import Collector, Metrics, Stats
 
@@ -34,15 +36,15 @@ def _force_exit(log: EventLogger, message: str) -> None:
     os._exit(1)
 
 
-async def serve(settings: Settings, *, baseline_broadcast: bool = False) -> int:
+async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] = Hub) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down within the bound; the exit status.
+
+    ``hub_factory`` builds the hub (the benchmarks' baseline plugs in its own).
+    """
     log = EventLogger()
     assert settings.auth_secret is not None
-    readiness = health.Readiness()
-    hub = Hub(settings.kafka_topics)
-    if baseline_broadcast:  # the benchmark's baseline, never for operators
-        from wsrt.baseline import BroadcastHub
-
-        hub = BroadcastHub(settings.kafka_topics)
+    readiness = Readiness(log)
+    hub = hub_factory(settings.kafka_topics)
     verifier = Verifier(
         settings.auth_secret,
         algorithms=settings.auth_algorithms,
@@ -50,11 +52,9 @@ async def serve(settings: Settings, *, baseline_broadcast: bool = False) -> int:
         leeway=settings.auth_leeway,
     )
     stats = Stats()
-    delivery = DeliveryStats()
-    gateway = Gateway(settings, hub, verifier, readiness, log, stats, delivery)
-    metrics = Metrics(Collector(stats, delivery, hub, readiness, gateway.hub_connections))
-    gateway.metrics = metrics.render
-    source = KafkaSource(settings, hub, readiness, log, stats)
+    metrics = Metrics(Collector(stats, hub, readiness))
+    gateway = Gateway(settings, hub, verifier, readiness, log, stats, metrics.render)
+    source = KafkaSource(settings, gateway.publish, readiness, log, stats)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -72,10 +72,9 @@ async def serve(settings: Settings, *, baseline_broadcast: bool = False) -> int:
     await stop.wait()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _force_exit, log, "second signal: exiting now")
-    readiness.set(health.DRAINING, "shutting down")
-    log.info("readiness", "readiness draining", status=health.DRAINING)
+    readiness.set(Status.DRAINING, "shutting down")
     log.info(
-        "shutdown_started", "shutting down", connections=gateway.hub_connections(),
+        "shutdown_started", "shutting down", connections=gateway.connection_count,
         timeout_s=settings.shutdown_timeout,
     )  # fmt: skip
     try:
@@ -88,7 +87,7 @@ async def serve(settings: Settings, *, baseline_broadcast: bool = False) -> int:
     return 0
 
 
-def run(settings: Settings, *, baseline_broadcast: bool = False) -> int:
+def run(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] = Hub) -> int:
     """Run :func:`serve` on uvloop where available."""
     try:
         import uvloop
@@ -97,4 +96,4 @@ def run(settings: Settings, *, baseline_broadcast: bool = False) -> int:
     except ImportError:  # pragma: no cover - platforms without uvloop
         runner = asyncio.Runner()
     with runner:
-        return runner.run(serve(settings, baseline_broadcast=baseline_broadcast))
+        return runner.run(serve(settings, hub_factory))

@@ -20,7 +20,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from wsrt.errors import WsrtError
 from wsrt.protocol import split_channel
-from wsrt.tokens import mint_token
+from wsrt.tokens import HMAC_ALGORITHMS, mint_token
 
 # The configuration warns once about a short WS_AUTH_SECRET; PyJWT would warn
 # on every token.
@@ -84,12 +84,14 @@ class Verifier:
         self,
         secret: str,
         *,
-        algorithms: Iterable[str] = ("HS256",),
+        algorithms: Iterable[str] = HMAC_ALGORITHMS[:1],
         audience: str | None = None,
         leeway: float = 0.0,
     ) -> None:
         self._secret = secret
-        self._algorithms = list(algorithms)
+        self._algorithms = [a for a in algorithms if a in HMAC_ALGORITHMS]
+        if not self._algorithms:
+            raise ValueError("a Verifier needs at least one HMAC algorithm")
         self._audience = audience
         self.leeway = leeway
         required = ["sub", "aud"] if audience is not None else ["sub"]

@@ -5,8 +5,9 @@ file in the current working directory. This module is the only reader of
 ``os.environ`` and ``.env`` in wsrt: commands build a :class:`Settings` at the
 edge and pass it down.
 
-Every variable is declared once in :data:`VARIABLES` with its default and its
-documentation; the README, the runbook and the drift tests read that table.
+Every variable is declared once, as a field of :class:`Settings` with its name,
+default, parser, help and group; :data:`VARIABLES` lists them for the README,
+the runbook and the drift tests.
 An invalid value raises :class:`~wsrt.errors.ConfigError`, whose message is the
 single line the CLI prints before exiting with status 2.
 """
@@ -27,6 +28,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from wsrt.errors import ConfigError
+from wsrt.tokens import HMAC_ALGORITHMS
 
 #: Secrets shorter than this are accepted with a warning (the runbook's own
 #: examples use ``dev-secret``); RFC 7518 asks for at least 256 bits for HS256.
@@ -172,7 +174,7 @@ def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
 
 
 def _algorithms(raw: str) -> tuple[str, ...]:
-    allowed = ("HS256", "HS384", "HS512")
+    allowed = HMAC_ALGORITHMS
     algorithms = tuple(a.upper() for a in _csv(raw))
     if not algorithms:
         raise ValueError("needs at least one of " + ", ".join(allowed))
@@ -196,128 +198,306 @@ def _default_replica_id() -> str:
 
 @dataclass(frozen=True)
 class Variable:
-    """One ``WS_*`` setting: where it goes, its default and what it means."""
+    """One ``WS_*`` setting: its field of :class:`Settings`, default, parser and meaning."""
 
     name: str
     attr: str
     default: str | None
     parse: Callable[[str], Any]
     help: str
+    #: server, kafka, auth or client: who reads it.
+    group: str
 
 
-VARIABLES: tuple[Variable, ...] = (
-    Variable("WS_BIND_ADDRESS", "bind_address", ":8080", _bind_address,
-             "Listen address, host:port or :port (all interfaces)."),
-    Variable("WS_KAFKA_BROKERS", "kafka_brokers", "localhost:9092", _brokers,
-             "Comma-separated Kafka bootstrap servers."),
-    Variable("WS_KAFKA_GROUP_ID", "kafka_group_id", "ws-realtime", _non_empty,
-             "Consumer group id (broadcast mode appends -<WS_REPLICA_ID>)."),
-    Variable("WS_KAFKA_TOPICS", "kafka_topics", "lines,order_book,analytics", _topics,
-             "Topics to serve; each is a channel."),
-    Variable("WS_AUTH_SECRET", "auth_secret", None, _secret,
-             "HMAC secret for JWT validation (required by serve)."),
-    Variable("WS_ALLOWED_ORIGINS", "allowed_origins", "", _origins,
-             "Origin allow list, comma-separated; empty allows all origins."),
-    Variable("WS_CLIENT_BUFFER", "client_buffer", "256", _positive_int,
-             "Per-client outbound queue in messages; a client past it is closed 1008."),
-    Variable("WS_SEND_BUFFER_BYTES", "send_buffer_bytes", "262144", _non_negative_int,
-             "Kernel send buffer per client socket (0: OS autotuning, up to megabytes)."),
-    Variable("WS_SHUTDOWN_TIMEOUT_SECONDS", "shutdown_timeout", "10", _positive_seconds,
-             "Bound on the whole graceful shutdown."),
-    Variable("WS_AUTH_AUDIENCE", "auth_audience", "", _optional,
-             "Expected JWT aud; when set, tokens without it get 401."),
-    Variable("WS_AUTH_LEEWAY_SECONDS", "auth_leeway", "0", _seconds_or_zero,
-             "Clock-skew leeway for exp, nbf and iat."),
-    Variable("WS_AUTH_ALGORITHMS", "auth_algorithms", "HS256", _algorithms,
-             "Accepted JWT algorithms (HMAC only)."),
-    Variable("WS_FANOUT_MODE", "fanout_mode", "broadcast", _choice("broadcast", "shared"),
-             "broadcast: every replica gets every message; shared: one group splits partitions."),
-    Variable("WS_REPLICA_ID", "replica_id", "", _optional,
-             "This replica's identity in broadcast mode (default: host name + random suffix)."),
-    Variable("WS_MAX_SUBSCRIPTIONS", "max_subscriptions", "100", _positive_int,
-             "Subscriptions per connection; beyond it too_many_subscriptions."),
-    Variable("WS_MAX_FRAME_BYTES", "max_frame_bytes", "65536", _positive_int,
-             "Largest client frame in bytes; beyond it close 1009."),
-    Variable("WS_CONTROL_RATE", "control_rate", "20", _positive_int,
-             "Client control messages per second (burst of as many); beyond it rate_limited."),
-    Variable("WS_MAX_CLIENT_ERRORS", "max_client_errors", "20", _positive_int,
-             "Errors a connection may cause within 10 s before it is closed 1008."),
-    Variable("WS_PING_INTERVAL_SECONDS", "ping_interval", "20", _seconds_or_zero,
-             "Server keepalive ping interval; 0 disables keepalive."),
-    Variable("WS_LOG_FORMAT", "log_format", "text", _choice("text", "json"),
-             "text ([ws-realtime] prefix) or json (one object per line)."),
-    Variable("WS_LOG_LEVEL", "log_level", "INFO",
-             _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
-             "Log level."),
-    Variable("WS_KAFKA_OFFSET_RESET", "kafka_offset_reset", "latest", _choice("latest", "earliest"),
-             "shared mode: where a group without committed offsets starts."),
-    Variable("WS_KAFKA_MAX_BATCH", "kafka_max_batch", "1000", _positive_int,
-             "Most records handed to the hub in one batch (bounds memory)."),
-    Variable("WS_KAFKA_FETCH_MAX_WAIT_SECONDS", "kafka_fetch_max_wait", "0.1", _positive_seconds,
-             "Longest a fetch waits for data (some brokers always wait it: latency)."),
-    Variable("WS_KAFKA_METADATA_REFRESH_SECONDS", "kafka_metadata_refresh", "10", _positive_seconds,
-             "How often new topics and partitions are looked for (broadcast mode)."),
-    Variable("WS_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", "PLAINTEXT",
-             _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", upper=True),
-             "Kafka security protocol."),
-    Variable("WS_KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", "PLAIN",
-             _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", upper=True),
-             "SASL mechanism when the protocol is SASL_*."),
-    Variable("WS_KAFKA_SASL_USERNAME", "kafka_sasl_username", "", _optional, "SASL user name."),
-    Variable("WS_KAFKA_SASL_PASSWORD", "kafka_sasl_password", "", _secret, "SASL password."),
-    Variable("WS_KAFKA_SSL_CAFILE", "kafka_ssl_cafile", "", _optional,
-             "CA bundle for SSL / SASL_SSL (default: system trust store)."),
-    Variable("WS_KAFKA_SSL_CERTFILE", "kafka_ssl_certfile", "", _optional,
-             "Client certificate for mutual TLS."),
-    Variable("WS_KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile", "", _optional,
-             "Client private key for mutual TLS."),
-    Variable("WS_URL", "url", "ws://localhost:8080/ws", _ws_url,
-             "Server URL for the client commands (tail, check, loadtest)."),
-    Variable("WS_TOKEN", "token", "", _secret,
-             "Token for the client commands; default: minted from WS_AUTH_SECRET."),
-)  # fmt: skip
+def _var(name: str, default: str | None, parse: Callable[[str], Any], help: str, group: str) -> Any:
+    """Declare a :class:`Settings` field as the setting ``name`` (its one declaration)."""
+    return dataclasses.field(
+        metadata={"setting": {"name": name, "default": default, "parse": parse, "help": help,
+                              "group": group}}
+    )  # fmt: skip
 
-_BY_NAME = {v.name: v for v in VARIABLES}
+
+_S, _K, _A, _C = "server", "kafka", "auth", "client"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated settings. Build with :func:`load_settings`; never mutate."""
+    """Validated settings, one field per ``WS_*`` variable. Build with :func:`load_settings`."""
 
-    bind_address: tuple[str, int]
-    kafka_brokers: tuple[str, ...]
-    kafka_group_id: str
-    kafka_topics: tuple[str, ...]
-    auth_secret: str | None
-    allowed_origins: tuple[str, ...]
-    client_buffer: int
-    send_buffer_bytes: int
-    shutdown_timeout: float
-    auth_audience: str | None
-    auth_leeway: float
-    auth_algorithms: tuple[str, ...]
-    fanout_mode: str
-    replica_id: str
-    max_subscriptions: int
-    max_frame_bytes: int
-    control_rate: int
-    max_client_errors: int
-    ping_interval: float
-    log_format: str
-    log_level: str
-    kafka_offset_reset: str
-    kafka_max_batch: int
-    kafka_fetch_max_wait: float
-    kafka_metadata_refresh: float
-    kafka_security_protocol: str
-    kafka_sasl_mechanism: str
-    kafka_sasl_username: str | None
-    kafka_sasl_password: str | None
-    kafka_ssl_cafile: str | None
-    kafka_ssl_certfile: str | None
-    kafka_ssl_keyfile: str | None
-    url: str
-    token: str | None
+    # -- server ------------------------------------------------------------------
+    bind_address: tuple[str, int] = _var(
+        "WS_BIND_ADDRESS",
+        ":8080",
+        _bind_address,
+        "Listen address, host:port or :port (all interfaces).",
+        _S,
+    )
+    allowed_origins: tuple[str, ...] = _var(
+        "WS_ALLOWED_ORIGINS",
+        "",
+        _origins,
+        "Origin allow list, comma-separated; empty allows all origins.",
+        _S,
+    )
+    client_buffer: int = _var(
+        "WS_CLIENT_BUFFER",
+        "256",
+        _positive_int,
+        "Per-client outbound queue in messages; a client past it is closed 1008.",
+        _S,
+    )
+    send_buffer_bytes: int = _var(
+        "WS_SEND_BUFFER_BYTES",
+        "262144",
+        _non_negative_int,
+        "Kernel send buffer per client socket (0: OS autotuning, up to megabytes).",
+        _S,
+    )
+    shutdown_timeout: float = _var(
+        "WS_SHUTDOWN_TIMEOUT_SECONDS",
+        "10",
+        _positive_seconds,
+        "Bound on the whole graceful shutdown.",
+        _S,
+    )
+    close_timeout: float = _var(
+        "WS_CLOSE_TIMEOUT_SECONDS",
+        "5",
+        _positive_seconds,
+        "How long a client may take to answer a close frame before it is dropped.",
+        _S,
+    )
+    fanout_mode: str = _var(
+        "WS_FANOUT_MODE",
+        "broadcast",
+        _choice("broadcast", "shared"),
+        "broadcast: every replica gets every message; shared: one group splits partitions.",
+        _S,
+    )
+    replica_id: str = _var(
+        "WS_REPLICA_ID",
+        "",
+        _optional,
+        "This replica's identity in broadcast mode (default: host name + random suffix).",
+        _S,
+    )
+    max_subscriptions: int = _var(
+        "WS_MAX_SUBSCRIPTIONS",
+        "100",
+        _positive_int,
+        "Subscriptions per connection; beyond it too_many_subscriptions.",
+        _S,
+    )
+    max_frame_bytes: int = _var(
+        "WS_MAX_FRAME_BYTES",
+        "65536",
+        _positive_int,
+        "Largest client frame in bytes; beyond it close 1009.",
+        _S,
+    )
+    control_rate: int = _var(
+        "WS_CONTROL_RATE",
+        "20",
+        _positive_int,
+        "Client control messages per second (burst of as many); beyond it rate_limited.",
+        _S,
+    )
+    max_client_errors: int = _var(
+        "WS_MAX_CLIENT_ERRORS",
+        "20",
+        _positive_int,
+        "Errors a connection may cause within the error window before it is closed 1008.",
+        _S,
+    )
+    client_error_window: float = _var(
+        "WS_CLIENT_ERROR_WINDOW_SECONDS",
+        "10",
+        _positive_seconds,
+        "Window over which a connection's errors count towards WS_MAX_CLIENT_ERRORS.",
+        _S,
+    )
+    ping_interval: float = _var(
+        "WS_PING_INTERVAL_SECONDS",
+        "20",
+        _seconds_or_zero,
+        "Server keepalive ping interval; 0 disables keepalive.",
+        _S,
+    )
+    log_format: str = _var(
+        "WS_LOG_FORMAT",
+        "text",
+        _choice("text", "json"),
+        "text ([ws-realtime] prefix) or json (one object per line).",
+        _S,
+    )
+    log_level: str = _var(
+        "WS_LOG_LEVEL",
+        "INFO",
+        _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
+        "Log level.",
+        _S,
+    )
+    # -- kafka -------------------------------------------------------------------
+    kafka_brokers: tuple[str, ...] = _var(
+        "WS_KAFKA_BROKERS",
+        "localhost:9092",
+        _brokers,
+        "Comma-separated Kafka bootstrap servers.",
+        _K,
+    )
+    kafka_group_id: str = _var(
+        "WS_KAFKA_GROUP_ID",
+        "ws-realtime",
+        _non_empty,
+        "Consumer group id (broadcast mode appends -<WS_REPLICA_ID>).",
+        _K,
+    )
+    kafka_topics: tuple[str, ...] = _var(
+        "WS_KAFKA_TOPICS",
+        "lines,order_book,analytics",
+        _topics,
+        "Topics to serve; each is a channel.",
+        _K,
+    )
+    kafka_offset_reset: str = _var(
+        "WS_KAFKA_OFFSET_RESET",
+        "latest",
+        _choice("latest", "earliest"),
+        "shared mode: where a group without committed offsets starts.",
+        _K,
+    )
+    kafka_max_batch: int = _var(
+        "WS_KAFKA_MAX_BATCH",
+        "1000",
+        _positive_int,
+        "Most records handed to the hub in one batch (bounds memory).",
+        _K,
+    )
+    kafka_fetch_max_wait: float = _var(
+        "WS_KAFKA_FETCH_MAX_WAIT_SECONDS",
+        "0.1",
+        _positive_seconds,
+        "Longest a fetch waits for data (some brokers always wait it: latency).",
+        _K,
+    )
+    kafka_metadata_refresh: float = _var(
+        "WS_KAFKA_METADATA_REFRESH_SECONDS",
+        "10",
+        _positive_seconds,
+        "How often new topics and partitions are looked for (broadcast mode).",
+        _K,
+    )
+    kafka_request_timeout: float = _var(
+        "WS_KAFKA_REQUEST_TIMEOUT_SECONDS",
+        "10",
+        _positive_seconds,
+        "Longest one Kafka request may wait for its answer.",
+        _K,
+    )
+    kafka_start_timeout: float = _var(
+        "WS_KAFKA_START_TIMEOUT_SECONDS",
+        "15",
+        _positive_seconds,
+        "Bound on connecting, a metadata lookup or positioning before a retry.",
+        _K,
+    )
+    kafka_stop_timeout: float = _var(
+        "WS_KAFKA_STOP_TIMEOUT_SECONDS",
+        "5",
+        _positive_seconds,
+        "Bound on stopping a consumer (leaving the group).",
+        _K,
+    )
+    kafka_commit_timeout: float = _var(
+        "WS_KAFKA_COMMIT_TIMEOUT_SECONDS",
+        "5",
+        _positive_seconds,
+        "Bound on one offset commit, the final one at shutdown included.",
+        _K,
+    )
+    kafka_backoff_initial: float = _var(
+        "WS_KAFKA_BACKOFF_INITIAL_SECONDS",
+        "0.5",
+        _positive_seconds,
+        "First wait before reconnecting to Kafka (doubles, with jitter).",
+        _K,
+    )
+    kafka_backoff_max: float = _var(
+        "WS_KAFKA_BACKOFF_MAX_SECONDS",
+        "10",
+        _positive_seconds,
+        "Longest wait between Kafka reconnect attempts.",
+        _K,
+    )
+    kafka_security_protocol: str = _var(
+        "WS_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", upper=True),
+        "Kafka security protocol.",
+        _K,
+    )
+    kafka_sasl_mechanism: str = _var(
+        "WS_KAFKA_SASL_MECHANISM",
+        "PLAIN",
+        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", upper=True),
+        "SASL mechanism when the protocol is SASL_*.",
+        _K,
+    )
+    kafka_sasl_username: str | None = _var(
+        "WS_KAFKA_SASL_USERNAME", "", _optional, "SASL user name.", _K
+    )
+    kafka_sasl_password: str | None = _var(
+        "WS_KAFKA_SASL_PASSWORD", "", _secret, "SASL password.", _K
+    )
+    kafka_ssl_cafile: str | None = _var(
+        "WS_KAFKA_SSL_CAFILE",
+        "",
+        _optional,
+        "CA bundle for SSL / SASL_SSL (default: system trust store).",
+        _K,
+    )
+    kafka_ssl_certfile: str | None = _var(
+        "WS_KAFKA_SSL_CERTFILE", "", _optional, "Client certificate for mutual TLS.", _K
+    )
+    kafka_ssl_keyfile: str | None = _var(
+        "WS_KAFKA_SSL_KEYFILE", "", _optional, "Client private key for mutual TLS.", _K
+    )
+    # -- auth --------------------------------------------------------------------
+    auth_secret: str | None = _var(
+        "WS_AUTH_SECRET", None, _secret, "HMAC secret for JWT validation (required by serve).", _A
+    )
+    auth_audience: str | None = _var(
+        "WS_AUTH_AUDIENCE",
+        "",
+        _optional,
+        "Expected JWT aud; when set, tokens without it get 401.",
+        _A,
+    )
+    auth_leeway: float = _var(
+        "WS_AUTH_LEEWAY_SECONDS",
+        "0",
+        _seconds_or_zero,
+        "Clock-skew leeway for exp, nbf and iat.",
+        _A,
+    )
+    auth_algorithms: tuple[str, ...] = _var(
+        "WS_AUTH_ALGORITHMS", "HS256", _algorithms, "Accepted JWT algorithms (HMAC only).", _A
+    )
+    # -- client commands (tail, check, loadtest) --------------------------------
+    url: str = _var(
+        "WS_URL",
+        "ws://localhost:8080/ws",
+        _ws_url,
+        "Server URL for the client commands (tail, check, loadtest).",
+        _C,
+    )
+    token: str | None = _var(
+        "WS_TOKEN",
+        "",
+        _secret,
+        "Token for the client commands; default: minted from WS_AUTH_SECRET.",
+        _C,
+    )
     #: Non-fatal remarks about the values (printed once by the CLI).
     warnings: tuple[str, ...] = ()
 
@@ -346,6 +526,15 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+#: Every setting, in declaration order; the README, runbook and drift tests read it.
+VARIABLES: tuple[Variable, ...] = tuple(
+    Variable(attr=f.name, **f.metadata["setting"])
+    for f in dataclasses.fields(Settings)
+    if "setting" in f.metadata
+)
+_BY_NAME = {v.name: v for v in VARIABLES}
 
 
 def load_settings(

@@ -6,24 +6,15 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from wsrt.config import Settings
-from wsrt.kafka_source import client_options
+from wsrt.kafka.options import client_options
 from wsrt.samples import sample
 
 
 def producer(settings: Settings, linger_ms: int = 5) -> AIOKafkaProducer:
     return AIOKafkaProducer(**client_options(settings), linger_ms=linger_ms, acks=1)
-
-
-def is_json(value: bytes) -> bool:
-    try:
-        orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return False
-    return True
 
 
 class Pacer:

@@ -1,33 +1,52 @@
-"""Readiness as ``/healthz`` reports it: one state shared by gateway and consumer."""
+"""Readiness and liveness as ``/healthz`` and ``/livez`` report them.
+
+One :class:`Readiness` is shared by the gateway (which answers) and the Kafka
+source (which knows). It logs each change of state once, itself, so callers
+just say what is true now.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-STARTING = "starting"
-OK = "ok"
-DEGRADED = "degraded"
-DRAINING = "draining"
+import enum
+import logging
+from typing import Protocol
 
 
-@dataclass
+class Status(enum.StrEnum):
+    STARTING = "starting"
+    OK = "ok"
+    DEGRADED = "degraded"
+    DRAINING = "draining"
+
+
+class _Log(Protocol):
+    def log(self, level: int, event: str, message: str, **fields: object) -> None: ...
+
+
 class Readiness:
     """``status`` is ``ok`` only when a message produced now reaches today's subscribers."""
 
-    status: str = STARTING
-    reason: str = "starting up"
+    def __init__(self, log: _Log | None = None) -> None:
+        self.status = Status.STARTING
+        self.reason = "starting up"
+        self._log = log
 
     @property
     def ready(self) -> bool:
-        return self.status == OK
+        return self.status is Status.OK
 
     @property
     def draining(self) -> bool:
-        return self.status == DRAINING
+        return self.status is Status.DRAINING
 
-    def set(self, status: str, reason: str = "") -> bool:
-        """Change state (draining is final); True when something changed."""
-        if self.status == DRAINING or (status, reason) == (self.status, self.reason):
+    def set(self, status: Status, reason: str = "") -> bool:
+        """Change state (draining is final); True when something changed, which is logged."""
+        if self.status is Status.DRAINING or (status, reason) == (self.status, self.reason):
             return False
         self.status, self.reason = status, reason
+        if self._log is not None:
+            level = logging.INFO if status in (Status.OK, Status.STARTING) else logging.WARNING
+            self._log.log(
+                level, "readiness", f"readiness {status}", status=str(status), reason=reason or None
+            )
         return True

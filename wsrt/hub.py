@@ -1,17 +1,19 @@
-"""Channel → subscribers routing with bounded per-client outboxes.
+"""Channel → subscribers routing with bounded per-client outlets, Sans-I/O.
 
 The hub never awaits: :meth:`Hub.publish` takes a whole Kafka batch of
 already-encoded frames, hands every subscriber the bytes it must receive and
-returns. Per batch and channel the frames are joined once, so a subscriber of
-a bare topic costs one list append and one ``write()`` per batch, whatever the
-number of messages (design section 7).
+returns the outlets that must be closed. Per batch and channel the frames are
+joined once, so a subscriber of a bare topic costs one ``write()`` per batch,
+whatever the number of messages (design section 7).
 
-An :class:`Outlet` is one client's outbound side. While its transport accepts
-data, what a publish gives it is written at the end of that publish in one
-call. While the transport is paused (above its high-water mark) the frames wait
-in the outbox, counted in messages; a publish that would take the outbox past
-the client's limit drops the outbox and reports the outlet as overflowing, so
-the gateway closes it with 1008 and every other subscriber carries on.
+An :class:`Outlet` is one client's outbound side, over a write function the
+gateway injects. It has two verbs: :meth:`Outlet.enqueue` takes frames and
+:meth:`Outlet.flush` writes everything pending in one call. While the
+transport is paused (above its high-water mark) frames wait, counted in
+messages. Either verb answers ``False`` when the outlet is finished — its
+queue overflowed (``slow consumer``) or its write raised — and records the
+:attr:`Outlet.verdict`. Like centrifuge's ``writer.enqueue``, the outlet never
+calls up into the gateway: the caller closes the connection, once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, TypeVar
 
 _K = TypeVar("_K")
+
+#: :attr:`Outlet.verdict` values.
+SLOW_CONSUMER = "slow consumer"
+WRITE_FAILED = "write failed"
 
 
 class Record(NamedTuple):
@@ -33,104 +39,114 @@ class Record(NamedTuple):
 class DeliveryStats:
     """Frames and bytes handed to client transports, summed over all outlets."""
 
-    __slots__ = ("bytes", "frames")
+    __slots__ = ("bytes", "frames", "write_errors")
 
     def __init__(self) -> None:
         self.frames = 0
         self.bytes = 0
+        self.write_errors = 0
 
 
 class Outlet:
-    """One client's outbound queue. Subclasses provide the transport.
+    """One client's outbound queue.
 
-    ``limit`` is the most messages that may wait while the transport is
-    paused. ``on_overflow`` is called once, synchronously, when a publish
-    exceeds it: it must not call back into the hub.
+    ``write`` hands bytes to the transport and never blocks. ``limit`` is the
+    most messages that may wait while the transport is paused. ``peer`` is the
+    connection behind the outlet, opaque to the hub.
     """
+
+    __slots__ = (
+        "delivery", "error", "frames_sent", "limit", "outbox", "paused", "peer", "queued",
+        "verdict", "write",
+    )  # fmt: skip
 
     def __init__(
         self,
+        write: Callable[[bytes], object],
         limit: int,
-        on_overflow: Callable[[Outlet], None],
         delivery: DeliveryStats | None = None,
+        peer: object = None,
     ) -> None:
+        self.write = write
         self.limit = limit
-        self.on_overflow = on_overflow
         self.delivery = delivery if delivery is not None else DeliveryStats()
+        self.peer = peer
         self.outbox: list[bytes] = []
         self.queued = 0
         self.paused = False
-        self.closed = False
+        #: Why the outlet stopped delivering (:data:`SLOW_CONSUMER`,
+        #: :data:`WRITE_FAILED`, or ``"closed"``); ``None`` while it delivers.
+        self.verdict: str | None = None
+        #: The exception of a failed write.
+        self.error: BaseException | None = None
         #: Frames written to this client (logged when it closes).
         self.frames_sent = 0
 
-    def write(self, data: bytes) -> None:
-        """Hand bytes to the transport (never blocks)."""
-        raise NotImplementedError
+    @property
+    def closed(self) -> bool:
+        return self.verdict is not None
 
-    def push(self, data: bytes, count: int) -> bool:
-        """Queue ``count`` frames; True when the outlet needs a :meth:`flush`."""
-        if self.closed:
-            return False
+    def enqueue(self, data: bytes, count: int) -> bool:
+        """Take ``count`` frames; ``False`` when this publish overflowed the outlet.
+
+        Nothing is written here: call :meth:`flush` (the hub does, once per
+        outlet per batch). A closed outlet takes nothing and reports nothing
+        more: its verdict was reported once.
+        """
+        if self.verdict is not None:
+            return True
         self.outbox.append(data)
         self.queued += count
-        if not self.paused:
-            return len(self.outbox) == 1
-        if self.queued > self.limit:
-            self.overflow()
-        return False
+        if self.paused and self.queued > self.limit:
+            self._finish(SLOW_CONSUMER)
+            return False
+        return True
 
-    def flush(self) -> None:
-        """Write everything pending in one call, unless the transport is paused."""
+    def flush(self) -> bool:
+        """Write everything pending in one call, unless paused; ``False`` when the write raised.
+
+        A write error is contained here: it finishes this outlet and never
+        reaches the hub loop or another client.
+        """
         box = self.outbox
-        if self.paused or self.closed or not box:
-            return
+        if self.paused or self.verdict is not None or not box:
+            return True
         data = box[0] if len(box) == 1 else b"".join(box)
-        self.frames_sent += self.queued
-        delivery = self.delivery
-        delivery.frames += self.queued
-        delivery.bytes += len(data)
+        count = self.queued
         box.clear()
         self.queued = 0
-        self.write(data)
-
-    def deliver(self, data: bytes, count: int) -> None:
-        """:meth:`push` then :meth:`flush`, for a publish that has one chunk for this outlet.
-
-        The common case (nothing pending, transport accepting) is one write,
-        with no list in between: this runs once per subscriber per batch.
-        """
-        if self.outbox or self.paused or self.closed:
-            if self.push(data, count):
-                self.flush()
-            return
+        try:
+            self.write(data)
+        except Exception as exc:  # any transport or library error, for this client only
+            self.error = exc
+            self.delivery.write_errors += 1
+            self._finish(WRITE_FAILED)
+            return False
         self.frames_sent += count
         delivery = self.delivery
         delivery.frames += count
         delivery.bytes += len(data)
-        self.write(data)
+        return True
 
-    def send(self, frame: bytes) -> None:
-        """Send one control frame, after whatever is already pending."""
-        if self.push(frame, 1):
-            self.flush()
+    def send(self, frame: bytes) -> bool:
+        """One control frame after whatever is pending; ``False`` as for the two verbs."""
+        return self.enqueue(frame, 1) and self.flush()
 
     def pause(self) -> None:
         self.paused = True
 
-    def resume(self) -> None:
+    def resume(self) -> bool:
+        """The transport takes data again: write what waited (``False``: the write raised)."""
         self.paused = False
-        self.flush()
-
-    def overflow(self) -> None:
-        self.closed = True
-        self.outbox.clear()
-        self.queued = 0
-        self.on_overflow(self)
+        return self.flush()
 
     def close(self) -> None:
         """Stop delivering: pending frames are dropped."""
-        self.closed = True
+        if self.verdict is None:
+            self._finish("closed")
+
+    def _finish(self, verdict: str) -> None:
+        self.verdict = verdict
         self.outbox.clear()
         self.queued = 0
 
@@ -188,16 +204,25 @@ class Hub:
         whole = len(self._whole.get(topic, ()))
         return whole + sum(len(s) for s in self._keyed.get(topic, {}).values())
 
+    def subscribers(self, topic: str, key: bytes | None) -> set[Outlet]:
+        """The outlets that receive a message of ``topic`` with ``key``."""
+        outlets = set(self._whole.get(topic, ()))
+        if key is not None:
+            outlets |= self._keyed.get(topic, {}).get(key, set())
+        return outlets
+
     @property
     def outlet_count(self) -> int:
         return len(self._channels)
 
-    def publish(self, batch: Sequence[Record]) -> None:
+    def publish(self, batch: Sequence[Record]) -> list[Outlet]:
         """Deliver a batch, in order, to every subscriber; never blocks.
 
         Frames are grouped per topic (order within a topic, hence within each
         partition, is kept), joined once per topic for its whole-topic
-        subscribers and once per subscriber for keyed subscriptions.
+        subscribers and once per subscriber for keyed subscriptions. Returns
+        the outlets finished by this publish (see :attr:`Outlet.verdict`): the
+        caller closes them and removes them from the hub.
         """
         by_topic: dict[str, list[Record]] = {}
         for record in batch:
@@ -206,6 +231,7 @@ class Hub:
                 by_topic[record.topic] = [record]
             else:
                 records.append(record)
+        finished: list[Outlet] = []
 
         if len(by_topic) == 1:
             # One topic in this batch (the usual case): whole-topic subscribers
@@ -216,8 +242,9 @@ class Hub:
                 data = b"".join([r.frame for r in records])
                 count = len(records)
                 for outlet in whole:
-                    outlet.deliver(data, count)
-                return
+                    if not (outlet.enqueue(data, count) and outlet.flush()):
+                        finished.append(outlet)
+                return finished
 
         dirty: list[Outlet] = []
         for topic, records in by_topic.items():
@@ -226,28 +253,41 @@ class Hub:
                 data = b"".join([r.frame for r in records])
                 count = len(records)
                 for outlet in whole:
-                    if outlet.push(data, count):
+                    if outlet.enqueue(data, count):
                         dirty.append(outlet)
+                    else:
+                        finished.append(outlet)
             keyed = self._keyed.get(topic)
             if keyed:
-                frames: dict[Outlet, list[bytes]] = {}
-                for record in records:
-                    subscribers = keyed.get(record.key) if record.key is not None else None
-                    if not subscribers:
-                        continue
-                    for outlet in subscribers:
-                        if whole and outlet in whole:
-                            continue  # already has the whole topic: once only
-                        pending = frames.get(outlet)
-                        if pending is None:
-                            frames[outlet] = [record.frame]
-                        else:
-                            pending.append(record.frame)
-                for outlet, pending in frames.items():
-                    if outlet.push(b"".join(pending), len(pending)):
+                for outlet, pending in _keyed_frames(records, keyed, whole).items():
+                    if outlet.enqueue(b"".join(pending), len(pending)):
                         dirty.append(outlet)
+                    else:
+                        finished.append(outlet)
         for outlet in dirty:
-            outlet.flush()
+            if not outlet.flush():
+                finished.append(outlet)
+        return finished
+
+
+def _keyed_frames(
+    records: list[Record], keyed: dict[bytes, set[Outlet]], whole: set[Outlet] | None
+) -> dict[Outlet, list[bytes]]:
+    """Per keyed subscriber, the frames of its keys, in order; whole-topic subscribers skipped."""
+    frames: dict[Outlet, list[bytes]] = {}
+    for record in records:
+        subscribers = keyed.get(record.key) if record.key is not None else None
+        if not subscribers:
+            continue
+        for outlet in subscribers:
+            if whole and outlet in whole:
+                continue  # already has the whole topic: once only
+            pending = frames.get(outlet)
+            if pending is None:
+                frames[outlet] = [record.frame]
+            else:
+                pending.append(record.frame)
+    return frames
 
 
 def _discard(index: dict[_K, set[Outlet]], key: _K, outlet: Outlet) -> None:

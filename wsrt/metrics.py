@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from wsrt import __version__
+from wsrt import __version__, protocol
 from wsrt.health import Readiness
 from wsrt.hub import DeliveryStats, Hub
 
@@ -37,15 +37,19 @@ CLOSE_REASONS = ("normal", "slow_consumer", "token_expired", "shutdown", "policy
 
 def close_reason(code: int | None, reason: str | None) -> str:
     """The ``reason`` label of a closed connection."""
-    if reason == "slow consumer":
+    if reason == protocol.REASON_SLOW_CONSUMER:
         return "slow_consumer"
-    if reason == "token expired":
+    if reason == protocol.REASON_TOKEN_EXPIRED:
         return "token_expired"
-    if code == 1001:
+    if code == protocol.CLOSE_GOING_AWAY:
         return "shutdown"
-    if code in (1000, 1005):
+    if code in (protocol.CLOSE_NORMAL, protocol.CLOSE_NO_STATUS):
         return "normal"
-    if code in (1003, 1008, 1009):
+    if code in (
+        protocol.CLOSE_UNSUPPORTED_DATA,
+        protocol.CLOSE_POLICY_VIOLATION,
+        protocol.CLOSE_TOO_BIG,
+    ):
         return "policy"
     return "error"
 
@@ -97,6 +101,11 @@ class Stats:
     delay: DelayHistogram = field(default_factory=DelayHistogram)
     slow_consumers: int = 0
     slow_recent: deque[float] = field(default_factory=deque)
+    delivery: DeliveryStats = field(default_factory=DeliveryStats)
+
+    @property
+    def connections_open(self) -> int:
+        return self.connections_opened - sum(self.connections_closed.values())
 
     def slow_consumer(self) -> None:
         self.slow_consumers += 1
@@ -112,19 +121,11 @@ class Stats:
 class Collector:
     """Renders :class:`Stats`, the hub and readiness as Prometheus families."""
 
-    def __init__(
-        self,
-        stats: Stats,
-        delivery: DeliveryStats,
-        hub: Hub,
-        readiness: Readiness,
-        open_connections: Callable[[], int],
-    ) -> None:
+    def __init__(self, stats: Stats, hub: Hub, readiness: Readiness) -> None:
         self.stats = stats
-        self.delivery = delivery
+        self.delivery = stats.delivery
         self.hub = hub
         self.readiness = readiness
-        self.open_connections = open_connections
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -134,11 +135,11 @@ class Collector:
         ready = GaugeMetricFamily(
             "wsrt_ready", "1 when /healthz answers 200, else 0.", labels=["status"]
         )
-        ready.add_metric([self.readiness.status], 1 if self.readiness.ready else 0)
+        ready.add_metric([str(self.readiness.status)], 1 if self.readiness.ready else 0)
         yield ready
 
         yield GaugeMetricFamily(
-            "wsrt_connections", "Open WebSocket connections.", value=self.open_connections()
+            "wsrt_connections", "Open WebSocket connections.", value=s.connections_open
         )
         yield CounterMetricFamily(
             "wsrt_connections_opened", "WebSocket connections accepted.", value=s.connections_opened

@@ -1,18 +1,15 @@
 """The client protocol, Sans-I/O: control frames in, replies and envelopes out.
 
 Nothing here touches a socket or an event loop. The gateway feeds client text
-into :func:`parse_control` and writes what the ``*_reply`` helpers return;
-the Kafka source turns each record into frame bytes once with
-:func:`encode_message`, and the hub hands those same bytes to every
-subscriber.
+into :func:`parse_control` and writes what the ``*_reply`` helpers return
+(framed by :mod:`wsrt.wire`, which also builds the ``message`` envelopes).
 """
 
 from __future__ import annotations
 
-import base64
-import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,10 +24,20 @@ TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
 RATE_LIMITED = "rate_limited"
 
 # Close codes.
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_NO_STATUS = 1005
+CLOSE_ABNORMAL = 1006
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+# Close reasons the server sends, which clients and metrics recognise.
+REASON_SLOW_CONSUMER = "slow consumer"
+REASON_TOKEN_EXPIRED = "token expired"
+REASON_SHUTDOWN = "server shutting down"
+REASON_WRITE_FAILED = "internal error"
 
 RequestId = str | int | float | None
 
@@ -112,10 +119,29 @@ def parse_control(text: str | bytes) -> Control:
     raise ProtocolError(BAD_REQUEST, f"unknown message type {kind[:64]!r}", request_id)
 
 
+class Channel(NamedTuple):
+    """A channel as the client named it, and the hub route it stands for."""
+
+    name: str
+    topic: str
+    #: The Kafka key of a ``topic:key`` channel; ``None`` for a whole topic.
+    key: str | None
+
+
 def split_channel(channel: str) -> tuple[str, str | None]:
     """``"order_book:BTC-USD"`` → ``("order_book", "BTC-USD")``; bare topics have no key."""
     topic, sep, key = channel.partition(":")
     return topic, (key if sep else None)
+
+
+def parse_channel(name: str) -> Channel:
+    return Channel(name, *split_channel(name))
+
+
+def channel_list(values: Iterable[str], *, unique: bool = False) -> list[str]:
+    """Names from repeatable, comma-separated values (flags, ``?channels=``), in order."""
+    names = [c.strip() for value in values for c in value.split(",") if c.strip()]
+    return list(dict.fromkeys(names)) if unique else names
 
 
 # -- server → client replies (JSON text payloads) ------------------------------
@@ -153,66 +179,3 @@ def error_reply(
     if channel is not None:
         obj["channel"] = channel
     return _reply(obj, request_id)
-
-
-# -- Kafka record → envelope → frame -------------------------------------------
-
-
-def encode_envelope(
-    topic: str,
-    key: bytes | None,
-    partition: int,
-    offset: int,
-    timestamp: int,
-    value: bytes | None,
-) -> bytes | None:
-    """The ``message`` envelope for one record, or ``None`` when the value is not JSON.
-
-    ``data`` is the record value embedded byte for byte; it is parsed once here
-    only to reject what is not JSON (empty values and tombstones included).
-    """
-    if not value:
-        return None
-    try:
-        orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if key is None:
-        key_part = b"null"
-    else:
-        try:
-            key_part = orjson.dumps(key.decode())
-        except UnicodeDecodeError:
-            key_part = b'"' + base64.b64encode(key) + b'","key_encoding":"base64"'
-    return b"".join(
-        (
-            b'{"type":"message","channel":',
-            orjson.dumps(topic),
-            b',"key":',
-            key_part,
-            b',"partition":%d,"offset":%d,"timestamp":%d,"data":' % (partition, offset, timestamp),
-            value,
-            b"}",
-        )
-    )
-
-
-_HEADER_SMALL = struct.Struct("!BB")
-_HEADER_MEDIUM = struct.Struct("!BBH")
-_HEADER_LARGE = struct.Struct("!BBQ")
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented, uncompressed WebSocket text frame (RFC 6455 §5.2).
-
-    Servers never mask, so these bytes are the same for every client: the hub
-    writes one object to every subscriber's transport.
-    """
-    length = len(payload)
-    if length < 126:
-        header = _HEADER_SMALL.pack(0x81, length)
-    elif length < 1 << 16:
-        header = _HEADER_MEDIUM.pack(0x81, 126, length)
-    else:
-        header = _HEADER_LARGE.pack(0x81, 127, length)
-    return header + payload

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from wsrt import protocol
 from wsrt.auth import AuthError, Claims, Verifier
-from wsrt.protocol import ProtocolError, split_channel
+from wsrt.protocol import Channel, ProtocolError, parse_channel
 
-#: Window over which client errors are counted towards ``max_errors``.
+#: Default window over which errors count towards ``max_errors`` (a setting).
 ERROR_WINDOW_SECONDS = 10.0
 
 
@@ -26,8 +26,8 @@ class Effects:
     """What the gateway must do after one client frame."""
 
     replies: list[bytes] = field(default_factory=list)
-    subscribe: list[str] = field(default_factory=list)
-    unsubscribe: list[str] = field(default_factory=list)
+    subscribe: list[Channel] = field(default_factory=list)
+    unsubscribe: list[Channel] = field(default_factory=list)
     close: tuple[int, str] | None = None
     #: The token was replaced: reschedule the expiry timer.
     refreshed: bool = False
@@ -44,6 +44,7 @@ class Session:
         control_rate: int,
         max_errors: int,
         now: float,
+        error_window: float = ERROR_WINDOW_SECONDS,
     ) -> None:
         self.claims = claims
         self.topics = topics
@@ -51,6 +52,7 @@ class Session:
         self.max_subscriptions = max_subscriptions
         self.control_rate = control_rate
         self.max_errors = max_errors
+        self.error_window = error_window
         self.subscriptions: set[str] = set()
         self._tokens = float(control_rate)
         self._last = now
@@ -76,7 +78,7 @@ class Session:
                 self._subscribe(control.channel, control.id, effects)
             elif isinstance(control, protocol.Unsubscribe):
                 self.subscriptions.discard(control.channel)
-                effects.unsubscribe.append(control.channel)
+                effects.unsubscribe.append(parse_channel(control.channel))
                 effects.replies.append(protocol.unsubscribed_reply(control.channel, control.id))
             elif isinstance(control, protocol.Ping):
                 effects.replies.append(protocol.pong_reply(control.id))
@@ -102,8 +104,8 @@ class Session:
             raise ProtocolError(
                 protocol.FORBIDDEN, "your token does not grant this channel", request_id, channel
             )
-        topic, key = split_channel(channel)
-        if topic not in self.topics or key == "":
+        route = parse_channel(channel)
+        if route.topic not in self.topics or route.key == "":
             raise ProtocolError(protocol.UNKNOWN_CHANNEL, "no such channel", request_id, channel)
         if channel not in self.subscriptions:
             if len(self.subscriptions) >= self.max_subscriptions:
@@ -114,7 +116,7 @@ class Session:
                     channel,
                 )
             self.subscriptions.add(channel)
-            effects.subscribe.append(channel)
+            effects.subscribe.append(route)
         effects.replies.append(protocol.subscribed_reply(channel, request_id))
 
     def _refresh(self, token: str, request_id: protocol.RequestId, effects: Effects) -> None:
@@ -131,7 +133,7 @@ class Session:
         for channel in sorted(self.subscriptions):
             if not claims.allows(channel):
                 self.subscriptions.discard(channel)
-                effects.unsubscribe.append(channel)
+                effects.unsubscribe.append(parse_channel(channel))
                 effects.replies.append(
                     protocol.unsubscribed_reply(channel, None, reason=protocol.FORBIDDEN)
                 )
@@ -150,7 +152,7 @@ class Session:
         effects.replies.append(error.reply())
         errors = self._errors
         errors.append(now)
-        while errors and errors[0] <= now - ERROR_WINDOW_SECONDS:
+        while errors and errors[0] <= now - self.error_window:
             errors.popleft()
         if len(errors) > self.max_errors:
             effects.close = (protocol.CLOSE_POLICY_VIOLATION, abuse)

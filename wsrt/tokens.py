@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 _DIGESTS = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+#: The HMAC algorithms wsrt signs and accepts (verification pins a subset of them).
+HMAC_ALGORITHMS = tuple(_DIGESTS)
 
 
 def _b64(data: bytes) -> str:

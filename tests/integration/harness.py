@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tests.support.server import EVENT_TIMEOUT, ServerProcess
 from wsrt.auth import mint_token
-from wsrt.bench.server import EVENT_TIMEOUT, ServerProcess
 
 SECRET = "integration-test-secret-0123456789abcdef"
 

@@ -143,6 +143,6 @@ async def test_broker_restart_keeps_clients_connected(servers, tmp_path) -> None
                 raise AssertionError(f"nothing delivered after the restart:\n{server.log_text()}")
             assert "after" in m["data"]
         assert get(f"{server.http}/healthz")[0] == 200
-        assert server.process is not None and server.process.poll() is None
+        assert server.poll() is None
     finally:
         own.stop()

@@ -2,22 +2,19 @@ from __future__ import annotations
 
 import pytest
 
-from wsrt.hub import Hub, Outlet, Record
+from wsrt.hub import SLOW_CONSUMER, WRITE_FAILED, Hub, Outlet, Record
 
 
 class MemoryOutlet(Outlet):
     """An outlet whose transport is a list of writes."""
 
     def __init__(self, limit: int = 10) -> None:
-        self.overflowed = 0
-        super().__init__(limit, self._overflowed)
         self.writes: list[bytes] = []
+        super().__init__(self.writes.append, limit)
 
-    def _overflowed(self, outlet: Outlet) -> None:
-        self.overflowed += 1
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
+    @property
+    def overflowed(self) -> int:
+        return int(self.verdict == SLOW_CONSUMER)
 
     @property
     def received(self) -> bytes:
@@ -106,11 +103,11 @@ def test_overflow_drops_the_slow_outlet_only(hub: Hub) -> None:
     hub.subscribe(slow, "lines")
     hub.subscribe(fast, "lines")
     slow.pause()
-    hub.publish([rec("lines", None, n) for n in range(3)])
+    assert hub.publish([rec("lines", None, n) for n in range(3)]) == []
     assert slow.overflowed == 0
-    hub.publish([rec("lines", None, 3)])
+    assert hub.publish([rec("lines", None, 3)]) == [slow]
     assert slow.overflowed == 1 and slow.closed and slow.outbox == []
-    hub.publish([rec("lines", None, 4)])
+    assert hub.publish([rec("lines", None, 4)]) == []  # reported once
     slow.resume()
     assert slow.writes == []
     assert fast.received == b"".join(f"<lines:None:{n}>".encode() for n in range(5))
@@ -132,3 +129,39 @@ def test_subscriber_added_after_publish_sees_only_later_messages(hub: Hub) -> No
     hub.subscribe(a, "lines")
     hub.publish([rec("lines", None, 2)])
     assert a.received == b"<lines:None:2>"
+
+
+def failing_write(data: bytes) -> None:
+    raise ConnectionResetError("peer gone")
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_failing_write_finishes_that_outlet_only(hub: Hub, keyed: bool) -> None:
+    broken, fine = Outlet(failing_write, limit=10), MemoryOutlet()
+    for outlet in (broken, fine):
+        hub.subscribe(outlet, "lines", "k" if keyed else None)
+    batch = [rec("lines", "k", 1), rec("order_book", "k", 2)]
+    assert hub.publish(batch) == [broken]  # no exception reaches the caller
+    assert broken.verdict == WRITE_FAILED and isinstance(broken.error, ConnectionResetError)
+    assert broken.delivery.write_errors == 1
+    assert fine.received == b"<lines:k:1>"
+    assert hub.publish([rec("lines", "k", 3)]) == []
+    assert fine.received == b"<lines:k:1><lines:k:3>"
+
+
+def test_overflow_verdict_in_a_mixed_batch(hub: Hub) -> None:
+    slow = MemoryOutlet(limit=1)
+    hub.subscribe(slow, "lines")
+    hub.subscribe(slow, "order_book", "k")
+    slow.pause()
+    finished = hub.publish([rec("lines", None, 1), rec("order_book", "k", 2)])
+    assert finished == [slow] and slow.verdict == SLOW_CONSUMER
+
+
+def test_send_and_resume_report_a_failed_write() -> None:
+    outlet = Outlet(failing_write, limit=10)
+    assert outlet.send(b"<ack>") is False and outlet.verdict == WRITE_FAILED
+    paused = Outlet(failing_write, limit=10)
+    paused.pause()
+    assert paused.send(b"<ack>") is True  # waits: nothing written yet
+    assert paused.resume() is False and paused.closed

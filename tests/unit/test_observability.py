@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from wsrt.health import Readiness
-from wsrt.hub import DeliveryStats, Hub
+from wsrt.hub import Hub
 from wsrt.logs import EventLogger, JsonFormatter, LibraryFlood, TextFormatter
 from wsrt.metrics import Collector, DelayHistogram, Metrics, Stats, close_reason, parse
 
@@ -20,7 +20,7 @@ def exported_names() -> set[str]:
     stats = Stats()
     stats.kafka_lag[("lines", 0)] = 1
     stats.handshakes_rejected["expired"] += 1
-    metrics = Metrics(Collector(stats, DeliveryStats(), Hub(["lines"]), Readiness(), lambda: 0))
+    metrics = Metrics(Collector(stats, Hub(["lines"]), Readiness()))
     body, content_type = metrics.render()
     assert content_type.startswith("text/plain")
     return {name for name, _ in parse(body.decode())}

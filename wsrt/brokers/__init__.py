@@ -21,17 +21,14 @@ import contextlib
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 from wsrt.errors import WsrtError
-from wsrt.process import die_with_parent, terminate
+from wsrt.process import Child
 
 KINDS = ("apache", "embedded")
 #: Environment variable choosing the broker of a test or benchmark run.
@@ -74,9 +71,7 @@ class Broker:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"wsrt-{self.kind}-"))
         self.log_path = self.workdir / "broker.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._ready = threading.Event()
-        self._reader: threading.Thread | None = None
+        self.child: Child[str] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -103,23 +98,9 @@ class Broker:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        self._ready.clear()
-        self.process = subprocess.Popen(
-            list(self.command()),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            preexec_fn=die_with_parent,
-            # Its own session: a terminal's Ctrl-C reaches the parent, which
-            # stops the broker last, after its clients.
-            start_new_session=True,
-        )
-        assert self.process.stdout is not None
-        self._reader = threading.Thread(
-            target=self._read_log, args=(self.process.stdout,), daemon=True
-        )
-        self._reader.start()
+        self.child = Child(
+            self.command(), cwd=self.workdir, merge_stderr=True, log_path=self.log_path
+        ).start()
         deadline = time.monotonic() + timeout
         try:
             self._wait_started(deadline)
@@ -129,23 +110,21 @@ class Broker:
             raise
         return self
 
-    def _read_log(self, stream: IO[bytes]) -> None:
-        with open(self.log_path, "ab") as log:
-            for line in stream:
-                log.write(line)
-                log.flush()
-                if self.ready_line.encode() in line:
-                    self._ready.set()
-        self._ready.set()  # the process ended: wake the waiter so it can report
+    @property
+    def pid(self) -> int:
+        assert self.child is not None
+        return self.child.pid
 
     def _wait_started(self, deadline: float) -> None:
-        self._ready.wait(max(0.0, deadline - time.monotonic()))
-        assert self.process is not None
-        if self.process.poll() is not None:
+        assert self.child is not None
+        line = self.child.wait_for(
+            lambda line: self.ready_line in line, deadline - time.monotonic()
+        )
+        if self.child.poll() is not None:
             raise BrokerError(
-                f"{self.describe()} exited with {self.process.returncode}:\n{self.log_tail()}"
+                f"{self.describe()} exited with {self.child.poll()}:\n{self.log_tail()}"
             )
-        if not self._ready.is_set():
+        if line is None:
             raise BrokerError(f"{self.describe()} did not start in time:\n{self.log_tail()}")
 
     def _wait_metadata(self, deadline: float) -> None:
@@ -168,11 +147,9 @@ class Broker:
 
     def stop(self, *, keep_data: bool = False) -> None:
         """Stop the process (SIGTERM, then SIGKILL) and, unless ``keep_data``, remove its data."""
-        process, self.process = self.process, None
-        if process is not None:
-            terminate(process, timeout=15)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        child, self.child = self.child, None
+        if child is not None:
+            child.stop(timeout=15)
         if not keep_data:
             self.cleanup()
 

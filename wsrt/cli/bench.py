@@ -1,6 +1,14 @@
-"""``wsrt bench``: the benchmark suite on a real broker (design section 7)."""
+"""``wsrt bench``: the benchmark suite on a real broker (design section 7).
+
+The benchmarks live in the checkout's ``tests/bench/`` (they do not ship in the
+package); this command runs them from the checkout this wsrt is installed
+from (``pip install -e .``), and says so when there is none.
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -39,7 +47,15 @@ def bench(
     Exit 1 when a correctness check fails (a frame missing or out of order, a
     client not dropped or dropped wrongly); timings are reported, never judged.
     """
-    from wsrt.bench.run import SCENARIOS, Scale, machine, run
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "tests" / "bench" / "run.py").is_file():
+        fail(
+            "wsrt bench runs the benchmarks of a source checkout (tests/bench/); "
+            "install wsrt from one with pip install -e .",
+            EXIT_USAGE,
+        )
+    sys.path.insert(0, str(checkout))
+    from tests.bench.run import SCENARIOS, Scale, machine, run
     from wsrt.brokers import default_kind, make_broker
 
     chosen = tuple(scenario) or SCENARIOS
@@ -48,8 +64,6 @@ def bench(
         fail(f"scenarios are {', '.join(SCENARIOS)}; --broker is apache or embedded", EXIT_USAGE)
     if profile:
         import shutil
-        import sys
-        from pathlib import Path
 
         beside = Path(sys.executable).parent / "py-spy"
         if not (shutil.which("py-spy") or beside.exists()):

@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import typer
-import websockets
 from aiokafka.errors import KafkaError
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -24,6 +20,7 @@ from wsrt.cli.common import (
     quiet_libraries,
     settings_or_exit,
 )
+from wsrt.client import connect, describe_refusal, http_get, scrape, wait_healthy
 from wsrt.config import Settings
 
 
@@ -37,20 +34,10 @@ class Result:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.name:<11} {self.detail}"
 
 
-def _get(url: str, timeout: float) -> tuple[int, str, float]:
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            status, body = response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read().decode(errors="replace")
-    return status, body, (time.perf_counter() - started) * 1000
-
-
 def check_http(settings: Settings, path: str, timeout: float) -> Result:
     name = path.strip("/")
     try:
-        status, body, ms = _get(settings.http_url + path, timeout)
+        status, body, ms = http_get(settings.http_url + path, timeout)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return Result(name, False, f"{settings.http_url}{path} unreachable: {reason}")
@@ -70,14 +57,8 @@ def check_http(settings: Settings, path: str, timeout: float) -> Result:
 async def check_subscribe(settings: Settings, channel: str, token: str, seconds: float) -> Result:
     name = "subscribe"
     started = time.perf_counter()
-    url = f"{settings.url}?channels={quote(channel, safe=':')}"
     try:
-        async with (
-            asyncio.timeout(seconds),
-            websockets.connect(
-                url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
-            ) as ws,
-        ):
+        async with asyncio.timeout(seconds), connect(settings.url, token, [channel]) as ws:
             async for frame in ws:
                 msg = json.loads(frame)
                 if msg.get("type") == "error":
@@ -90,10 +71,7 @@ async def check_subscribe(settings: Settings, channel: str, token: str, seconds:
                     return Result(name, True, f"{channel}: message at {where} after {ms:.0f} ms")
             return Result(name, False, f"{channel}: closed {ws.close_code} {ws.close_reason}")
     except InvalidStatus as exc:
-        body = (exc.response.body or b"").decode(errors="replace").strip()
-        return Result(
-            name, False, f"server refused the connection: {exc.response.status_code} {body}"
-        )
+        return Result(name, False, describe_refusal(exc))
     except TimeoutError:
         return Result(name, False, f"{channel}: no message within {seconds:g}s")
     except (OSError, InvalidHandshake, ConnectionClosed) as exc:
@@ -101,41 +79,33 @@ async def check_subscribe(settings: Settings, channel: str, token: str, seconds:
 
 
 async def check_kafka(settings: Settings, seconds: float) -> Result:
-    from aiokafka import AIOKafkaClient
-
-    from wsrt.kafka_source import client_options
+    from wsrt.kafka.options import discover, metadata_client
 
     where = ",".join(settings.kafka_brokers)
-    client = AIOKafkaClient(**client_options(settings), request_timeout_ms=int(seconds * 1000))
+    client = metadata_client(settings.replace(kafka_request_timeout=seconds))
     try:
         async with asyncio.timeout(seconds):
             await client.bootstrap()
-            cluster = await client.fetch_all_metadata()
+            found, missing = await discover(client, settings.kafka_topics)
     except (KafkaError, OSError, TimeoutError) as exc:
         return Result("kafka", False, f"cannot reach Kafka at {where}: {exc or type(exc).__name__}")
     finally:
         await client.close()
-    parts, missing = [], []
-    for topic in settings.kafka_topics:
-        partitions = cluster.partitions_for_topic(topic)
-        if partitions:
-            parts.append(f"{topic} {len(partitions)}p")
-        else:
-            missing.append(topic)
     if missing:
         return Result("kafka", False, f"{where}: missing topic(s) {', '.join(missing)}")
+    parts = [f"{topic} {len(found[topic])}p" for topic in settings.kafka_topics]
     return Result("kafka", True, f"{where}: {', '.join(parts)}")
 
 
 def check_metrics(settings: Settings, interval: float, timeout: float) -> list[Result]:
     """Two scrapes ``interval`` apart: what on-call wants to see first."""
-    from wsrt.metrics import parse, total
+    from wsrt.metrics import total
 
     url = settings.http_url + "/metrics"
     try:
-        first = parse(_get(url, timeout)[1])
+        first = scrape(settings.http_url, timeout)
         time.sleep(interval)  # two scrapes give rates
-        second = parse(_get(url, timeout)[1])
+        second = scrape(settings.http_url, timeout)
     except (OSError, ValueError) as exc:
         return [Result("metrics", False, f"{url} unreachable: {getattr(exc, 'reason', exc)}")]
 
@@ -201,12 +171,9 @@ def check(
         env_file, require_secret=False, warn=False,
     )  # fmt: skip
     quiet_libraries()
-    healthz = check_http(settings, "/healthz", timeout)
-    deadline = time.monotonic() + wait
-    while not healthz.ok and time.monotonic() < deadline:
-        time.sleep(0.5)  # polling a server that is starting: there is no event to wait on
-        healthz = check_http(settings, "/healthz", timeout)
-    results = [healthz, check_http(settings, "/livez", timeout)]
+    if wait:
+        wait_healthy(settings.http_url, wait)
+    results = [check_http(settings, "/healthz", timeout), check_http(settings, "/livez", timeout)]
     if subscribe:
         bearer = client_token(settings, subject)
         results.append(asyncio.run(check_subscribe(settings, subscribe, bearer, timeout)))

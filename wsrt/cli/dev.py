@@ -15,21 +15,21 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import typer
 from aiokafka.errors import KafkaError
 
 from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, fail, quiet_libraries, settings_or_exit
+from wsrt.client import wait_healthy
 from wsrt.config import Settings
 from wsrt.errors import WsrtError
-from wsrt.process import die_with_parent, terminate
+from wsrt.process import Child
 from wsrt.tokens import mint_token
 
-READY_MARK = "readiness ok"
+#: How long the server may take to answer /healthz 200.
+READY_TIMEOUT_SECONDS = 60.0
 
 
 def _port_free(port: int) -> bool:
@@ -89,30 +89,14 @@ def dev(
         # The embedded broker answers a fetch only when its wait expires.
         "WS_KAFKA_FETCH_MAX_WAIT_SECONDS": "0.05",
     }
-    server = subprocess.Popen(
+    server: Child[str] = Child(
         [sys.executable, "-m", "wsrt", "serve", "--env-file", str(env_file)],
         env=env,
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=die_with_parent,
-        start_new_session=True,  # Ctrl-C reaches us; we stop it before the broker
-    )
-    ready = threading.Event()
-
-    def relay() -> None:
-        assert server.stderr is not None
-        for line in server.stderr:
-            sys.stderr.write(line)
-            if READY_MARK in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=relay, daemon=True).start()
+        echo=sys.stderr,  # the server's log, as it happens
+    ).start()
     code = 0
     try:
-        ready.wait(60)
-        if server.poll() is not None or not ready.is_set():
+        if not wait_healthy(f"http://127.0.0.1:{port}", READY_TIMEOUT_SECONDS, server.alive):
             raise BrokerError("wsrt serve did not become ready; see its log above")
         token = mint_token(secret, "dev-user", ttl=24 * 3600)
         typer.echo(
@@ -140,15 +124,13 @@ def dev(
         typer.echo(f"error: {exc}", err=True)
         code = 1
     finally:
-        terminate(server, timeout=20)
+        server.stop(timeout=20)
         kafka.stop()
         typer.echo("wsrt dev: stopped", err=True)
     raise typer.Exit(code)
 
 
-async def _feed(
-    settings: Settings, topics: list[str], rate: float, server: subprocess.Popen[str]
-) -> None:
+async def _feed(settings: Settings, topics: list[str], rate: float, server: Child[str]) -> None:
     """Publish samples on every topic until Ctrl-C, SIGTERM, or the server exits."""
     from wsrt.feed import producer, publish, samples
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, client_token, fail, settings_or_exit
+from wsrt.protocol import channel_list
 
 #: k6's exit status when a threshold failed.
 K6_THRESHOLDS_FAILED = 99
@@ -114,9 +115,7 @@ def loadtest(
         **os.environ,
         "WS_URL": settings.url,
         "WS_TOKEN": client_token(settings, subject),
-        "WS_CHANNELS": ",".join(
-            c.strip() for value in channel for c in value.split(",") if c.strip()
-        ),
+        "WS_CHANNELS": ",".join(channel_list(channel)),
         "VUS": str(vus),
         "DURATION": duration,
         "WS_SESSION_SECONDS": f"{session:g}",

@@ -12,7 +12,10 @@ import typer
 from aiokafka.errors import KafkaError
 
 from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, fail, quiet_libraries, settings_or_exit
-from wsrt.feed import is_json, producer, publish, samples
+from wsrt.feed import producer, publish, samples
+from wsrt.kafka.options import discover
+from wsrt.protocol import channel_list
+from wsrt.wire import is_json
 
 
 def _read_lines(source: str) -> list[bytes]:
@@ -74,9 +77,7 @@ def produce(
     """
     if count < 0 or rate < 0:
         fail("--count and --rate must be 0 or more", EXIT_USAGE)
-    topics = list(
-        dict.fromkeys(t.strip() for value in topic for t in value.split(",") if t.strip())
-    )
+    topics = channel_list(topic, unique=True)
     if file is not None and len(topics) != 1:
         fail("--file sends to exactly one --topic", EXIT_USAGE)
     settings = settings_or_exit(
@@ -97,10 +98,9 @@ def produce(
             await kafka.stop()
             fail(f"cannot reach Kafka at {where}: {exc}")
         try:
-            cluster = await kafka.client.fetch_all_metadata()
-            for name in topics:
-                if name not in cluster.topics():
-                    fail(f"topic {name!r} does not exist on {where}")
+            _, missing = await discover(kafka.client, tuple(topics))
+            if missing:
+                fail(f"topic {missing[0]!r} does not exist on {where}")
             messages = (
                 _given(topics[0], given, key_bytes)
                 if given is not None

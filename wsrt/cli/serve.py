@@ -30,7 +30,6 @@ def serve(
         None, "--log-level", help="DEBUG, INFO, WARNING, ERROR [WS_LOG_LEVEL]."
     ),
     env_file: Path = ENV_FILE_OPTION,
-    baseline_broadcast: bool = typer.Option(False, "--baseline-broadcast", hidden=True),
 ) -> None:
     """Run the bridge: consume the Kafka topics and serve them to WebSocket clients on /ws.
 
@@ -55,4 +54,4 @@ def serve(
     from wsrt.logs import setup_logging
 
     setup_logging(settings.log_format, settings.log_level)
-    raise typer.Exit(app.run(settings, baseline_broadcast=baseline_broadcast))
+    raise typer.Exit(app.run(settings))

@@ -14,17 +14,17 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 import typer
-import websockets
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from wsrt import protocol
+from wsrt.aio import Backoff
 from wsrt.cli.common import (
     ENV_FILE_OPTION,
     EXIT_USAGE,
@@ -33,27 +33,8 @@ from wsrt.cli.common import (
     quiet_libraries,
     settings_or_exit,
 )
-
-#: What a close code means to the person watching.
-CLOSE_MEANINGS = {
-    1000: "normal close",
-    1001: "server going away (shutdown or redeploy)",
-    1003: "server refused a binary frame",
-    1006: "connection lost without a close frame",
-    1008: "policy violation",
-    1009: "frame too big",
-    1011: "server error",
-}
-HINTS = {
-    "slow consumer": "this client did not read fast enough (the server's WS_CLIENT_BUFFER)",
-    "token expired": "the token's exp passed; mint a new one",
-}
-
-
-def describe_close(code: int | None, reason: str | None) -> str:
-    text = f"closed by server: {code} {reason or CLOSE_MEANINGS.get(code or 0, '')}".rstrip()
-    hint = HINTS.get(reason or "")
-    return f"{text} — {hint}" if hint else text
+from wsrt.client import connect, describe_close, describe_refusal
+from wsrt.protocol import channel_list
 
 
 class Plain:
@@ -148,19 +129,13 @@ async def follow(
 ) -> int:
     """Receive until ``count`` messages (0: forever); the exit status."""
     received = 0
-    attempt = 0
+    backoff = Backoff()
     connected_once = False
-    target = f"{url}?channels={quote(','.join(channels), safe=',:')}"
     while True:
         try:
-            async with websockets.connect(
-                target,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                open_timeout=10,
-                max_size=None,
-            ) as ws:
+            async with connect(url, token, channels) as ws:
                 connected_once = True
-                attempt = 0
+                backoff.reset()
                 view.status(f"connected to {url}")
                 failed: set[str] = set()
                 async for frame in ws:
@@ -185,33 +160,30 @@ async def follow(
                     else:
                         view.status(orjson.dumps(obj).decode())
                 view.status(describe_close(ws.close_code, ws.close_reason))
-                expired = ws.close_reason == "token expired"
+                expired = ws.close_reason == protocol.REASON_TOKEN_EXPIRED
         except InvalidStatus as exc:
-            status = exc.response.status_code
-            body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
-            view.status(f"server refused the connection: {status} {body}".rstrip())
-            if status in (401, 403) or not reconnect:
+            view.status(describe_refusal(exc))
+            if exc.response.status_code in (401, 403) or not reconnect:
                 return 1
             expired = False
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             view.status(f"cannot connect to {url}: {exc}")
-            if not connected_once and attempt >= retries:
+            if not connected_once and backoff.attempt >= retries:
                 return 1
             expired = False
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
             view.status(describe_close(rcvd.code if rcvd else 1006, rcvd.reason if rcvd else None))
-            expired = bool(rcvd and rcvd.reason == "token expired")
+            expired = bool(rcvd and rcvd.reason == protocol.REASON_TOKEN_EXPIRED)
         if expired:
             if remint is None:
                 return 1
             token = remint()
         if not reconnect:
             return 1
-        backoff = min(0.5 * 2**attempt, 10.0)
-        attempt += 1
-        view.status(f"reconnecting in {backoff:.1f}s")
-        await asyncio.sleep(backoff)
+        delay = backoff.next()
+        view.status(f"reconnecting in {delay:.1f}s")
+        await asyncio.sleep(delay)
 
 
 def tail(
@@ -253,7 +225,7 @@ def tail(
         warn=False,
     )
     quiet_libraries()
-    channels = [c.strip() for value in channel for c in value.split(",") if c.strip()]
+    channels = channel_list(channel)
 
     def mint() -> str:
         return client_token(settings, subject)

@@ -7,7 +7,7 @@ import json
 import typer
 
 from wsrt.cli.common import EXIT_USAGE, fail
-from wsrt.tokens import mint_token
+from wsrt.tokens import HMAC_ALGORITHMS, mint_token
 
 
 def _claim(text: str) -> tuple[str, object]:
@@ -38,13 +38,18 @@ def token(
         "--claim",
         help="Extra claim NAME=VALUE (VALUE parsed as JSON when it is JSON); repeatable.",
     ),
-    algorithm: str = typer.Option("HS256", "--algorithm", help="HS256, HS384 or HS512."),
+    algorithm: str = typer.Option(
+        HMAC_ALGORITHMS[0], "--algorithm", help=f"One of {', '.join(HMAC_ALGORITHMS)}."
+    ),
 ) -> None:
     """Print a signed JWT, and nothing else, so that $(wsrt token …) works."""
     if ttl < 0:
         fail("--ttl must be 0 or more seconds", EXIT_USAGE)
-    if algorithm.upper() not in ("HS256", "HS384", "HS512"):
-        fail(f"--algorithm must be HS256, HS384 or HS512, got {algorithm!r}", EXIT_USAGE)
+    if algorithm.upper() not in HMAC_ALGORITHMS:
+        fail(
+            f"--algorithm must be one of {', '.join(HMAC_ALGORITHMS)}, got {algorithm!r}",
+            EXIT_USAGE,
+        )
     granted = None if channels is None else [c.strip() for c in channels.split(",") if c.strip()]
     typer.echo(
         mint_token(

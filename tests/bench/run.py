@@ -1,7 +1,7 @@
 """``wsrt bench``: scenarios on a real broker, a real server process and a load client.
 
 Every scenario starts its own ``wsrt serve`` on loopback, a load client in
-another process (:mod:`wsrt.bench.client`), feeds Kafka, and stops by itself
+another process (:mod:`tests.bench.client`), feeds Kafka, and stops by itself
 within its time bound. Figures are printed with the machine, the versions and
 the parameters; ratios are taken between runs of the same invocation, since
 the machine is shared and noisy.
@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -27,12 +26,15 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from wsrt.bench.server import ServerProcess
+from tests.support.server import ServerProcess
 from wsrt.brokers import Broker, create_topics
+from wsrt.client import scrape
 from wsrt.config import load_settings
-from wsrt.metrics import parse, total
+from wsrt.metrics import total
 from wsrt.tokens import mint_token
 
+#: The checkout: the load client and the baseline server run as modules of tests/.
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "wsrt-bench-secret-0123456789abcdef0123456789"
 #: A message value of about the size the design measured with (about 200 bytes).
 VALUE = (
@@ -135,12 +137,15 @@ class Bench:
     # -- plumbing --------------------------------------------------------------
 
     @contextmanager
-    def server(self, topic: str, env: dict[str, str], args: list[str]) -> Iterator[ServerProcess]:
+    def server(
+        self, topic: str, env: dict[str, str], baseline: bool = False
+    ) -> Iterator[ServerProcess]:
         server = ServerProcess(
             self.broker.bootstrap, [topic], self.workdir,
             {"WS_LOG_LEVEL": "INFO", "WS_PING_INTERVAL_SECONDS": "0",
-             "WS_KAFKA_METADATA_REFRESH_SECONDS": "0.5", **env},
-            args=args, secret=SECRET,
+             "WS_KAFKA_METADATA_REFRESH_SECONDS": "0.5", "PYTHONPATH": str(ROOT), **env},
+            secret=SECRET,
+            command=[sys.executable, "-m", "tests.bench.baseline"] if baseline else None,
         )  # fmt: skip
         server.start()
         try:
@@ -151,8 +156,8 @@ class Bench:
     @contextmanager
     def client(self, params: dict[str, Any]) -> Iterator[subprocess.Popen[str]]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "wsrt.bench.client", json.dumps(params)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "tests.bench.client", json.dumps(params)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )  # fmt: skip
         try:
             yield process
@@ -175,8 +180,7 @@ class Bench:
         return obj
 
     def metrics(self, server: ServerProcess) -> dict[Any, float]:
-        with urllib.request.urlopen(f"{server.http}/metrics", timeout=10) as response:
-            return parse(response.read().decode())
+        return scrape(server.http)
 
     def preload(self, topic: str, count: int, value: bytes = VALUE) -> float:
         """Produce ``count`` messages as fast as the producer goes; messages/s."""
@@ -244,8 +248,7 @@ class Bench:
         name = "fan-out, websockets.broadcast() per message" if baseline else "fan-out, wsrt hub"
         topic = self.new_topic("fanout", create=False)
         env = {"WS_CLIENT_BUFFER": "1000000"}  # measure the server, not slow-consumer drops
-        args = ["--baseline-broadcast"] if baseline else []
-        with self.server(topic, env, args) as server:
+        with self.server(topic, env, baseline=baseline) as server:
             samplers = min(s.samplers, s.fanout_clients)
             params = {
                 "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
@@ -255,12 +258,11 @@ class Bench:
             }  # fmt: skip
             with self.client(params) as client:
                 ready = self.line(client, 120)
-                assert server.process is not None
-                cpu = CpuSampler(server.process.pid)
+                cpu = CpuSampler(server.pid)
                 # The topic appears after the clients subscribed: the server reads it
                 # from its beginning, a backlog it delivers as fast as it can.
                 asyncio.run(create_topics(self.broker.bootstrap, {topic: 1}))
-                spy = self._profiler(server.process.pid, s.fanout_window) if self.profile else None
+                spy = self._profiler(server.pid, s.fanout_window) if self.profile else None
                 produced_per_s = self.preload(topic, s.fanout_messages)
                 result = self.line(client, 400)
                 cpu.stop()
@@ -325,7 +327,7 @@ class Bench:
         topic = self.new_topic("latency")
         count = int(s.latency_rate * seconds)
         env = {"WS_CLIENT_BUFFER": str(s.isolation_buffer)}
-        with self.server(topic, env, []) as server:
+        with self.server(topic, env) as server:
             samplers = min(s.samplers, s.latency_clients - 1)
             params = {
                 "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
@@ -335,9 +337,8 @@ class Bench:
             }  # fmt: skip
             with self.client(params) as client:
                 ready = self.line(client, 120)
-                assert server.process is not None
-                cpu = CpuSampler(server.process.pid)
-                spy = self._profiler(server.process.pid, seconds) if self.profile else None
+                cpu = CpuSampler(server.pid)
+                spy = self._profiler(server.pid, seconds) if self.profile else None
                 self.paced(topic, count, s.latency_rate)
                 result = self.line(client, seconds + 120)
                 cpu.stop()
@@ -377,9 +378,8 @@ class Bench:
         """Idle authenticated connections held by one server: handshakes/s and memory."""
         s = self.scale
         topic = self.new_topic("idle")
-        with self.server(topic, {}, []) as server:
-            assert server.process is not None
-            pid = server.process.pid
+        with self.server(topic, {}) as server:
+            pid = server.pid
             before = _rss_bytes(pid)
             params = {
                 "mode": "idle", "url": server.url, "token": self.token, "channel": topic,

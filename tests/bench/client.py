@@ -1,6 +1,6 @@
 """The benchmark's load client: many WebSocket connections in one process.
 
-Run as ``python -m wsrt.bench.client '<json parameters>'``; it prints
+Run as ``python -m tests.bench.client '<json parameters>'``; it prints
 ``{"event": "ready", …}`` once every connection is upgraded, then one JSON
 result line.
 

@@ -1,0 +1,28 @@
+"""The websockets internals that wsrt.gateway.ws_adapter relies on, against the installed version."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import Protocol, State
+
+from wsrt.gateway.ws_adapter import SUPPORTED_MAJOR_VERSIONS, Connection
+
+
+def test_installed_websockets_is_a_supported_version() -> None:
+    major = int(version("websockets").split(".")[0])
+    assert major in SUPPORTED_MAJOR_VERSIONS
+
+
+def test_the_internals_used_exist() -> None:
+    for name in ("pause_writing", "resume_writing", "connection_made"):
+        assert callable(getattr(ServerConnection, name))
+    assert issubclass(Connection, ServerConnection)
+    assert State.OPEN.name == "OPEN"
+    # Set in Protocol.__init__: check on a real instance.
+    from websockets.server import ServerProtocol
+
+    p: Protocol = ServerProtocol()
+    for name in ("close_sent", "close_rcvd", "close_rcvd_then_sent", "state"):
+        assert hasattr(p, name), name

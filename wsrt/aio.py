@@ -1,0 +1,69 @@
+"""Two asyncio helpers shared by the Kafka source and the client commands.
+
+* :func:`abandon_after`: await a coroutine for a bounded time, and leave it
+  running on its own when it takes longer. aiokafka shields parts of its
+  coroutines (start, stop, commit) from cancellation, so a plain timeout would
+  wait for them anyway.
+* :class:`Backoff`: exponential reconnect delays with full jitter, so that a
+  fleet of clients (or replicas) does not retry in lockstep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+#: Tasks left running by :func:`abandon_after`; kept referenced until they end.
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+class Abandoned(TimeoutError):
+    """The awaited work did not finish in time; it goes on, unobserved."""
+
+
+async def abandon_after(work: Awaitable[_T], seconds: float, what: str = "call") -> _T:
+    """The result of ``work``, or :class:`Abandoned` after ``seconds``.
+
+    The work runs as its own task: on time-out it is neither awaited nor
+    cancelled (it may ignore cancellation), its eventual exception is
+    retrieved so that nothing logs "exception was never retrieved".
+    """
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
+        raise Abandoned(f"{what}: no answer within {seconds:g}s")
+    return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
+class Backoff:
+    """Delays ``initial · 2ⁿ`` capped at ``maximum``, each drawn uniformly from [½·d, d]."""
+
+    def __init__(
+        self, initial: float = 0.5, maximum: float = 10.0, rng: random.Random | None = None
+    ) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        """The delay before the next attempt (and count the attempt)."""
+        ceiling = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """A success: the next failure waits the initial delay again."""
+        self.attempt = 0

@@ -1,0 +1,155 @@
+"""Everything wsrt needs from websockets beyond its documented API, in one place.
+
+Supported: the asyncio implementation of websockets 14 to 17 (pinned in
+``pyproject.toml``; ``tests/unit/test_ws_adapter.py`` checks every internal
+used here against the installed version). What wsrt relies on:
+
+* ``ServerConnection.pause_writing`` / ``resume_writing`` (asyncio protocol
+  callbacks) to learn when a client's transport pauses, for backpressure;
+* writing pre-built frames straight to ``connection.transport``, guarded by
+  ``connection.protocol.state`` so nothing follows a close frame;
+* ``protocol.close_sent`` / ``close_rcvd`` / ``close_rcvd_then_sent`` to tell
+  which side closed first;
+* ``create_connection`` to plug in the connection class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from wsrt.gateway.admission import Admit
+from wsrt.hub import Outlet
+
+#: The websockets versions whose internals this module was checked against.
+SUPPORTED_MAJOR_VERSIONS = range(14, 18)
+
+
+class Connection(ServerConnection):
+    """A server connection that tells its outlet when the transport pauses."""
+
+    #: SO_SNDBUF for accepted sockets (0 leaves the kernel's autotuning).
+    send_buffer_bytes = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outlet: Outlet | None = None
+        self.admitted: Admit | None = None
+        #: Called when a write on resume raised (the outlet is finished then).
+        self.on_outlet_failed: Callable[[Outlet], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Bound what the kernel holds for a client that stops reading: with
+        # autotuning a socket can buffer megabytes before the transport pauses,
+        # which delays the slow-consumer verdict and costs memory per client.
+        sock = transport.get_extra_info("socket")
+        if self.send_buffer_bytes and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
+        super().connection_made(transport)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.outlet is not None:
+            self.outlet.pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        outlet = self.outlet
+        if outlet is not None and not outlet.resume() and self.on_outlet_failed is not None:
+            self.on_outlet_failed(outlet)
+
+    def frame_writer(self) -> Callable[[bytes], None]:
+        """A write function for pre-built frames on this connection's transport."""
+        protocol = self.protocol
+        write = self.transport.write
+
+        def write_frames(data: bytes) -> None:
+            # Frames are whole, so they never interleave with the library's own
+            # writes (pongs, close); after the close frame nothing more may go out.
+            if protocol.state is State.OPEN:
+                write(data)
+
+        return write_frames
+
+
+ProcessRequest = Callable[[Connection, Request], Response | None]
+
+
+async def start_server(
+    handler: Callable[[Connection], Awaitable[None]],
+    process_request: ProcessRequest,
+    *,
+    host: str | None,
+    port: int,
+    send_buffer_bytes: int,
+    max_frame_bytes: int,
+    ping_interval: float | None,
+    close_timeout: float,
+) -> Server:
+    connection_class = type("Connection", (Connection,), {"send_buffer_bytes": send_buffer_bytes})
+    return await serve(
+        handler,  # type: ignore[arg-type]
+        host,
+        port,
+        process_request=process_request,  # type: ignore[arg-type]
+        create_connection=connection_class,
+        # Pre-built frames are shared by every client: no per-client deflate.
+        compression=None,
+        max_size=max_frame_bytes,
+        ping_interval=ping_interval,
+        ping_timeout=ping_interval,
+        close_timeout=close_timeout,
+        server_header=None,
+    )
+
+
+def close_info(connection: ServerConnection) -> tuple[int, str]:
+    """Code and reason of a closed connection, from whichever side closed first.
+
+    websockets' ``close_code`` is the code *received*; when the server closed
+    (slow consumer, token expired, shutdown) and the client never answered,
+    that would read 1006 and hide why.
+    """
+    p = connection.protocol
+    sent, received = p.close_sent, p.close_rcvd
+    if sent is not None and (received is None or not p.close_rcvd_then_sent):
+        return sent.code, sent.reason
+    if received is not None:
+        return received.code, received.reason
+    return 1006, ""
+
+
+def remote(connection: ServerConnection) -> str | None:
+    address = connection.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return None
+
+
+def response(status: int, body: bytes, content_type: str, **headers: str) -> Response:
+    import http
+
+    phrase = http.HTTPStatus(status).phrase
+    pairs = [
+        ("Content-Type", content_type),
+        *((k.replace("_", "-"), v) for k, v in headers.items()),
+    ]
+    return Response(status, phrase, Headers(pairs), body)
+
+
+def json_response(status: int, body: dict[str, Any]) -> Response:
+    return response(
+        status, orjson.dumps(body) + b"\n", "application/json", Cache_Control="no-store"
+    )
+
+
+def text_response(status: int, text: str) -> Response:
+    return response(status, text.encode() + b"\n", "text/plain; charset=utf-8")
