@@ -20,7 +20,7 @@ from wsrt import __version__
 from wsrt.auth import Verifier
 from wsrt.config import Settings
 from wsrt.gateway import Gateway
-from wsrt.health import Readiness, Status
+from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Hub
 from wsrt.kafka.source import KafkaSource
 from wsrt.logs import EventLogger
@@ -36,6 +36,18 @@ def _force_exit(log: EventLogger, message: str) -> None:
     os._exit(1)
 
 
+def _source_ended(task: asyncio.Task[None], source: KafkaSource, log: EventLogger) -> None:
+    """The supervised consumer never ends by itself: if it does, serving on would be silent."""
+    if source.stopping:
+        return
+    exc = None if task.cancelled() else task.exception()
+    log.error(
+        "kafka_source_died", "the Kafka consumer supervisor ended; exiting",
+        error=repr(exc)[:300] if exc else "cancelled",
+    )  # fmt: skip
+    _force_exit(log, "no consumer: exiting so that the orchestrator restarts this process")
+
+
 async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] = Hub) -> int:
     """Serve until SIGTERM or SIGINT, then shut down within the bound; the exit status.
 
@@ -44,6 +56,8 @@ async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] 
     log = EventLogger()
     assert settings.auth_secret is not None
     readiness = Readiness(log)
+    loop = asyncio.get_running_loop()
+    liveness = Liveness(2 * settings.kafka_stall, loop.time)
     hub = hub_factory(settings.kafka_topics)
     verifier = Verifier(
         settings.auth_secret,
@@ -53,10 +67,9 @@ async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] 
     )
     stats = Stats()
     metrics = Metrics(Collector(stats, hub, readiness))
-    gateway = Gateway(settings, hub, verifier, readiness, log, stats, metrics.render)
-    source = KafkaSource(settings, gateway.publish, readiness, log, stats)
+    gateway = Gateway(settings, hub, verifier, readiness, liveness, log, stats, metrics.render)
+    source = KafkaSource(settings, gateway.publish, readiness, log, stats, liveness)
 
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -67,7 +80,7 @@ async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] 
         port=gateway.port, mode=settings.fanout_mode, group=settings.group_id,
         topics=",".join(settings.kafka_topics),
     )  # fmt: skip
-    source.start()
+    source.start().add_done_callback(lambda task: _source_ended(task, source, log))
 
     await stop.wait()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -224,280 +224,107 @@ _S, _K, _A, _C = "server", "kafka", "auth", "client"
 class Settings:
     """Validated settings, one field per ``WS_*`` variable. Build with :func:`load_settings`."""
 
-    # -- server ------------------------------------------------------------------
-    bind_address: tuple[str, int] = _var(
-        "WS_BIND_ADDRESS",
-        ":8080",
-        _bind_address,
-        "Listen address, host:port or :port (all interfaces).",
-        _S,
-    )
-    allowed_origins: tuple[str, ...] = _var(
-        "WS_ALLOWED_ORIGINS",
-        "",
-        _origins,
-        "Origin allow list, comma-separated; empty allows all origins.",
-        _S,
-    )
-    client_buffer: int = _var(
-        "WS_CLIENT_BUFFER",
-        "256",
-        _positive_int,
-        "Per-client outbound queue in messages; a client past it is closed 1008.",
-        _S,
-    )
-    send_buffer_bytes: int = _var(
-        "WS_SEND_BUFFER_BYTES",
-        "262144",
-        _non_negative_int,
-        "Kernel send buffer per client socket (0: OS autotuning, up to megabytes).",
-        _S,
-    )
-    shutdown_timeout: float = _var(
-        "WS_SHUTDOWN_TIMEOUT_SECONDS",
-        "10",
-        _positive_seconds,
-        "Bound on the whole graceful shutdown.",
-        _S,
-    )
-    close_timeout: float = _var(
-        "WS_CLOSE_TIMEOUT_SECONDS",
-        "5",
-        _positive_seconds,
-        "How long a client may take to answer a close frame before it is dropped.",
-        _S,
-    )
-    fanout_mode: str = _var(
-        "WS_FANOUT_MODE",
-        "broadcast",
-        _choice("broadcast", "shared"),
-        "broadcast: every replica gets every message; shared: one group splits partitions.",
-        _S,
-    )
-    replica_id: str = _var(
-        "WS_REPLICA_ID",
-        "",
-        _optional,
-        "This replica's identity in broadcast mode (default: host name + random suffix).",
-        _S,
-    )
-    max_subscriptions: int = _var(
-        "WS_MAX_SUBSCRIPTIONS",
-        "100",
-        _positive_int,
-        "Subscriptions per connection; beyond it too_many_subscriptions.",
-        _S,
-    )
-    max_frame_bytes: int = _var(
-        "WS_MAX_FRAME_BYTES",
-        "65536",
-        _positive_int,
-        "Largest client frame in bytes; beyond it close 1009.",
-        _S,
-    )
-    control_rate: int = _var(
-        "WS_CONTROL_RATE",
-        "20",
-        _positive_int,
-        "Client control messages per second (burst of as many); beyond it rate_limited.",
-        _S,
-    )
-    max_client_errors: int = _var(
-        "WS_MAX_CLIENT_ERRORS",
-        "20",
-        _positive_int,
-        "Errors a connection may cause within the error window before it is closed 1008.",
-        _S,
-    )
-    client_error_window: float = _var(
-        "WS_CLIENT_ERROR_WINDOW_SECONDS",
-        "10",
-        _positive_seconds,
-        "Window over which a connection's errors count towards WS_MAX_CLIENT_ERRORS.",
-        _S,
-    )
-    ping_interval: float = _var(
-        "WS_PING_INTERVAL_SECONDS",
-        "20",
-        _seconds_or_zero,
-        "Server keepalive ping interval; 0 disables keepalive.",
-        _S,
-    )
-    log_format: str = _var(
-        "WS_LOG_FORMAT",
-        "text",
-        _choice("text", "json"),
-        "text ([ws-realtime] prefix) or json (one object per line).",
-        _S,
-    )
+    # fmt: off
+    # -- server ----------------------------------------------------------------
+    bind_address: tuple[str, int] = _var("WS_BIND_ADDRESS", ":8080", _bind_address,
+        "Listen address, host:port or :port (all interfaces).", _S)
+    allowed_origins: tuple[str, ...] = _var("WS_ALLOWED_ORIGINS", "", _origins,
+        "Origin allow list, comma-separated; empty allows all origins.", _S)
+    client_buffer: int = _var("WS_CLIENT_BUFFER", "256", _positive_int,
+        "Per-client outbound queue in messages; a client past it is closed 1008.", _S)
+    send_buffer_bytes: int = _var("WS_SEND_BUFFER_BYTES", "262144", _non_negative_int,
+        "Kernel send buffer per client socket (0: OS autotuning, up to megabytes).", _S)
+    shutdown_timeout: float = _var("WS_SHUTDOWN_TIMEOUT_SECONDS", "10", _positive_seconds,
+        "Bound on the whole graceful shutdown.", _S)
+    close_timeout: float = _var("WS_CLOSE_TIMEOUT_SECONDS", "5", _positive_seconds,
+        "How long a client may take to answer a close frame before it is dropped.", _S)
+    fanout_mode: str = _var("WS_FANOUT_MODE", "broadcast", _choice("broadcast", "shared"),
+        "broadcast: every replica gets every message; shared: one group splits partitions.", _S)
+    replica_id: str = _var("WS_REPLICA_ID", "", _optional,
+        "This replica's identity in broadcast mode (default: host name + random suffix).", _S)
+    max_subscriptions: int = _var("WS_MAX_SUBSCRIPTIONS", "100", _positive_int,
+        "Subscriptions per connection; beyond it too_many_subscriptions.", _S)
+    max_frame_bytes: int = _var("WS_MAX_FRAME_BYTES", "65536", _positive_int,
+        "Largest client frame in bytes; beyond it close 1009.", _S)
+    control_rate: int = _var("WS_CONTROL_RATE", "20", _positive_int,
+        "Client control messages per second (burst of as many); beyond it rate_limited.", _S)
+    max_client_errors: int = _var("WS_MAX_CLIENT_ERRORS", "20", _positive_int,
+        "Errors a connection may cause within the error window before it is closed 1008.", _S)
+    client_error_window: float = _var("WS_CLIENT_ERROR_WINDOW_SECONDS", "10", _positive_seconds,
+        "Window over which a connection's errors count towards WS_MAX_CLIENT_ERRORS.", _S)
+    ping_interval: float = _var("WS_PING_INTERVAL_SECONDS", "20", _seconds_or_zero,
+        "Server keepalive ping interval; 0 disables keepalive.", _S)
+    log_format: str = _var("WS_LOG_FORMAT", "text", _choice("text", "json"),
+        "text ([ws-realtime] prefix) or json (one object per line).", _S)
     log_level: str = _var(
-        "WS_LOG_LEVEL",
-        "INFO",
-        _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
-        "Log level.",
-        _S,
-    )
-    # -- kafka -------------------------------------------------------------------
-    kafka_brokers: tuple[str, ...] = _var(
-        "WS_KAFKA_BROKERS",
-        "localhost:9092",
-        _brokers,
-        "Comma-separated Kafka bootstrap servers.",
-        _K,
-    )
-    kafka_group_id: str = _var(
-        "WS_KAFKA_GROUP_ID",
-        "ws-realtime",
-        _non_empty,
-        "Consumer group id (broadcast mode appends -<WS_REPLICA_ID>).",
-        _K,
-    )
-    kafka_topics: tuple[str, ...] = _var(
-        "WS_KAFKA_TOPICS",
-        "lines,order_book,analytics",
-        _topics,
-        "Topics to serve; each is a channel.",
-        _K,
-    )
-    kafka_offset_reset: str = _var(
-        "WS_KAFKA_OFFSET_RESET",
-        "latest",
-        _choice("latest", "earliest"),
-        "shared mode: where a group without committed offsets starts.",
-        _K,
-    )
-    kafka_max_batch: int = _var(
-        "WS_KAFKA_MAX_BATCH",
-        "1000",
-        _positive_int,
-        "Most records handed to the hub in one batch (bounds memory).",
-        _K,
-    )
-    kafka_fetch_max_wait: float = _var(
-        "WS_KAFKA_FETCH_MAX_WAIT_SECONDS",
-        "0.1",
-        _positive_seconds,
-        "Longest a fetch waits for data (some brokers always wait it: latency).",
-        _K,
-    )
+        "WS_LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
+        "Log level.", _S)
+    # -- kafka -----------------------------------------------------------------
+    kafka_brokers: tuple[str, ...] = _var("WS_KAFKA_BROKERS", "localhost:9092", _brokers,
+        "Comma-separated Kafka bootstrap servers.", _K)
+    kafka_group_id: str = _var("WS_KAFKA_GROUP_ID", "ws-realtime", _non_empty,
+        "Consumer group id (broadcast mode appends -<WS_REPLICA_ID>).", _K)
+    kafka_topics: tuple[str, ...] = _var("WS_KAFKA_TOPICS", "lines,order_book,analytics", _topics,
+        "Topics to serve; each is a channel.", _K)
+    kafka_offset_reset: str = _var("WS_KAFKA_OFFSET_RESET", "latest", _choice("latest", "earliest"),
+        "shared mode: where a group without committed offsets starts.", _K)
+    kafka_max_batch: int = _var("WS_KAFKA_MAX_BATCH", "1000", _positive_int,
+        "Most records handed to the hub in one batch (bounds memory).", _K)
+    kafka_fetch_max_wait: float = _var("WS_KAFKA_FETCH_MAX_WAIT_SECONDS", "0.1", _positive_seconds,
+        "Longest a fetch waits for data (some brokers always wait it: latency).", _K)
     kafka_metadata_refresh: float = _var(
-        "WS_KAFKA_METADATA_REFRESH_SECONDS",
-        "10",
-        _positive_seconds,
-        "How often new topics and partitions are looked for (broadcast mode).",
-        _K,
-    )
-    kafka_request_timeout: float = _var(
-        "WS_KAFKA_REQUEST_TIMEOUT_SECONDS",
-        "10",
-        _positive_seconds,
-        "Longest one Kafka request may wait for its answer.",
-        _K,
-    )
-    kafka_start_timeout: float = _var(
-        "WS_KAFKA_START_TIMEOUT_SECONDS",
-        "15",
-        _positive_seconds,
-        "Bound on connecting, a metadata lookup or positioning before a retry.",
-        _K,
-    )
-    kafka_stop_timeout: float = _var(
-        "WS_KAFKA_STOP_TIMEOUT_SECONDS",
-        "5",
-        _positive_seconds,
-        "Bound on stopping a consumer (leaving the group).",
-        _K,
-    )
-    kafka_commit_timeout: float = _var(
-        "WS_KAFKA_COMMIT_TIMEOUT_SECONDS",
-        "5",
-        _positive_seconds,
-        "Bound on one offset commit, the final one at shutdown included.",
-        _K,
-    )
+        "WS_KAFKA_METADATA_REFRESH_SECONDS", "10", _positive_seconds,
+        "How often new topics and partitions are looked for (broadcast mode).", _K)
+    kafka_request_timeout: float = _var("WS_KAFKA_REQUEST_TIMEOUT_SECONDS", "10", _positive_seconds,
+        "Longest one Kafka request may wait for its answer.", _K)
+    kafka_start_timeout: float = _var("WS_KAFKA_START_TIMEOUT_SECONDS", "15", _positive_seconds,
+        "Bound on connecting, a metadata lookup or positioning before a retry.", _K)
+    kafka_stop_timeout: float = _var("WS_KAFKA_STOP_TIMEOUT_SECONDS", "5", _positive_seconds,
+        "Bound on stopping a consumer (leaving the group).", _K)
+    kafka_commit_timeout: float = _var("WS_KAFKA_COMMIT_TIMEOUT_SECONDS", "5", _positive_seconds,
+        "Bound on one offset commit, the final one at shutdown included.", _K)
+    kafka_stall: float = _var("WS_KAFKA_STALL_SECONDS", "30", _positive_seconds,
+        "Replace the consumer when records wait this long and none is delivered.", _K)
+    kafka_probe_interval: float = _var("WS_KAFKA_PROBE_SECONDS", "2", _positive_seconds,
+        "How often the brokers are probed (readiness, stall detection).", _K)
     kafka_backoff_initial: float = _var(
-        "WS_KAFKA_BACKOFF_INITIAL_SECONDS",
-        "0.5",
-        _positive_seconds,
-        "First wait before reconnecting to Kafka (doubles, with jitter).",
-        _K,
-    )
-    kafka_backoff_max: float = _var(
-        "WS_KAFKA_BACKOFF_MAX_SECONDS",
-        "10",
-        _positive_seconds,
-        "Longest wait between Kafka reconnect attempts.",
-        _K,
-    )
+        "WS_KAFKA_BACKOFF_INITIAL_SECONDS", "0.5", _positive_seconds,
+        "First wait before reconnecting to Kafka (doubles, with jitter).", _K)
+    kafka_backoff_max: float = _var("WS_KAFKA_BACKOFF_MAX_SECONDS", "2", _positive_seconds,
+        "Longest wait between Kafka reconnect attempts.", _K)
     kafka_security_protocol: str = _var(
-        "WS_KAFKA_SECURITY_PROTOCOL",
-        "PLAINTEXT",
+        "WS_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
         _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", upper=True),
-        "Kafka security protocol.",
-        _K,
-    )
+        "Kafka security protocol.", _K)
     kafka_sasl_mechanism: str = _var(
-        "WS_KAFKA_SASL_MECHANISM",
-        "PLAIN",
+        "WS_KAFKA_SASL_MECHANISM", "PLAIN",
         _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", upper=True),
-        "SASL mechanism when the protocol is SASL_*.",
-        _K,
-    )
-    kafka_sasl_username: str | None = _var(
-        "WS_KAFKA_SASL_USERNAME", "", _optional, "SASL user name.", _K
-    )
-    kafka_sasl_password: str | None = _var(
-        "WS_KAFKA_SASL_PASSWORD", "", _secret, "SASL password.", _K
-    )
-    kafka_ssl_cafile: str | None = _var(
-        "WS_KAFKA_SSL_CAFILE",
-        "",
-        _optional,
-        "CA bundle for SSL / SASL_SSL (default: system trust store).",
-        _K,
-    )
-    kafka_ssl_certfile: str | None = _var(
-        "WS_KAFKA_SSL_CERTFILE", "", _optional, "Client certificate for mutual TLS.", _K
-    )
-    kafka_ssl_keyfile: str | None = _var(
-        "WS_KAFKA_SSL_KEYFILE", "", _optional, "Client private key for mutual TLS.", _K
-    )
-    # -- auth --------------------------------------------------------------------
-    auth_secret: str | None = _var(
-        "WS_AUTH_SECRET", None, _secret, "HMAC secret for JWT validation (required by serve).", _A
-    )
-    auth_audience: str | None = _var(
-        "WS_AUTH_AUDIENCE",
-        "",
-        _optional,
-        "Expected JWT aud; when set, tokens without it get 401.",
-        _A,
-    )
-    auth_leeway: float = _var(
-        "WS_AUTH_LEEWAY_SECONDS",
-        "0",
-        _seconds_or_zero,
-        "Clock-skew leeway for exp, nbf and iat.",
-        _A,
-    )
-    auth_algorithms: tuple[str, ...] = _var(
-        "WS_AUTH_ALGORITHMS", "HS256", _algorithms, "Accepted JWT algorithms (HMAC only).", _A
-    )
+        "SASL mechanism when the protocol is SASL_*.", _K)
+    kafka_sasl_username: str | None = _var("WS_KAFKA_SASL_USERNAME", "", _optional,
+        "SASL user name.", _K)
+    kafka_sasl_password: str | None = _var("WS_KAFKA_SASL_PASSWORD", "", _secret,
+        "SASL password.", _K)
+    kafka_ssl_cafile: str | None = _var("WS_KAFKA_SSL_CAFILE", "", _optional,
+        "CA bundle for SSL / SASL_SSL (default: system trust store).", _K)
+    kafka_ssl_certfile: str | None = _var("WS_KAFKA_SSL_CERTFILE", "", _optional,
+        "Client certificate for mutual TLS.", _K)
+    kafka_ssl_keyfile: str | None = _var("WS_KAFKA_SSL_KEYFILE", "", _optional,
+        "Client private key for mutual TLS.", _K)
+    # -- auth ------------------------------------------------------------------
+    auth_secret: str | None = _var("WS_AUTH_SECRET", None, _secret,
+        "HMAC secret for JWT validation (required by serve).", _A)
+    auth_audience: str | None = _var("WS_AUTH_AUDIENCE", "", _optional,
+        "Expected JWT aud; when set, tokens without it get 401.", _A)
+    auth_leeway: float = _var("WS_AUTH_LEEWAY_SECONDS", "0", _seconds_or_zero,
+        "Clock-skew leeway for exp, nbf and iat.", _A)
+    auth_algorithms: tuple[str, ...] = _var("WS_AUTH_ALGORITHMS", "HS256", _algorithms,
+        "Accepted JWT algorithms (HMAC only).", _A)
     # -- client commands (tail, check, loadtest) --------------------------------
-    url: str = _var(
-        "WS_URL",
-        "ws://localhost:8080/ws",
-        _ws_url,
-        "Server URL for the client commands (tail, check, loadtest).",
-        _C,
-    )
-    token: str | None = _var(
-        "WS_TOKEN",
-        "",
-        _secret,
-        "Token for the client commands; default: minted from WS_AUTH_SECRET.",
-        _C,
-    )
+    url: str = _var("WS_URL", "ws://localhost:8080/ws", _ws_url,
+        "Server URL for the client commands (tail, check, loadtest).", _C)
+    token: str | None = _var("WS_TOKEN", "", _secret,
+        "Token for the client commands; default: minted from WS_AUTH_SECRET.", _C)
+    # fmt: on
     #: Non-fatal remarks about the values (printed once by the CLI).
     warnings: tuple[str, ...] = ()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -50,3 +51,27 @@ class Readiness:
                 level, "readiness", f"readiness {status}", status=str(status), reason=reason or None
             )
         return True
+
+
+class Liveness:
+    """``/livez``: the consumer loop has turned within ``limit`` seconds (design section 9).
+
+    The loop calls :meth:`beat` every turn; a wedged loop stops beating and the
+    orchestrator restarts the process. ``clock`` is the event loop's time.
+    """
+
+    def __init__(self, limit: float, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self._clock = clock
+        self.last_beat = clock()
+
+    def beat(self) -> None:
+        self.last_beat = self._clock()
+
+    @property
+    def silent_for(self) -> float:
+        return self._clock() - self.last_beat
+
+    @property
+    def alive(self) -> bool:
+        return self.silent_for <= self.limit

@@ -127,8 +127,11 @@ class EventLogger:
     def error(self, event: str, message: str, **fields: Any) -> None:
         self.log(logging.ERROR, event, message, **fields)
 
-    def exception(self, event: str, message: str, **fields: Any) -> None:
-        self._logger.error(message, exc_info=True, extra={_EVENT: event, _FIELDS: fields})
+    def exception(
+        self, event: str, message: str, exc_info: BaseException | bool = True, **fields: Any
+    ) -> None:
+        """An error line with the traceback of ``exc_info`` (default: the one being handled)."""
+        self._logger.error(message, exc_info=exc_info, extra={_EVENT: event, _FIELDS: fields})
 
 
 class RateLimited:

@@ -26,11 +26,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from wsrt import __version__, protocol
 from wsrt.health import Readiness
 from wsrt.hub import DeliveryStats, Hub
+from wsrt.wire import SKIP_REASONS
 
 #: Upper bounds (seconds) of the delivery-delay histogram buckets.
 DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Window of the "recent slow consumers" gauge, for on-call at a glance.
 RECENT_WINDOW_SECONDS = 300.0
+
+#: Why a Kafka consumer was replaced (the ``reason`` label of the restart counter).
+RESTART_REASONS = ("stalled", "loop_stalled", "error")
 
 CLOSE_REASONS = ("normal", "slow_consumer", "token_expired", "shutdown", "policy", "error")
 
@@ -94,7 +98,10 @@ class Stats:
     connections_closed: Counter[str] = field(default_factory=Counter)
     handshakes_rejected: Counter[str] = field(default_factory=Counter)
     kafka_messages: Counter[str] = field(default_factory=Counter)
-    kafka_invalid: Counter[str] = field(default_factory=Counter)
+    #: Records not delivered, by (topic, reason) (design section 9).
+    kafka_skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Consumers replaced by the watchdog or the supervisor, by reason.
+    kafka_restarts: Counter[str] = field(default_factory=Counter)
     kafka_lag: dict[tuple[str, int], int] = field(default_factory=dict)
     kafka_last_commit: float = 0.0
     kafka_rebalances: int = 0
@@ -128,7 +135,12 @@ class Collector:
         self.readiness = readiness
 
     def collect(self) -> Iterator[Metric]:
-        s = self.stats
+        yield from self._process()
+        yield from self._connections()
+        yield from self._delivery()
+        yield from self._kafka()
+
+    def _process(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("wsrt_build_info", "Version of this wsrt.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -138,6 +150,8 @@ class Collector:
         ready.add_metric([str(self.readiness.status)], 1 if self.readiness.ready else 0)
         yield ready
 
+    def _connections(self) -> Iterator[Metric]:
+        s = self.stats
         yield GaugeMetricFamily(
             "wsrt_connections", "Open WebSocket connections.", value=s.connections_open
         )
@@ -177,6 +191,7 @@ class Collector:
             subscriptions.add_metric([topic], self.hub.subscription_count(topic))
         yield subscriptions
 
+    def _delivery(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "wsrt_frames_delivered",
             "Frames written to client sockets (messages and control replies).",
@@ -185,21 +200,39 @@ class Collector:
         yield CounterMetricFamily(
             "wsrt_bytes_sent", "Bytes of frames written to clients.", value=self.delivery.bytes
         )
+        yield CounterMetricFamily(
+            "wsrt_client_write_errors",
+            "Writes to a client socket that raised; that client was closed 1011.",
+            value=self.delivery.write_errors,
+        )
+
+    def _kafka(self) -> Iterator[Metric]:
+        s = self.stats
         consumed = CounterMetricFamily(
             "wsrt_kafka_messages",
             "Kafka messages consumed (valid or not), by topic.",
             labels=["topic"],
         )
-        invalid = CounterMetricFamily(
-            "wsrt_kafka_invalid_messages",
-            "Kafka messages skipped because the value is not JSON, by topic.",
-            labels=["topic"],
+        skipped = CounterMetricFamily(
+            "wsrt_kafka_skipped_records",
+            "Kafka records not delivered (not_json, empty, tombstone, undecodable), by topic.",
+            labels=["topic", "reason"],
         )
         for topic in sorted(self.hub.topics):
             consumed.add_metric([topic], s.kafka_messages[topic])
-            invalid.add_metric([topic], s.kafka_invalid[topic])
+            for reason in SKIP_REASONS:
+                skipped.add_metric([topic, reason], s.kafka_skipped[(topic, reason)])
         yield consumed
-        yield invalid
+        yield skipped
+        restarts = CounterMetricFamily(
+            "wsrt_kafka_consumer_restarts",
+            "Kafka consumers replaced: stalled (records waiting, none delivered), "
+            "loop_stalled (the fetch loop stopped turning), error (an unexpected exception).",
+            labels=["reason"],
+        )
+        for reason in RESTART_REASONS:
+            restarts.add_metric([reason], s.kafka_restarts[reason])
+        yield restarts
         lag = GaugeMetricFamily(
             "wsrt_kafka_lag",
             "Messages behind the partition's high watermark.",

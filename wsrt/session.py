@@ -67,6 +67,7 @@ class Session:
                 ProtocolError(
                     protocol.RATE_LIMITED,
                     f"more than {self.control_rate} control messages per second",
+                    _request_id(text),
                 ),
                 now,
                 "rate limit exceeded",
@@ -156,3 +157,11 @@ class Session:
             errors.popleft()
         if len(errors) > self.max_errors:
             effects.close = (protocol.CLOSE_POLICY_VIOLATION, abuse)
+
+
+def _request_id(text: str) -> protocol.RequestId:
+    """The ``id`` of a message, to echo in an error about it (``None`` if it has none)."""
+    try:
+        return protocol.parse_control(text).id
+    except ProtocolError as exc:
+        return exc.request_id

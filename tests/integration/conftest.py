@@ -63,8 +63,11 @@ def servers(bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., ServerProc
         *,
         ready: bool = True,
         brokers: str | None = None,
+        command: list[str] | None = None,
     ) -> ServerProcess:
-        server = ServerProcess(brokers or bootstrap, topics, tmp_path, env, secret=SECRET)
+        server = ServerProcess(
+            brokers or bootstrap, topics, tmp_path, env, secret=SECRET, command=command
+        )
         started.append(server)
         server.start()
         if ready:

@@ -9,6 +9,7 @@ import urllib.request
 import websockets
 
 from tests.integration.harness import auth, messages, next_json
+from wsrt.client import scrape
 
 
 async def test_every_topic_reaches_its_subscribers_in_partition_order(
@@ -132,8 +133,17 @@ async def test_poison_values_are_skipped_and_the_stream_goes_on(
         got[0]["offset"] + 5,
         got[0]["offset"] + 6,
     ]
-    skipped = server.wait_for("invalid_message", start=mark)
-    assert skipped["topic"] == topic
+    first = got[0]["offset"]
+    # One log line per reason (rate-limited), with where the record is.
+    for offset, reason in [(1, "not_json"), (2, "empty"), (3, "tombstone")]:
+        skipped = server.wait_for(
+            "record_skipped", lambda e, o=first + offset: e["offset"] == o, start=mark
+        )
+        assert (skipped["topic"], skipped["partition"], skipped["reason"]) == (topic, 0, reason)
+    samples = scrape(server.http)
+    for reason, count in [("not_json", 2), ("empty", 1), ("tombstone", 1), ("undecodable", 0)]:
+        key = ("wsrt_kafka_skipped_records_total", (("reason", reason), ("topic", topic)))
+        assert samples[key] == count, reason
     with urllib.request.urlopen(f"{server.http}/healthz") as response:
         assert json.load(response)["status"] == "ok"
 

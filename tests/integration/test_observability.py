@@ -78,7 +78,8 @@ async def test_metrics_and_logs_follow_a_scenario(make_topics, servers, producer
 
     after = scrape(server)
     assert value(after, "wsrt_kafka_messages_total", topic=topic) == 402
-    assert value(after, "wsrt_kafka_invalid_messages_total", topic=topic) == 1
+    assert value(after, "wsrt_kafka_skipped_records_total", topic=topic, reason="not_json") == 1
+    assert value(after, "wsrt_kafka_skipped_records_total", topic=topic, reason="empty") == 0
     assert value(after, "wsrt_slow_consumer_disconnects_total") == 1
     assert value(after, "wsrt_slow_consumer_disconnects_recent") == 1
     assert value(after, "wsrt_connections_closed_total", reason="slow_consumer") == 1

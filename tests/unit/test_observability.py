@@ -117,3 +117,16 @@ def test_event_logger_respects_level(caplog) -> None:
     log.info("x", "hidden")
     log.warning("y", "shown", a=1)
     assert [r.getMessage() for r in caplog.records] == ["shown"]
+
+
+def test_liveness_follows_the_loop_heartbeat() -> None:
+    from wsrt.health import Liveness
+
+    now = [100.0]
+    live = Liveness(60, lambda: now[0])
+    now[0] = 159.0
+    assert live.alive
+    now[0] = 161.0
+    assert not live.alive and live.silent_for == 61.0
+    live.beat()
+    assert live.alive

@@ -168,3 +168,12 @@ def test_any_frame_gets_exactly_one_answer(frame: str) -> None:
             assert a["code"] in {"bad_request", "unknown_channel", "forbidden", "unauthorized",
                                  "too_many_subscriptions", "rate_limited"}  # fmt: skip
             assert isinstance(a["message"], str) and a["message"]
+
+
+def test_a_rate_limited_message_gets_its_id_echoed() -> None:
+    s = session(rate=1)
+    assert replies(send(s, {"type": "ping", "id": "a"}, now=0.5))[0] == {"type": "pong", "id": "a"}
+    limited = replies(send(s, {"type": "subscribe", "channel": "lines", "id": 7}, now=0.5))
+    assert limited[0]["code"] == "rate_limited" and limited[0]["id"] == 7
+    no_id = replies(send(s, "not json", now=0.5))
+    assert no_id[0]["code"] == "rate_limited" and "id" not in no_id[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -77,6 +78,13 @@ def bench(
         console.print("  ".join(f"[bold]{k}[/] {v}" for k, v in info.items()))
         console.print(f"[bold]parameters[/] {'quick' if quick else 'full'}: {scale}")
         results = run(kafka, chosen, quick, profile)
+    failed = _print(console, results)
+    if failed:
+        fail("correctness checks failed: " + "; ".join(failed))
+
+
+def _print(console: Console, results: list[Any]) -> list[str]:
+    """One table per scenario and the fan-out ratio; the failed checks."""
     failed = []
     for result in results:
         table = Table(title=result.scenario, show_header=False, title_justify="left")
@@ -100,5 +108,4 @@ def bench(
         console.print(
             f"[bold]fan-out ratio[/] wsrt hub / broadcast() baseline = {ours / base:.1f}x"
         )
-    if failed:
-        fail("correctness checks failed: " + "; ".join(failed))
+    return failed

@@ -122,7 +122,11 @@ def check_metrics(settings: Settings, interval: float, timeout: float) -> list[R
         ("consumed", f"{rate('wsrt_kafka_messages_total'):.0f} messages/s"),
         ("lag", f"{sum(lags.values()):.0f} messages (max {worst[0]} {worst[1]:.0f})"),
         ("slow", f"{slow:.0f} slow-consumer disconnects in the last 5 min"),
-        ("invalid", f"{total(second, 'wsrt_kafka_invalid_messages_total'):.0f} invalid messages"),
+        ("skipped", f"{total(second, 'wsrt_kafka_skipped_records_total'):.0f} records skipped"),
+        (
+            "restarts",
+            f"{total(second, 'wsrt_kafka_consumer_restarts_total'):.0f} consumer restarts",
+        ),
     ]
     return [Result(name, True, detail) for name, detail in lines]
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from aiokafka.errors import KafkaError
@@ -27,6 +28,9 @@ from wsrt.config import Settings
 from wsrt.errors import WsrtError
 from wsrt.process import Child
 from wsrt.tokens import mint_token
+
+if TYPE_CHECKING:
+    from wsrt.brokers import Broker
 
 #: How long the server may take to answer /healthz 200.
 READY_TIMEOUT_SECONDS = 60.0
@@ -56,7 +60,7 @@ def dev(
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Start a local broker, the demo feed and the server; print a token and a tail command."""
-    from wsrt.brokers import BrokerError, create_topics, make_broker
+    from wsrt.brokers import BrokerError
 
     if broker not in ("embedded", "apache") or rate < 0 or partitions <= 0:
         fail("--broker is embedded or apache; --rate >= 0; --partitions > 0", EXIT_USAGE)
@@ -70,15 +74,7 @@ def dev(
     secret = secrets.token_urlsafe(32)
     url = f"ws://127.0.0.1:{port}/ws"
 
-    kafka = make_broker(broker, port=broker_port or None)
-    typer.echo(f"wsrt dev: starting {kafka.describe()} …", err=True)
-    try:
-        kafka.start()
-        asyncio.run(create_topics(kafka.bootstrap, {t: partitions for t in topics}))
-    except (WsrtError, OSError) as exc:
-        kafka.stop()
-        fail(f"the broker did not start: {exc}")
-
+    kafka = _start_broker(broker, broker_port, {t: partitions for t in topics})
     env = {
         **os.environ,
         "WS_AUTH_SECRET": secret,
@@ -98,27 +94,7 @@ def dev(
     try:
         if not wait_healthy(f"http://127.0.0.1:{port}", READY_TIMEOUT_SECONDS, server.alive):
             raise BrokerError("wsrt serve did not become ready; see its log above")
-        token = mint_token(secret, "dev-user", ttl=24 * 3600)
-        typer.echo(
-            "\n".join(
-                [
-                    "",
-                    f"  wsrt is running: {url}",
-                    f"  broker {kafka.bootstrap}, topics {', '.join(topics)}",
-                    f"  secret: {secret}",
-                    f"  token (24 h): {token}",
-                    "",
-                    "  watch a channel:",
-                    f"    wsrt tail --url {url} --token {token} --channel {topics[0]}",
-                    "  check it:",
-                    f"    wsrt check --url {url} --subscribe {topics[-1]} --token {token}",
-                    "",
-                    "  Ctrl-C stops everything.",
-                    "",
-                ]
-            ),
-            err=True,
-        )
+        typer.echo(_banner(url, kafka.bootstrap, topics, secret), err=True)
         asyncio.run(_feed(settings.replace(kafka_brokers=(kafka.bootstrap,)), topics, rate, server))
     except WsrtError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -128,6 +104,42 @@ def dev(
         kafka.stop()
         typer.echo("wsrt dev: stopped", err=True)
     raise typer.Exit(code)
+
+
+def _start_broker(kind: str, port: int, topics: dict[str, int]) -> Broker:
+    from wsrt.brokers import create_topics, make_broker
+
+    kafka = make_broker(kind, port=port or None)
+    typer.echo(f"wsrt dev: starting {kafka.describe()} …", err=True)
+    try:
+        kafka.start()
+        asyncio.run(create_topics(kafka.bootstrap, topics))
+    except (WsrtError, OSError) as exc:
+        kafka.stop()
+        fail(f"the broker did not start: {exc}")
+    return kafka
+
+
+def _banner(url: str, bootstrap: str, topics: list[str], secret: str) -> str:
+    """What to try next: the URL, a token, and commands that run as printed."""
+    token = mint_token(secret, "dev-user", ttl=24 * 3600)
+    return "\n".join(
+        [
+            "",
+            f"  wsrt is running: {url}",
+            f"  broker {bootstrap}, topics {', '.join(topics)}",
+            f"  secret: {secret}",
+            f"  token (24 h): {token}",
+            "",
+            "  watch a channel:",
+            f"    wsrt tail --url {url} --token {token} --channel {topics[0]}",
+            "  check it:",
+            f"    wsrt check --url {url} --subscribe {topics[-1]} --token {token}",
+            "",
+            "  Ctrl-C stops everything.",
+            "",
+        ]
+    )
 
 
 async def _feed(settings: Settings, topics: list[str], rate: float, server: Child[str]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,40 @@ class LiveView:
         self.live.__exit__(*exc)
 
 
+@dataclass
+class _Progress:
+    #: Exit after this many messages (0: never).
+    count: int
+    received: int = 0
+
+
+async def _receive(
+    ws: Any, view: Plain | LiveView, channels: list[str], progress: _Progress
+) -> int | None:
+    """Show what arrives until the connection closes; an exit status when there is one."""
+    failed: set[str] = set()
+    async for frame in ws:
+        raw = frame.encode() if isinstance(frame, str) else frame
+        obj = orjson.loads(raw)
+        kind = obj.get("type")
+        if kind == "message":
+            view.message(obj, raw)
+            progress.received += 1
+            if progress.count and progress.received >= progress.count:
+                return 0
+        elif kind == "subscribed":
+            view.status(f"subscribed {obj.get('channel')}")
+        elif kind == "error":
+            failed.add(str(obj.get("channel")))
+            view.status(f"{obj.get('channel')}: {obj.get('code')}: {obj.get('message')}")
+            if failed >= set(channels):
+                view.status("no channel could be subscribed")
+                return 1
+        else:
+            view.status(orjson.dumps(obj).decode())
+    return None
+
+
 async def follow(
     url: str,
     channels: list[str],
@@ -128,7 +163,7 @@ async def follow(
     remint: Any = None,
 ) -> int:
     """Receive until ``count`` messages (0: forever); the exit status."""
-    received = 0
+    progress = _Progress(count)
     backoff = Backoff()
     connected_once = False
     while True:
@@ -137,28 +172,9 @@ async def follow(
                 connected_once = True
                 backoff.reset()
                 view.status(f"connected to {url}")
-                failed: set[str] = set()
-                async for frame in ws:
-                    raw = frame.encode() if isinstance(frame, str) else frame
-                    obj = orjson.loads(raw)
-                    kind = obj.get("type")
-                    if kind == "message":
-                        view.message(obj, raw)
-                        received += 1
-                        if count and received >= count:
-                            return 0
-                    elif kind == "subscribed":
-                        view.status(f"subscribed {obj.get('channel')}")
-                    elif kind == "error":
-                        failed.add(str(obj.get("channel")))
-                        view.status(
-                            f"{obj.get('channel')}: {obj.get('code')}: {obj.get('message')}"
-                        )
-                        if failed >= set(channels):
-                            view.status("no channel could be subscribed")
-                            return 1
-                    else:
-                        view.status(orjson.dumps(obj).decode())
+                done = await _receive(ws, view, channels, progress)
+                if done is not None:
+                    return done
                 view.status(describe_close(ws.close_code, ws.close_reason))
                 expired = ws.close_reason == protocol.REASON_TOKEN_EXPIRED
         except InvalidStatus as exc:

@@ -9,16 +9,24 @@
 * ``shared``: :class:`GroupListener` follows the group's assignment: commit
   on revoke, resolve each new partition's position (committed offset, or the
   reset policy) before reporting ready.
+
+:class:`Assigner` does either for one consumer and reports readiness.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from wsrt.aio import abandon_after
-from wsrt.kafka.offsets import Offsets
+from wsrt.config import Settings
+from wsrt.health import Status
+from wsrt.kafka.commit import Committer
+from wsrt.kafka.offsets import Offsets, describe, describe_partitions
+from wsrt.kafka.options import discover
+from wsrt.logs import EventLogger
+from wsrt.metrics import Stats
 
 
 async def assign_every_partition(
@@ -64,19 +72,88 @@ async def resolve_positions(
         )
 
 
-class GroupListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Shared mode: the group's rebalances, turned into the source's callbacks."""
+class Assigner:
+    """Joins a consumer to its partitions and reports readiness (``report``) as they are placed."""
 
     def __init__(
         self,
-        on_revoked: Callable[[set[TopicPartition]], Awaitable[None]],
-        on_assigned: Callable[[set[TopicPartition]], Awaitable[None]],
+        settings: Settings,
+        offsets: Offsets,
+        log: EventLogger,
+        stats: Stats,
+        report: Callable[[Status, str], None],
     ) -> None:
-        self._on_revoked = on_revoked
-        self._on_assigned = on_assigned
+        self.settings = settings
+        self.offsets = offsets
+        self.log = log
+        self.stats = stats
+        self.report = report
+        #: Partitions known at the first assignment start live; later ones from their beginning.
+        self._live = True
+
+    async def join(
+        self, consumer: AIOKafkaConsumer, client: AIOKafkaClient, committer: Committer
+    ) -> None:
+        """Shared: subscribe in the group (it assigns later); broadcast: assign every partition."""
+        s = self.settings
+        if s.fanout_mode == "shared":
+            consumer.subscribe(
+                list(s.kafka_topics), listener=GroupListener(self, consumer, committer)
+            )
+            self.report(Status.STARTING, f"joining consumer group {s.group_id}")
+        else:
+            await self.refresh(consumer, client)
+
+    async def refresh(self, consumer: AIOKafkaConsumer, client: AIOKafkaClient) -> None:
+        """Broadcast: look for topics and partitions, assign every one found."""
+        s = self.settings
+        found, missing = await abandon_after(
+            discover(client, s.kafka_topics), s.kafka_start_timeout, "metadata"
+        )
+        assigned = await assign_every_partition(
+            consumer, found, self.offsets, live=self._live, seconds=s.kafka_start_timeout
+        )
+        self._live = False
+        if assigned is not None:
+            self.assigned(assigned, missing)
+        if missing:
+            self.report(Status.DEGRADED, f"topics not found: {', '.join(missing)}")
+        else:
+            self.report(Status.OK, "")
+
+    def assigned(self, assigned: set[TopicPartition], missing: list[str]) -> None:
+        self.stats.kafka_rebalances += 1
+        positions = {tp: self.offsets.positions[tp] for tp in assigned}
+        self.log.info("kafka_positioned", "consuming from", positions=describe(positions))
+        self.log.info(
+            "kafka_assigned", "partitions assigned", partitions=describe_partitions(assigned),
+            missing=",".join(missing) or None,
+        )  # fmt: skip
+
+
+class GroupListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Shared mode: commit on revoke; position new partitions before saying ready."""
+
+    def __init__(
+        self, assigner: Assigner, consumer: AIOKafkaConsumer, committer: Committer
+    ) -> None:
+        self.assigner = assigner
+        self.consumer = consumer
+        self.committer = committer
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._on_revoked(set(revoked))
+        partitions = set(revoked)
+        await self.committer.flush()
+        self.assigner.offsets.forget(partitions)
+        self.assigner.log.info(
+            "kafka_revoked", "partitions revoked", partitions=describe_partitions(partitions)
+        )
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._on_assigned(set(assigned))
+        partitions = set(assigned)
+        a = self.assigner
+        await resolve_positions(
+            self.consumer, partitions, a.offsets, a.settings.kafka_start_timeout
+        )
+        a.assigned(partitions, [])
+        a.report(Status.OK, "")

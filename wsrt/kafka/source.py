@@ -1,37 +1,50 @@
 """The Kafka source: connect, assign, fetch, encode once, hand to the hub, commit.
 
-One consumer lifetime is a :class:`_Link` (consumer, metadata client,
-committer). :meth:`KafkaSource._run` opens a link, consumes until the link
-fails or the source stops, and on failure opens a new one after a jittered
-backoff. What the hub took is kept in one :class:`~wsrt.kafka.offsets.Offsets`
-across links, so a new consumer resumes exactly where the last one stopped.
-Every call into aiokafka that can wait on a broker is bounded
-(:func:`~wsrt.aio.abandon_after`): a broker that is gone or hung never keeps
-the loop from retrying, and nothing awaits a previous link's work.
+Three tasks, each short (design section 9, "never stop silently"):
+
+* :meth:`KafkaSource._supervise` runs the consumer loop and replaces it when
+  it dies with an unexpected exception (logged with its traceback) or when the
+  watchdog finds it stalled. It is the task :meth:`start` returns: if it ever
+  ends while the source is not stopping, the app exits non-zero.
+* :meth:`KafkaSource._run`: one consumer lifetime after another (a
+  :class:`_Link`: consumer, metadata client, committer). A link that fails
+  with a Kafka or network error is replaced after a jittered backoff; a
+  metadata refresh that fails only marks readiness (aiokafka reconnects the
+  consumer by itself, so delivery resumes as soon as the brokers answer).
+* :meth:`KafkaSource._watch` probes the brokers every
+  ``WS_KAFKA_PROBE_SECONDS``: readiness follows reachability, and
+  :class:`~wsrt.kafka.watch.Watch` judges whether records wait while nothing
+  is delivered.
+
+What the hub took is kept in one :class:`~wsrt.kafka.offsets.Offsets` across
+links, so a replacement consumer resumes exactly where the last one stopped:
+no gap, no duplicate. Every call into aiokafka that can wait on a broker is
+bounded (:func:`~wsrt.aio.abandon_after`), and nothing awaits a previous
+link's work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from wsrt.aio import Abandoned, Backoff, abandon_after
 from wsrt.config import Settings
-from wsrt.health import Readiness, Status
+from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Record
-from wsrt.kafka.assign import GroupListener, assign_every_partition, resolve_positions
+from wsrt.kafka.assign import Assigner
 from wsrt.kafka.commit import Committer
-from wsrt.kafka.offsets import Offsets, describe, describe_partitions
+from wsrt.kafka.deliver import Batches, Encoder, UndecodableSkipper
+from wsrt.kafka.offsets import Offsets
 from wsrt.kafka.options import consumer_options, discover, metadata_client
+from wsrt.kafka.watch import Watch
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
-from wsrt.wire import Skipped, record_frame
 
 #: Errors that mean "Kafka is not reachable or not answering": retry with backoff.
 UNAVAILABLE = (KafkaError, OSError, Abandoned)
@@ -48,6 +61,7 @@ class _Link:
         self.committer = Committer(
             self.consumer, source.offsets, source.log, source.stats, s.kafka_commit_timeout
         )
+        self.joined = False
 
     async def open(self) -> None:
         seconds = self.settings.kafka_start_timeout
@@ -77,27 +91,38 @@ class KafkaSource:
         readiness: Readiness,
         log: EventLogger,
         stats: Stats,
+        liveness: Liveness,
     ) -> None:
         self.settings = settings
-        self.publish = publish
         self.readiness = readiness
         self.log = log
         self.stats = stats
+        self.liveness = liveness
         self.offsets = Offsets()
         stats.kafka_lag = self.offsets.lag
+        self.encoder = Encoder(publish, self.offsets, stats, log)
+        self.assigner = Assigner(settings, self.offsets, log, stats, self._placed)
+        self.watch = Watch(settings.kafka_stall, asyncio.get_running_loop().time())
         self.link: _Link | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: Partitions known at the first assignment start live; later ones from their beginning.
-        self._live = True
         self._ready_once = False
-        self._skip_log = RateLimited(log)
+        #: Readiness from the assignment, and why the brokers are unreachable (None: reachable).
+        self._placement: tuple[Status, str] = (Status.STARTING, "starting up")
+        self._unreachable: str | None = None
+        self._leftovers: set[asyncio.Task[Any]] = set()
+        #: Partitions the last probe found with records waiting.
+        self._waiting: list[tuple[str, int]] = []
         self._error_log = RateLimited(log)
 
     def start(self) -> asyncio.Task[None]:
-        """Run the consumer in a task until :meth:`stop`."""
-        self._task = asyncio.create_task(self._run(), name="wsrt-kafka")
+        """Run the supervised consumer in a task until :meth:`stop`."""
+        self._task = asyncio.create_task(self._supervise(), name="wsrt-kafka")
         return self._task
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     async def stop(self) -> None:
         """Stop fetching, commit what the hub took, leave the group."""
@@ -105,15 +130,96 @@ class KafkaSource:
         if self._task is not None:
             await self._task
 
+    # -- supervision -----------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        s = self.settings
+        backoff = Backoff(s.kafka_backoff_initial, s.kafka_backoff_max)
+        while not self._stopping.is_set():
+            run = asyncio.create_task(self._run(), name="wsrt-kafka-run")
+            watch = asyncio.create_task(self._watch(run), name="wsrt-kafka-watch")
+            try:
+                await asyncio.wait({run})
+            finally:
+                watch.cancel()
+            if run.cancelled() or self._stopping.is_set():
+                continue  # replaced by the watchdog (counted there), or stopping
+            exc = run.exception()
+            if exc is None:
+                continue
+            self.stats.kafka_restarts["error"] += 1
+            delay = backoff.next()
+            self.log.exception(
+                "kafka_restarted", "the Kafka consumer failed; replacing it", exc_info=exc,
+                reason="error", error=repr(exc)[:300], retry_in_s=round(delay, 2),
+            )  # fmt: skip
+            self._set(Status.DEGRADED, f"kafka consumer failed: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _watch(self, run: asyncio.Task[None]) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.kafka_probe_interval)
+            link = self.link
+            if link is not None and link.joined:
+                self.watch.observed(loop.time(), await self._probe(link))
+            reason = self.watch.verdict(loop.time())
+            if reason is None:
+                continue
+            self.stats.kafka_restarts[reason] += 1
+            self.log.warning(
+                "kafka_stalled", "the Kafka consumer stalled; replacing it", reason=reason,
+                stall_s=s.kafka_stall, partitions_waiting=self._waiting_text(),
+            )  # fmt: skip
+            self._set(Status.DEGRADED, "kafka stalled")
+            self.watch = Watch(s.kafka_stall, loop.time())
+            run.cancel()
+            return
+
+    async def _probe(self, link: _Link) -> bool | None:
+        """Can the brokers be reached, and do records wait? ``None``: unreachable."""
+        seconds = self.settings.kafka_request_timeout
+        where = ",".join(self.settings.kafka_brokers)
+        try:
+            await abandon_after(discover(link.client, self.settings.kafka_topics), seconds)
+        except UNAVAILABLE as exc:
+            self._unreachable = f"cannot reach Kafka at {where}: {type(exc).__name__}: {exc}"
+            self._apply()
+            return None
+        self._unreachable = None
+        self._apply()
+        assigned = link.consumer.assignment()
+        if not assigned:
+            return False
+        try:
+            ends = await abandon_after(link.consumer.end_offsets(list(assigned)), seconds)
+        except UNAVAILABLE:
+            return True  # the brokers answer, our consumer does not: as good as waiting
+        self._waiting = self.offsets.behind(ends)
+        return bool(self._waiting)
+
+    def _waiting_text(self) -> str:
+        return " ".join(f"{t}[{p}]" for t, p in self._waiting) or "-"
+
+    # -- consumer lifetimes ----------------------------------------------------
+
     async def _run(self) -> None:
         s = self.settings
         backoff = Backoff(s.kafka_backoff_initial, s.kafka_backoff_max)
         while not self._stopping.is_set():
+            self.liveness.beat()
             self.link = link = _Link(self)
             try:
-                self._set(Status.STARTING, f"connecting to kafka at {','.join(s.kafka_brokers)}")
+                self._placed(Status.STARTING, f"connecting to kafka at {','.join(s.kafka_brokers)}")
                 await link.open()
-                await self._join(link)
+                await self.assigner.join(link.consumer, link.client, link.committer)
+                link.joined = True
+                self.log.info(
+                    "kafka_started", "kafka consumer started", mode=s.fanout_mode,
+                    group=s.group_id, brokers=",".join(s.kafka_brokers),
+                )  # fmt: skip
                 backoff.reset()
                 await self._consume(link)
             except UNAVAILABLE as exc:
@@ -122,15 +228,26 @@ class KafkaSource:
                 await link.close(commit=False)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
+            except BaseException:
+                # Replaced (watchdog) or failed: the supervisor starts a new link
+                # now; this one closes on its own, bounded, and nobody waits for it.
+                self._leave_behind(link)
+                raise
             else:
                 if not await link.close(commit=True):
                     self.log.warning("commit_failed", "final offset commit did not finish")
             finally:
                 self.link = None
 
+    def _leave_behind(self, link: _Link) -> None:
+        link.committer.abandon()
+        task = asyncio.ensure_future(link.close(commit=False))
+        self._leftovers.add(task)
+        task.add_done_callback(self._leftovers.discard)
+
     def _unavailable(self, exc: BaseException, retry_in: float) -> None:
         reason = f"kafka unavailable: {type(exc).__name__}: {exc}"
-        self._set(Status.DEGRADED if self._ready_once else Status.STARTING, reason)
+        self._placed(Status.DEGRADED if self._ready_once else Status.STARTING, reason)
         self._error_log.warning(
             "kafka_error",
             "kafka error; retrying",
@@ -138,83 +255,26 @@ class KafkaSource:
             retry_in_s=round(retry_in, 2),
         )
 
-    async def _join(self, link: _Link) -> None:
-        s = self.settings
-        if s.fanout_mode == "shared":
-            link.consumer.subscribe(
-                list(s.kafka_topics), listener=GroupListener(self._on_revoked, self._on_assigned)
-            )
-            self._set(Status.STARTING, f"joining consumer group {s.group_id}")
-        else:
-            await self._assign(link)
-        self.log.info(
-            "kafka_started", "kafka consumer started", mode=s.fanout_mode, group=s.group_id,
-            brokers=",".join(s.kafka_brokers),
-        )  # fmt: skip
-
-    # -- broadcast: every partition, by hand -----------------------------------
-
-    async def _assign(self, link: _Link) -> None:
-        s = self.settings
-        found, missing = await abandon_after(
-            discover(link.client, s.kafka_topics), s.kafka_start_timeout, "metadata"
-        )
-        assigned = await assign_every_partition(
-            link.consumer, found, self.offsets, live=self._live, seconds=s.kafka_start_timeout
-        )
-        self._live = False
-        if assigned is not None:
-            self.stats.kafka_rebalances += 1
-            self._log_assignment(assigned, missing)
-        if missing:
-            self._set(Status.DEGRADED, f"topics not found: {', '.join(missing)}")
-        else:
-            self._set(Status.OK)
-
-    # -- shared: the group assigns ---------------------------------------------
-
-    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        if self.link is not None:
-            await self.link.committer.flush()
-        self.offsets.forget(revoked)
-        self.log.info(
-            "kafka_revoked", "partitions revoked", partitions=describe_partitions(revoked)
-        )
-
-    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        assert self.link is not None
-        self.stats.kafka_rebalances += 1
-        await resolve_positions(
-            self.link.consumer, assigned, self.offsets, self.settings.kafka_start_timeout
-        )
-        self._log_assignment(assigned, [])
-        self._set(Status.OK)
-
-    def _log_assignment(self, assigned: set[TopicPartition], missing: list[str]) -> None:
-        positions = {tp: self.offsets.positions[tp] for tp in assigned}
-        self.log.info("kafka_positioned", "consuming from", positions=describe(positions))
-        self.log.info(
-            "kafka_assigned", "partitions assigned", partitions=describe_partitions(assigned),
-            missing=",".join(missing) or None,
-        )  # fmt: skip
-
     # -- the loop --------------------------------------------------------------
 
     async def _consume(self, link: _Link) -> None:
         s = self.settings
         consumer = link.consumer
         loop = asyncio.get_running_loop()
+        skipper = UndecodableSkipper(consumer, self.offsets, self.encoder, s)
         next_refresh = loop.time() + s.kafka_metadata_refresh
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
+                self.liveness.beat()
+                self.watch.turned(loop.time())
                 if s.fanout_mode == "broadcast" and (
                     loop.time() >= next_refresh or not consumer.assignment()
                 ):
                     if not consumer.assignment():  # no topic yet: nothing to fetch until a look
                         await asyncio.wait({stopping}, timeout=max(0, next_refresh - loop.time()))
                     next_refresh = loop.time() + s.kafka_metadata_refresh
-                    await self._assign(link)
+                    await self._refresh(link)
                     continue
                 fetch = asyncio.ensure_future(
                     consumer.getmany(
@@ -226,42 +286,46 @@ class KafkaSource:
                 if not fetch.done():
                     fetch.cancel()
                     break
-                batches = fetch.result()
+                try:
+                    batches: Batches = fetch.result()
+                except Exception as exc:
+                    if not skipper.may_skip(exc):
+                        raise
+                    await skipper.skip(exc, link.committer)
+                    continue
+                skipper.clear()
                 if batches:
-                    self._deliver(link, batches)
+                    self.encoder.deliver(consumer, batches)
+                    self.watch.delivered(loop.time())
+                    link.committer.kick()  # the hub took the batch: commit its offsets
         finally:
             stopping.cancel()
 
-    def _deliver(self, link: _Link, batches: dict[TopicPartition, list[Any]]) -> None:
-        records: list[Record] = []
-        timestamps: list[int] = []
-        stats = self.stats
-        consumer = link.consumer
-        for tp, messages in batches.items():
-            topic = tp.topic
-            for m in messages:
-                try:
-                    frame = record_frame(topic, m.key, m.partition, m.offset, m.timestamp, m.value)
-                except Skipped as skip:
-                    self._skipped(topic, m.partition, m.offset, skip.reason)
-                    continue
-                records.append(Record(topic, m.key, frame))
-                timestamps.append(m.timestamp)
-            self.offsets.taken(tp, messages[-1].offset + 1, consumer.highwater(tp))
-            stats.kafka_messages[topic] += len(messages)
-        self.publish(records)
-        stats.delay.observe_ms(time.time() * 1000, timestamps)
-        # The hub has taken the batch: its offsets may be committed now.
-        link.committer.kick()
+    async def _refresh(self, link: _Link) -> None:
+        """Broadcast: pick up new topics and partitions. Failing here only marks readiness:
+        the consumer reconnects by itself, and replacing it would delay delivery."""
+        try:
+            await self.assigner.refresh(link.consumer, link.client)
+        except UNAVAILABLE as exc:
+            self._unreachable = f"kafka unavailable: {type(exc).__name__}: {exc}"
+            self._apply()
 
-    def _skipped(self, topic: str, partition: int, offset: int, reason: str) -> None:
-        self.stats.kafka_invalid[topic] += 1
-        self._skip_log.warning(
-            "invalid_message", "skipped a message whose value is not JSON",
-            topic=topic, partition=partition, offset=offset, reason=reason,
-        )  # fmt: skip
+    # -- readiness -------------------------------------------------------------
 
-    def _set(self, status: Status, reason: str = "") -> None:
-        self.readiness.set(status, reason)
+    def _placed(self, status: Status, reason: str) -> None:
+        """What the assignment says; brokers that cannot be reached override it."""
+        self._placement = (status, reason)
         if status is Status.OK:
             self._ready_once = True
+            self._unreachable = None
+        self._apply()
+
+    def _set(self, status: Status, reason: str) -> None:
+        self._placement = (status, reason)
+        self._apply()
+
+    def _apply(self) -> None:
+        if self._unreachable is not None:
+            self.readiness.set(Status.DEGRADED, self._unreachable)
+        else:
+            self.readiness.set(*self._placement)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from wsrt.kafka.watch import LOOP_STALLED, STALLED, Watch
+
+
+def test_a_loop_that_turns_is_never_stalled() -> None:
+    w = Watch(stall=30, now=0)
+    for t in range(0, 100, 10):
+        w.turned(t)
+        assert w.verdict(t + 5) is None
+
+
+def test_a_loop_that_stops_turning() -> None:
+    w = Watch(stall=30, now=0)
+    w.turned(10)
+    assert w.verdict(39) is None
+    assert w.verdict(40) == LOOP_STALLED
+
+
+def test_records_waiting_without_delivery() -> None:
+    w = Watch(stall=30, now=0)
+    w.turned(100)
+    w.observed(100, True)  # the first sight of waiting records starts the clock
+    w.turned(125)
+    assert w.verdict(125) is None
+    w.turned(131)
+    assert w.verdict(131) == STALLED
+
+
+def test_delivery_restarts_the_clock_and_no_waiting_clears_it() -> None:
+    w = Watch(stall=30, now=0)
+    w.observed(0, True)
+    w.delivered(20)
+    w.turned(45)
+    assert w.verdict(45) is None  # delivered 25 s ago
+    w.observed(46, False)
+    w.turned(100)
+    assert w.verdict(100) is None
+
+
+def test_an_unknown_probe_result_is_not_a_stall() -> None:
+    w = Watch(stall=30, now=0)
+    w.observed(0, True)
+    w.observed(10, None)  # brokers unreachable: readiness says so, replacing would not help
+    w.turned(50)
+    assert w.verdict(50) is None

@@ -1,0 +1,166 @@
+"""Admitted WebSocket connections: the per-connection loop, delivery verdicts, closes.
+
+Each connection gets an :class:`~wsrt.hub.Outlet` writing pre-built frames to
+its transport and a :class:`~wsrt.session.Session` that answers its control
+messages; the loop applies the session's effects. :meth:`Connections.publish`
+hands a batch to the hub and closes the outlets the hub reports finished:
+1008 ``slow consumer`` for an overflow, 1011 for a write that raised. Each
+close runs in its own task, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from websockets.exceptions import ConnectionClosed
+
+from wsrt import protocol
+from wsrt.auth import Verifier
+from wsrt.config import Settings
+from wsrt.gateway import ws_adapter
+from wsrt.gateway.ws_adapter import Connection
+from wsrt.hub import SLOW_CONSUMER, Hub, Outlet, Record
+from wsrt.logs import EventLogger, RateLimited
+from wsrt.metrics import Stats, close_reason
+from wsrt.session import Effects, Session
+from wsrt.wire import text_frame
+
+
+class Connections:
+    def __init__(
+        self, settings: Settings, hub: Hub, verifier: Verifier, log: EventLogger, stats: Stats
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.verifier = verifier
+        self.log = log
+        self.stats = stats
+        self._slow = RateLimited(log, interval=1.0)
+        self._close_tasks: set[asyncio.Task[None]] = set()
+
+    # -- delivery --------------------------------------------------------------
+
+    def publish(self, records: Sequence[Record]) -> None:
+        """Hand a batch to the hub, then close what it reports finished."""
+        for outlet in self.hub.publish(records):
+            self._finished(outlet)
+
+    def _finished(self, outlet: Outlet) -> None:
+        self.hub.remove(outlet)
+        connection = outlet.peer
+        assert isinstance(connection, Connection)
+        subject = connection.admitted.claims.subject if connection.admitted else None
+        if outlet.verdict == SLOW_CONSUMER:
+            self.stats.slow_consumer()
+            self._slow.warning(
+                "slow_consumer", "closing slow consumer", subject=subject,
+                remote=ws_adapter.remote(connection), buffer=outlet.limit,
+            )  # fmt: skip
+            self._close_soon(
+                connection, protocol.CLOSE_POLICY_VIOLATION, protocol.REASON_SLOW_CONSUMER
+            )
+        else:
+            self.log.error(
+                "write_failed", "writing to a client failed; closing it", subject=subject,
+                remote=ws_adapter.remote(connection), error=repr(outlet.error)[:300],
+            )  # fmt: skip
+            self._close_soon(
+                connection, protocol.CLOSE_INTERNAL_ERROR, protocol.REASON_WRITE_FAILED
+            )
+
+    def _close_soon(self, connection: Connection, code: int, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(connection.close(code, reason))
+        self._close_tasks.add(task)
+        task.add_done_callback(self._close_tasks.discard)
+
+    # -- WebSocket -------------------------------------------------------------
+
+    async def handle(self, connection: Connection) -> None:
+        admitted = connection.admitted
+        assert admitted is not None
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        session = Session(
+            admitted.claims, topics=self.hub.topics, verifier=self.verifier,
+            max_subscriptions=s.max_subscriptions, control_rate=s.control_rate,
+            max_errors=s.max_client_errors, error_window=s.client_error_window, now=loop.time(),
+        )  # fmt: skip
+        outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
+        outlet.paused = connection.paused
+        connection.outlet = outlet
+        connection.on_outlet_failed = self._finished
+        subject, remote = session.claims.subject, ws_adapter.remote(connection)
+        opened = time.monotonic()
+        self.stats.connections_opened += 1
+        self.log.info("connection_opened", "connection opened", subject=subject, remote=remote)
+        expiry = self._schedule_expiry(connection, session)
+        try:
+            if admitted.channels:
+                effects = session.subscribe_at_connect(admitted.channels, loop.time())
+                if await self._apply(connection, outlet, effects, subject):
+                    return
+            async for message in connection:
+                if isinstance(message, bytes):
+                    await connection.close(
+                        protocol.CLOSE_UNSUPPORTED_DATA, "binary frames are not supported"
+                    )
+                    return
+                effects = session.handle(message, loop.time())
+                if effects.refreshed:
+                    if expiry is not None:
+                        expiry.cancel()
+                    expiry = self._schedule_expiry(connection, session)
+                if await self._apply(connection, outlet, effects, subject):
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            outlet.close()
+            self.hub.remove(outlet)
+            await connection.wait_closed()
+            code, reason = ws_adapter.close_info(connection)
+            self.stats.connections_closed[close_reason(code, reason)] += 1
+            self.log.info(
+                "connection_closed", "connection closed", subject=subject, remote=remote,
+                code=code, reason=reason or None,
+                duration_ms=round((time.monotonic() - opened) * 1000), frames=outlet.frames_sent,
+            )  # fmt: skip
+
+    async def _apply(
+        self, connection: Connection, outlet: Outlet, effects: Effects, subject: str
+    ) -> bool:
+        """Carry out a session's effects; True when the connection was closed."""
+        for channel in effects.unsubscribe:
+            self.hub.unsubscribe(outlet, channel.topic, channel.key)
+            self.log.info("unsubscribed", "unsubscribed", subject=subject, channel=channel.name)
+        for channel in effects.subscribe:
+            self.hub.subscribe(outlet, channel.topic, channel.key)
+            self.log.info("subscribed", "subscribed", subject=subject, channel=channel.name)
+        for reply in effects.replies:
+            if not outlet.send(text_frame(reply)):
+                self._finished(outlet)
+                return True
+        if effects.close is not None:
+            code, reason = effects.close
+            self.log.warning(
+                "connection_abuse", "closing abusive connection", subject=subject, reason=reason
+            )
+            await connection.close(code, reason)
+            return True
+        return False
+
+    def _schedule_expiry(
+        self, connection: Connection, session: Session
+    ) -> asyncio.TimerHandle | None:
+        expires_at = session.claims.expires_at
+        if expires_at is None:
+            return None
+        delay = max(0.0, expires_at + self.verifier.leeway - time.time())
+        return asyncio.get_running_loop().call_later(
+            delay, self._close_soon, connection, protocol.CLOSE_POLICY_VIOLATION,
+            protocol.REASON_TOKEN_EXPIRED,
+        )  # fmt: skip

@@ -1,0 +1,165 @@
+"""From fetched batches to the hub, and past records that cannot be read.
+
+:class:`Encoder` turns each record into its frame once (:mod:`wsrt.wire`),
+skips what cannot become a frame — counted by topic and reason and logged,
+rate-limited, with topic, partition and offset — records what the hub took
+in :class:`~wsrt.kafka.offsets.Offsets` and hands the batch to ``publish``.
+
+:class:`UndecodableSkipper` handles a fetch that raises while decoding (a
+codec that is not installed, a corrupt batch). aiokafka then drops the whole
+``getmany`` answer, other partitions' records included, and would raise again
+at the same offset forever. So: every partition is re-positioned where the
+hub stopped taking (nothing dropped is lost), the partition that raises is
+found by fetching each on its own, read up to the failure one record at a
+time, and the record there is skipped (``undecodable``). A batch the library
+cannot decode is passed one offset at a time, so every record in it is
+accounted for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+
+from wsrt.config import Settings
+from wsrt.hub import Record
+from wsrt.kafka.commit import Committer
+from wsrt.kafka.offsets import Offsets
+from wsrt.logs import EventLogger, RateLimited
+from wsrt.metrics import Stats
+from wsrt.wire import UNDECODABLE, Skipped, record_frame
+
+Batches = dict[TopicPartition, list[Any]]
+
+
+class Encoder:
+    def __init__(
+        self,
+        publish: Callable[[list[Record]], None],
+        offsets: Offsets,
+        stats: Stats,
+        log: EventLogger,
+    ) -> None:
+        self.publish = publish
+        self.offsets = offsets
+        self.stats = stats
+        self.log = log
+        #: One rate-limited log line per skip reason: each is a different problem.
+        self._skip_logs: dict[str, RateLimited] = {}
+
+    def deliver(self, consumer: AIOKafkaConsumer, batches: Batches) -> None:
+        records: list[Record] = []
+        timestamps: list[int] = []
+        stats = self.stats
+        # Nothing counts as taken before the hub took it: an exception while
+        # encoding leaves every position where it was, for a replacement to re-read.
+        for tp, messages in batches.items():
+            topic = tp.topic
+            for m in messages:
+                try:
+                    frame = record_frame(topic, m.key, m.partition, m.offset, m.timestamp, m.value)
+                except Skipped as skip:
+                    self.skipped(topic, m.partition, m.offset, skip.reason)
+                    continue
+                records.append(Record(topic, m.key, frame))
+                timestamps.append(m.timestamp)
+        self.publish(records)
+        for tp, messages in batches.items():
+            self.offsets.taken(tp, messages[-1].offset + 1, consumer.highwater(tp))
+            stats.kafka_messages[tp.topic] += len(messages)
+        stats.delay.observe_ms(time.time() * 1000, timestamps)
+
+    def skipped(
+        self, topic: str, partition: int, offset: int, reason: str, error: str | None = None
+    ) -> None:
+        self.stats.kafka_skipped[(topic, reason)] += 1
+        limited = self._skip_logs.get(reason)
+        if limited is None:
+            limited = self._skip_logs[reason] = RateLimited(self.log)
+        limited.warning(
+            "record_skipped", "skipped a record that cannot be delivered",
+            topic=topic, partition=partition, offset=offset, reason=reason, error=error,
+        )  # fmt: skip
+
+
+class UndecodableSkipper:
+    #: Errors aiokafka raises for a batch it cannot decode.
+    DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, offsets: Offsets, encoder: Encoder, settings: Settings
+    ) -> None:
+        self.consumer = consumer
+        self.offsets = offsets
+        self.encoder = encoder
+        self.fetch_ms = int(settings.kafka_fetch_max_wait * 1000) + 100
+        self.max_records = settings.kafka_max_batch
+        #: The partition that raised last time: tried first next time.
+        self.culprit: TopicPartition | None = None
+        self._fruitless = 0
+
+    def may_skip(self, exc: BaseException) -> bool:
+        """Is ``exc`` (raised by a fetch) a record the client library could not decode?
+
+        Decoding errors of the codec libraries are not Kafka errors; network and
+        broker errors are, and are left to the reconnect logic. Two searches in
+        a row that find no culprit mean it was not a record after all.
+        """
+        decoding = isinstance(exc, self.DECODE_ERRORS) or not isinstance(exc, KafkaError | OSError)
+        return decoding and self._fruitless < 2
+
+    def clear(self) -> None:
+        self._fruitless = 0
+
+    async def skip(self, exc: BaseException, committer: Committer) -> None:
+        consumer = self.consumer
+        assigned = sorted(consumer.assignment())
+        for tp in assigned:  # what the failed fetch dropped is fetched again
+            position = self.offsets.positions.get(tp)
+            if position is not None:
+                consumer.seek(tp, position)
+        order = sorted(assigned, key=lambda tp: tp != self.culprit)
+        for tp in order:
+            try:
+                await self._fetch(tp, self.max_records, committer)
+            except Exception as error:
+                if not self.may_skip(error) or tp not in self.offsets.positions:
+                    raise
+                # Records before the bad batch may have come in the same answer:
+                # walk up to it one record at a time, then skip what is there.
+                consumer.seek(tp, self.offsets.positions[tp])
+                await self._walk_to_failure(tp, committer)
+                return
+        self._fruitless += 1
+
+    async def _fetch(self, tp: TopicPartition, max_records: int, committer: Committer) -> bool:
+        """One fetch of ``tp`` alone, delivered; False when it returned nothing."""
+        batch = await self.consumer.getmany(tp, timeout_ms=self.fetch_ms, max_records=max_records)
+        if batch:
+            self.encoder.deliver(self.consumer, batch)
+            committer.kick()
+        return bool(batch)
+
+    async def _walk_to_failure(self, tp: TopicPartition, committer: Committer) -> None:
+        for _ in range(self.max_records + 1):
+            try:
+                if not await self._fetch(tp, 1, committer):
+                    return  # nothing raised this time: the next search starts again
+            except Exception as error:
+                if not self.may_skip(error):
+                    raise
+                self._skip_one(tp, error)
+                committer.kick()
+                return
+
+    def _skip_one(self, tp: TopicPartition, error: BaseException) -> None:
+        offset = self.offsets.positions[tp]
+        self.culprit = tp
+        self.consumer.seek(tp, offset + 1)
+        self.offsets.taken(tp, offset + 1, self.consumer.highwater(tp))
+        self.encoder.skipped(tp.topic, tp.partition, offset, UNDECODABLE, repr(error)[:200])
+        self._fruitless = 0

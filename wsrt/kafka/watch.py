@@ -1,0 +1,49 @@
+"""The consumer watchdog's judgement, Sans-I/O (design section 9).
+
+The source reports what it sees — the fetch loop turned, a fetch delivered
+records, a probe found records waiting (log end beyond the position) — and
+:meth:`Watch.verdict` says whether the consumer must be replaced, and why:
+
+* ``loop_stalled``: the fetch loop has not turned for ``stall`` seconds;
+* ``stalled``: records have been waiting for ``stall`` seconds and no fetch
+  delivered any in that time.
+
+Time is whatever clock the caller passes (the event loop's), so the rules
+are unit-tested as plain calls.
+"""
+
+from __future__ import annotations
+
+LOOP_STALLED = "loop_stalled"
+STALLED = "stalled"
+
+
+class Watch:
+    def __init__(self, stall: float, now: float) -> None:
+        self.stall = stall
+        self.last_turn = now
+        #: Since when records have waited with nothing delivered; ``None``: nothing waits.
+        self.waiting_since: float | None = None
+
+    def turned(self, now: float) -> None:
+        self.last_turn = now
+
+    def delivered(self, now: float) -> None:
+        """A fetch handed records to the hub: the consumer makes progress."""
+        self.last_turn = now
+        if self.waiting_since is not None:
+            self.waiting_since = now
+
+    def observed(self, now: float, waiting: bool | None) -> None:
+        """A probe result: records wait (True), none do (False), or unknown (None: broker away)."""
+        if not waiting:
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = now
+
+    def verdict(self, now: float) -> str | None:
+        if now - self.last_turn >= self.stall:
+            return LOOP_STALLED
+        if self.waiting_since is not None and now - self.waiting_since >= self.stall:
+            return STALLED
+        return None
