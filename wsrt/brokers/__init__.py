@@ -110,6 +110,15 @@ class Broker:
             raise
         return self
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the broker process (the fault suite stops, kills and freezes it)."""
+        assert self.child is not None
+        self.child.signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.child is not None
+        return self.child.wait_exit(timeout)
+
     @property
     def pid(self) -> int:
         assert self.child is not None

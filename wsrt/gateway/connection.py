@@ -88,9 +88,7 @@ class Connections:
             max_errors=s.max_client_errors, error_window=s.client_error_window, now=loop.time(),
         )  # fmt: skip
         outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
-        outlet.paused = connection.paused
-        connection.outlet = outlet
-        connection.on_outlet_failed = self._finished
+        connection.attach(outlet, on_failed=self._finished)
         subject, remote = session.claims.subject, ws_adapter.remote(connection)
         opened = time.monotonic()
         self.stats.connections_opened += 1

@@ -66,6 +66,12 @@ class Connection(ServerConnection):
         if outlet is not None and not outlet.resume() and self.on_outlet_failed is not None:
             self.on_outlet_failed(outlet)
 
+    def attach(self, outlet: Outlet, on_failed: Callable[[Outlet], None]) -> None:
+        """Let ``outlet`` follow this transport's pause state from now on."""
+        outlet.paused = self.paused
+        self.outlet = outlet
+        self.on_outlet_failed = on_failed
+
     def frame_writer(self) -> Callable[[bytes], None]:
         """A write function for pre-built frames on this connection's transport."""
         protocol = self.protocol

@@ -163,8 +163,9 @@ class KafkaSource:
         while True:
             await asyncio.sleep(s.kafka_probe_interval)
             link = self.link
-            if link is not None and link.joined:
-                self.watch.observed(loop.time(), await self._probe(link))
+            if link is None or not link.joined:
+                continue  # connecting: every step of it is bounded, and readiness says so
+            self.watch.observed(loop.time(), await self._probe(link))
             reason = self.watch.verdict(loop.time())
             if reason is None:
                 continue
@@ -174,7 +175,6 @@ class KafkaSource:
                 stall_s=s.kafka_stall, partitions_waiting=self._waiting_text(),
             )  # fmt: skip
             self._set(Status.DEGRADED, "kafka stalled")
-            self.watch = Watch(s.kafka_stall, loop.time())
             run.cancel()
             return
 
@@ -183,7 +183,9 @@ class KafkaSource:
         seconds = self.settings.kafka_request_timeout
         where = ",".join(self.settings.kafka_brokers)
         try:
-            await abandon_after(discover(link.client, self.settings.kafka_topics), seconds)
+            await abandon_after(
+                discover(link.client, self.settings.kafka_topics), seconds, "metadata request"
+            )
         except UNAVAILABLE as exc:
             self._unreachable = f"cannot reach Kafka at {where}: {type(exc).__name__}: {exc}"
             self._apply()
@@ -215,6 +217,7 @@ class KafkaSource:
                 self._placed(Status.STARTING, f"connecting to kafka at {','.join(s.kafka_brokers)}")
                 await link.open()
                 await self.assigner.join(link.consumer, link.client, link.committer)
+                self.watch = Watch(s.kafka_stall, asyncio.get_running_loop().time())
                 link.joined = True
                 self.log.info(
                     "kafka_started", "kafka consumer started", mode=s.fanout_mode,
@@ -297,6 +300,9 @@ class KafkaSource:
                 if batches:
                     self.encoder.deliver(consumer, batches)
                     self.watch.delivered(loop.time())
+                    if self._unreachable is not None:  # a fetch answered: the brokers are back
+                        self._unreachable = None
+                        self._apply()
                     link.committer.kick()  # the hub took the batch: commit its offsets
         finally:
             stopping.cancel()
