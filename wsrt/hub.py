@@ -8,7 +8,8 @@ whatever the number of messages (design section 7).
 
 An :class:`Outlet` is one client's outbound side, over a write function the
 gateway injects. It has two verbs: :meth:`Outlet.enqueue` takes frames and
-:meth:`Outlet.flush` writes everything pending in one call. While the
+:meth:`Outlet.flush` writes everything pending in one call
+(:meth:`Outlet.deliver` is both at once, without a list, for the hot path). While the
 transport is paused (above its high-water mark) frames wait, counted in
 messages. Either verb answers ``False`` when the outlet is finished — its
 queue overflowed (``slow consumer``) or its write raised — and records the
@@ -115,6 +116,19 @@ class Outlet:
         count = self.queued
         box.clear()
         self.queued = 0
+        return self._write(data, count)
+
+    def deliver(self, data: bytes, count: int) -> bool:
+        """:meth:`enqueue` then :meth:`flush`, for a publish with one chunk for this outlet.
+
+        The common case (nothing pending, transport accepting) is one write with
+        no list in between: this runs once per subscriber per batch.
+        """
+        if self.outbox or self.paused or self.verdict is not None:
+            return self.enqueue(data, count) and self.flush()
+        return self._write(data, count)
+
+    def _write(self, data: bytes, count: int) -> bool:
         try:
             self.write(data)
         except Exception as exc:  # any transport or library error, for this client only
@@ -242,7 +256,7 @@ class Hub:
                 data = b"".join([r.frame for r in records])
                 count = len(records)
                 for outlet in whole:
-                    if not (outlet.enqueue(data, count) and outlet.flush()):
+                    if not outlet.deliver(data, count):
                         finished.append(outlet)
                 return finished
 

@@ -165,3 +165,11 @@ def test_send_and_resume_report_a_failed_write() -> None:
     paused.pause()
     assert paused.send(b"<ack>") is True  # waits: nothing written yet
     assert paused.resume() is False and paused.closed
+
+
+def test_a_failing_write_on_the_single_topic_fast_path(hub: Hub) -> None:
+    broken, fine = Outlet(failing_write, limit=10), MemoryOutlet()
+    hub.subscribe(broken, "lines")
+    hub.subscribe(fine, "lines")
+    assert hub.publish([rec("lines", None, 1), rec("lines", None, 2)]) == [broken]
+    assert broken.verdict == WRITE_FAILED and fine.writes == [b"<lines:None:1><lines:None:2>"]
