@@ -9,9 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaClient
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from wsrt.aio import Abandoned
 from wsrt.config import Settings
+
+#: Errors that mean "Kafka is not reachable or not answering": retry, report, never crash.
+UNAVAILABLE = (KafkaError, OSError, Abandoned)
 
 
 def client_options(settings: Settings) -> dict[str, Any]:

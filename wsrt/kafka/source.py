@@ -1,20 +1,14 @@
 """The Kafka source: connect, assign, fetch, encode once, hand to the hub, commit.
 
-Three tasks, each short (design section 9, "never stop silently"):
-
-* :meth:`KafkaSource._supervise` runs the consumer loop and replaces it when
-  it dies with an unexpected exception (logged with its traceback) or when the
-  watchdog finds it stalled. It is the task :meth:`start` returns: if it ever
-  ends while the source is not stopping, the app exits non-zero.
-* :meth:`KafkaSource._run`: one consumer lifetime after another (a
-  :class:`_Link`: consumer, metadata client, committer). A link that fails
-  with a Kafka or network error is replaced after a jittered backoff; a
-  metadata refresh that fails only marks readiness (aiokafka reconnects the
-  consumer by itself, so delivery resumes as soon as the brokers answer).
-* :meth:`KafkaSource._watch` probes the brokers every
-  ``WS_KAFKA_PROBE_SECONDS``: readiness follows reachability, and
-  :class:`~wsrt.kafka.watch.Watch` judges whether records wait while nothing
-  is delivered.
+:meth:`KafkaSource.run_links` runs one consumer lifetime after another (a
+:class:`_Link`: consumer, metadata client, committer). A link that fails with
+a Kafka or network error is replaced after a jittered backoff; a metadata
+refresh that fails only marks readiness (aiokafka reconnects the consumer by
+itself, so delivery resumes as soon as the brokers answer). The
+:class:`~wsrt.kafka.supervise.Supervisor` that :meth:`KafkaSource.start` runs
+replaces a lifetime that dies with an unexpected exception or stalls; if the
+supervisor itself ever ends while the source is not stopping, the app exits
+non-zero.
 
 What the hub took is kept in one :class:`~wsrt.kafka.offsets.Offsets` across
 links, so a replacement consumer resumes exactly where the last one stopped:
@@ -31,9 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 
-from wsrt.aio import Abandoned, Backoff, abandon_after
+from wsrt.aio import Backoff, abandon_after
 from wsrt.config import Settings
 from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Record
@@ -41,13 +34,11 @@ from wsrt.kafka.assign import Assigner
 from wsrt.kafka.commit import Committer
 from wsrt.kafka.deliver import Batches, Encoder, UndecodableSkipper
 from wsrt.kafka.offsets import Offsets
-from wsrt.kafka.options import consumer_options, discover, metadata_client
-from wsrt.kafka.watch import Watch
+from wsrt.kafka.options import UNAVAILABLE, consumer_options, metadata_client
+from wsrt.kafka.supervise import Supervisor
+from wsrt.kafka.watch import SourceHealth, Watch
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
-
-#: Errors that mean "Kafka is not reachable or not answering": retry with backoff.
-UNAVAILABLE = (KafkaError, OSError, Abandoned)
 
 
 class _Link:
@@ -101,120 +92,43 @@ class KafkaSource:
         self.offsets = Offsets()
         stats.kafka_lag = self.offsets.lag
         self.encoder = Encoder(publish, self.offsets, stats, log)
-        self.assigner = Assigner(settings, self.offsets, log, stats, self._placed)
+        self.health = SourceHealth(readiness)
+        self.assigner = Assigner(settings, self.offsets, log, stats, self.health.placed)
         self.watch = Watch(settings.kafka_stall, asyncio.get_running_loop().time())
         self.link: _Link | None = None
-        self._stopping = asyncio.Event()
+        #: Set by :meth:`stop`; the loops end when it is.
+        self.stopping_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._ready_once = False
-        #: Readiness from the assignment, and why the brokers are unreachable (None: reachable).
-        self._placement: tuple[Status, str] = (Status.STARTING, "starting up")
-        self._unreachable: str | None = None
         self._leftovers: set[asyncio.Task[Any]] = set()
-        #: Partitions the last probe found with records waiting.
-        self._waiting: list[tuple[str, int]] = []
         self._error_log = RateLimited(log)
 
     def start(self) -> asyncio.Task[None]:
         """Run the supervised consumer in a task until :meth:`stop`."""
-        self._task = asyncio.create_task(self._supervise(), name="wsrt-kafka")
+        self._task = asyncio.create_task(Supervisor(self).run(), name="wsrt-kafka")
         return self._task
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self.stopping_event.is_set()
 
     async def stop(self) -> None:
         """Stop fetching, commit what the hub took, leave the group."""
-        self._stopping.set()
+        self.stopping_event.set()
         if self._task is not None:
             await self._task
 
-    # -- supervision -----------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        s = self.settings
-        backoff = Backoff(s.kafka_backoff_initial, s.kafka_backoff_max)
-        while not self._stopping.is_set():
-            run = asyncio.create_task(self._run(), name="wsrt-kafka-run")
-            watch = asyncio.create_task(self._watch(run), name="wsrt-kafka-watch")
-            try:
-                await asyncio.wait({run})
-            finally:
-                watch.cancel()
-            if run.cancelled() or self._stopping.is_set():
-                continue  # replaced by the watchdog (counted there), or stopping
-            exc = run.exception()
-            if exc is None:
-                continue
-            self.stats.kafka_restarts["error"] += 1
-            delay = backoff.next()
-            self.log.exception(
-                "kafka_restarted", "the Kafka consumer failed; replacing it", exc_info=exc,
-                reason="error", error=repr(exc)[:300], retry_in_s=round(delay, 2),
-            )  # fmt: skip
-            self._set(Status.DEGRADED, f"kafka consumer failed: {type(exc).__name__}: {exc}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-
-    async def _watch(self, run: asyncio.Task[None]) -> None:
-        loop = asyncio.get_running_loop()
-        s = self.settings
-        while True:
-            await asyncio.sleep(s.kafka_probe_interval)
-            link = self.link
-            if link is None or not link.joined:
-                continue  # connecting: every step of it is bounded, and readiness says so
-            self.watch.observed(loop.time(), await self._probe(link))
-            reason = self.watch.verdict(loop.time())
-            if reason is None:
-                continue
-            self.stats.kafka_restarts[reason] += 1
-            self.log.warning(
-                "kafka_stalled", "the Kafka consumer stalled; replacing it", reason=reason,
-                stall_s=s.kafka_stall, partitions_waiting=self._waiting_text(),
-            )  # fmt: skip
-            self._set(Status.DEGRADED, "kafka stalled")
-            run.cancel()
-            return
-
-    async def _probe(self, link: _Link) -> bool | None:
-        """Can the brokers be reached, and do records wait? ``None``: unreachable."""
-        seconds = self.settings.kafka_request_timeout
-        where = ",".join(self.settings.kafka_brokers)
-        try:
-            await abandon_after(
-                discover(link.client, self.settings.kafka_topics), seconds, "metadata request"
-            )
-        except UNAVAILABLE as exc:
-            self._unreachable = f"cannot reach Kafka at {where}: {type(exc).__name__}: {exc}"
-            self._apply()
-            return None
-        self._unreachable = None
-        self._apply()
-        assigned = link.consumer.assignment()
-        if not assigned:
-            return False
-        try:
-            ends = await abandon_after(link.consumer.end_offsets(list(assigned)), seconds)
-        except UNAVAILABLE:
-            return True  # the brokers answer, our consumer does not: as good as waiting
-        self._waiting = self.offsets.behind(ends)
-        return bool(self._waiting)
-
-    def _waiting_text(self) -> str:
-        return " ".join(f"{t}[{p}]" for t, p in self._waiting) or "-"
-
     # -- consumer lifetimes ----------------------------------------------------
 
-    async def _run(self) -> None:
+    async def run_links(self) -> None:
+        """One consumer lifetime after another, until stopped (supervised by the caller)."""
         s = self.settings
         backoff = Backoff(s.kafka_backoff_initial, s.kafka_backoff_max)
-        while not self._stopping.is_set():
+        while not self.stopping_event.is_set():
             self.liveness.beat()
             self.link = link = _Link(self)
             try:
-                self._placed(Status.STARTING, f"connecting to kafka at {','.join(s.kafka_brokers)}")
+                where = ",".join(s.kafka_brokers)
+                self.health.placed(Status.STARTING, f"connecting to kafka at {where}")
                 await link.open()
                 await self.assigner.join(link.consumer, link.client, link.committer)
                 self.watch = Watch(s.kafka_stall, asyncio.get_running_loop().time())
@@ -230,7 +144,7 @@ class KafkaSource:
                 self._unavailable(exc, delay)
                 await link.close(commit=False)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    await asyncio.wait_for(self.stopping_event.wait(), delay)
             except BaseException:
                 # Replaced (watchdog) or failed: the supervisor starts a new link
                 # now; this one closes on its own, bounded, and nobody waits for it.
@@ -250,7 +164,7 @@ class KafkaSource:
 
     def _unavailable(self, exc: BaseException, retry_in: float) -> None:
         reason = f"kafka unavailable: {type(exc).__name__}: {exc}"
-        self._placed(Status.DEGRADED if self._ready_once else Status.STARTING, reason)
+        self.health.placed(Status.DEGRADED if self.health.ready_once else Status.STARTING, reason)
         self._error_log.warning(
             "kafka_error",
             "kafka error; retrying",
@@ -266,9 +180,9 @@ class KafkaSource:
         loop = asyncio.get_running_loop()
         skipper = UndecodableSkipper(consumer, self.offsets, self.encoder, s)
         next_refresh = loop.time() + s.kafka_metadata_refresh
-        stopping = asyncio.ensure_future(self._stopping.wait())
+        stopping = asyncio.ensure_future(self.stopping_event.wait())
         try:
-            while not self._stopping.is_set():
+            while not self.stopping_event.is_set():
                 self.liveness.beat()
                 self.watch.turned(loop.time())
                 if s.fanout_mode == "broadcast" and (
@@ -300,9 +214,7 @@ class KafkaSource:
                 if batches:
                     self.encoder.deliver(consumer, batches)
                     self.watch.delivered(loop.time())
-                    if self._unreachable is not None:  # a fetch answered: the brokers are back
-                        self._unreachable = None
-                        self._apply()
+                    self.health.reachable()  # a fetch answered: the brokers are there
                     link.committer.kick()  # the hub took the batch: commit its offsets
         finally:
             stopping.cancel()
@@ -313,25 +225,4 @@ class KafkaSource:
         try:
             await self.assigner.refresh(link.consumer, link.client)
         except UNAVAILABLE as exc:
-            self._unreachable = f"kafka unavailable: {type(exc).__name__}: {exc}"
-            self._apply()
-
-    # -- readiness -------------------------------------------------------------
-
-    def _placed(self, status: Status, reason: str) -> None:
-        """What the assignment says; brokers that cannot be reached override it."""
-        self._placement = (status, reason)
-        if status is Status.OK:
-            self._ready_once = True
-            self._unreachable = None
-        self._apply()
-
-    def _set(self, status: Status, reason: str) -> None:
-        self._placement = (status, reason)
-        self._apply()
-
-    def _apply(self) -> None:
-        if self._unreachable is not None:
-            self.readiness.set(Status.DEGRADED, self._unreachable)
-        else:
-            self.readiness.set(*self._placement)
+            self.health.unreachable(f"kafka unavailable: {type(exc).__name__}: {exc}")

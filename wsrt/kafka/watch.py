@@ -9,10 +9,13 @@ records, a probe found records waiting (log end beyond the position) — and
   delivered any in that time.
 
 Time is whatever clock the caller passes (the event loop's), so the rules
-are unit-tested as plain calls.
+are unit-tested as plain calls. :class:`SourceHealth` turns what the source
+knows into one readiness state.
 """
 
 from __future__ import annotations
+
+from wsrt.health import Readiness, Status
 
 LOOP_STALLED = "loop_stalled"
 STALLED = "stalled"
@@ -47,3 +50,43 @@ class Watch:
         if self.waiting_since is not None and now - self.waiting_since >= self.stall:
             return STALLED
         return None
+
+
+class SourceHealth:
+    """Readiness from two inputs: where the assignment stands, and whether brokers answer.
+
+    Brokers that cannot be reached override the assignment's state; the
+    assignment reaching ``ok`` (or any fetch answering) shows they can.
+    """
+
+    def __init__(self, readiness: Readiness) -> None:
+        self.readiness = readiness
+        self.ready_once = False
+        self._placement: tuple[Status, str] = (Status.STARTING, "starting up")
+        self._unreachable: str | None = None
+
+    def placed(self, status: Status, reason: str) -> None:
+        self._placement = (status, reason)
+        if status is Status.OK:
+            self.ready_once = True
+            self._unreachable = None
+        self._apply()
+
+    def degrade(self, reason: str) -> None:
+        self._placement = (Status.DEGRADED, reason)
+        self._apply()
+
+    def unreachable(self, reason: str) -> None:
+        self._unreachable = reason
+        self._apply()
+
+    def reachable(self) -> None:
+        if self._unreachable is not None:
+            self._unreachable = None
+            self._apply()
+
+    def _apply(self) -> None:
+        if self._unreachable is not None:
+            self.readiness.set(Status.DEGRADED, self._unreachable)
+        else:
+            self.readiness.set(*self._placement)
