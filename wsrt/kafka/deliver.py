@@ -54,6 +54,7 @@ class Encoder:
     def deliver(self, consumer: AIOKafkaConsumer, batches: Batches) -> None:
         records: list[Record] = []
         timestamps: list[int] = []
+        skips: list[tuple[str, int, int, str]] = []
         stats = self.stats
         # Nothing counts as taken before the hub took it: an exception while
         # encoding leaves every position where it was, for a replacement to re-read.
@@ -63,11 +64,13 @@ class Encoder:
                 try:
                     frame = record_frame(topic, m.key, m.partition, m.offset, m.timestamp, m.value)
                 except Skipped as skip:
-                    self.skipped(topic, m.partition, m.offset, skip.reason)
+                    skips.append((topic, m.partition, m.offset, skip.reason))
                     continue
                 records.append(Record(topic, m.key, frame))
                 timestamps.append(m.timestamp)
         self.publish(records)
+        for where in skips:  # counted once: a batch re-read after an exception is not yet taken
+            self.skipped(*where)
         for tp, messages in batches.items():
             self.offsets.taken(tp, messages[-1].offset + 1, consumer.highwater(tp))
             stats.kafka_messages[tp.topic] += len(messages)
