@@ -22,6 +22,8 @@ from wsrt.config import Settings
 from wsrt.gateway import Gateway
 from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Hub
+from wsrt.kafka.offsets import Offsets
+from wsrt.kafka.replay import Replayer
 from wsrt.kafka.source import KafkaSource
 from wsrt.logs import EventLogger
 from wsrt.metrics import Collector, Metrics, Stats
@@ -67,8 +69,12 @@ async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] 
     )
     stats = Stats()
     metrics = Metrics(Collector(stats, hub, readiness))
-    gateway = Gateway(settings, hub, verifier, readiness, liveness, log, stats, metrics.render)
-    source = KafkaSource(settings, gateway.publish, readiness, log, stats, liveness)
+    offsets = Offsets()
+    replayer = Replayer(settings, offsets.positions, log, stats)
+    gateway = Gateway(
+        settings, hub, verifier, readiness, liveness, log, stats, metrics.render, replayer
+    )
+    source = KafkaSource(settings, gateway.publish, readiness, log, stats, liveness, offsets)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,6 +100,7 @@ async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] 
         async with asyncio.timeout(settings.shutdown_timeout):
             await asyncio.gather(gateway.close_connections(), source.stop())
             await gateway.stop()
+            await replayer.close()
     except TimeoutError:
         _force_exit(log, f"shutdown did not finish within {settings.shutdown_timeout}s")
     log.info("shutdown_complete", "shutdown complete")

@@ -252,6 +252,10 @@ class Settings:
         "Errors a connection may cause within the error window before it is closed 1008.", _S)
     client_error_window: float = _var("WS_CLIENT_ERROR_WINDOW_SECONDS", "10", _positive_seconds,
         "Window over which a connection's errors count towards WS_MAX_CLIENT_ERRORS.", _S)
+    replay_max_messages: int = _var("WS_REPLAY_MAX_MESSAGES", "100000", _positive_int,
+        "Most history records one subscribe may replay (since, since_time, rewind).", _S)
+    replay_concurrency: int = _var("WS_REPLAY_CONCURRENCY", "8", _positive_int,
+        "Replays reading from Kafka at once; others wait their turn.", _S)
     ping_interval: float = _var("WS_PING_INTERVAL_SECONDS", "20", _seconds_or_zero,
         "Server keepalive ping interval; 0 disables keepalive.", _S)
     log_format: str = _var("WS_LOG_FORMAT", "text", _choice("text", "json"),

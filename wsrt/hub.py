@@ -15,6 +15,12 @@ messages. Either verb answers ``False`` when the outlet is finished — its
 queue overflowed (``slow consumer``) or its write raised — and records the
 :attr:`Outlet.verdict`. Like centrifuge's ``writer.enqueue``, the outlet never
 calls up into the gateway: the caller closes the connection, once.
+
+A subscription that replays history (design section 10) is routed through a
+:class:`Gate` until its replay has handed over to the live stream: the gate
+holds back the live records of every partition still replaying and drops
+those the replay already delivered. Once it has nothing left to hold or
+drop, the hub moves the subscription onto the ordinary routes.
 """
 
 from __future__ import annotations
@@ -35,6 +41,52 @@ class Record(NamedTuple):
     topic: str
     key: bytes | None
     frame: bytes
+    partition: int
+    offset: int
+
+
+class Gate:
+    """Which live records a replaying subscription takes, per partition.
+
+    ``held`` partitions are still being replayed: none of their live records
+    pass. :meth:`join` ends a partition's replay at ``floor``, the offset after
+    the last record the replay delivered, when the live stream is behind it;
+    live records below it are duplicates and are dropped, the first at or
+    above it clears the floor.
+    Partitions the gate does not name (not replayed, or new) pass.
+    """
+
+    __slots__ = ("floors", "held", "key")
+
+    def __init__(self, key: str | None, held: Iterable[int]) -> None:
+        self.key = key.encode() if key is not None else None
+        self.held = set(held)
+        self.floors: dict[int, int] = {}
+
+    def join(self, partition: int, floor: int | None) -> None:
+        """The replay of ``partition`` delivered every record before ``floor``.
+
+        ``None``: the live stream itself is at that offset, nothing to drop.
+        """
+        self.held.discard(partition)
+        if floor is not None:
+            self.floors[partition] = floor
+
+    def admits(self, partition: int, offset: int) -> bool:
+        if partition in self.held:
+            return False
+        floor = self.floors.get(partition)
+        if floor is None:
+            return True
+        if offset < floor:
+            return False
+        del self.floors[partition]
+        return True
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left to hold back or drop: the ordinary route gives the same stream."""
+        return not self.held and not self.floors
 
 
 class DeliveryStats:
@@ -181,19 +233,39 @@ class Hub:
         self._keyed: dict[str, dict[bytes, set[Outlet]]] = {}
         #: outlet → its channels, for unsubscribe-all on removal.
         self._channels: dict[Outlet, set[tuple[str, str | None]]] = {}
+        #: topic → (outlet, key) → the gate of a subscription that is replaying.
+        self._gated: dict[str, dict[tuple[Outlet, str | None], Gate]] = {}
 
-    def subscribe(self, outlet: Outlet, topic: str, key: str | None = None) -> None:
-        """Add a subscription; idempotent. Raises KeyError for a topic not served."""
+    def subscribe(
+        self, outlet: Outlet, topic: str, key: str | None = None, gate: Gate | None = None
+    ) -> None:
+        """Add a subscription (through ``gate`` while it replays); idempotent.
+
+        Raises KeyError for a topic not served.
+        """
         if topic not in self.topics:
             raise KeyError(topic)
-        if key is None:
+        if gate is not None:
+            self._gated.setdefault(topic, {})[(outlet, key)] = gate
+        elif key is None:
             self._whole.setdefault(topic, set()).add(outlet)
         else:
             self._keyed.setdefault(topic, {}).setdefault(key.encode(), set()).add(outlet)
         self._channels.setdefault(outlet, set()).add((topic, key))
 
+    def settle(self, outlet: Outlet, topic: str, key: str | None) -> None:
+        """Move a replayed subscription whose gate has settled onto the ordinary route."""
+        gated = self._gated.get(topic)
+        if gated is not None and gated.pop((outlet, key), None) is not None:
+            if not gated:
+                del self._gated[topic]
+            self.subscribe(outlet, topic, key)
+
     def unsubscribe(self, outlet: Outlet, topic: str, key: str | None = None) -> None:
         """Remove a subscription; idempotent."""
+        gated = self._gated.get(topic)
+        if gated is not None and gated.pop((outlet, key), None) is not None and not gated:
+            del self._gated[topic]
         if key is None:
             _discard(self._whole, topic, outlet)
         else:
@@ -216,7 +288,8 @@ class Hub:
     def subscription_count(self, topic: str) -> int:
         """Subscriptions to ``topic`` and its ``topic:key`` channels."""
         whole = len(self._whole.get(topic, ()))
-        return whole + sum(len(s) for s in self._keyed.get(topic, {}).values())
+        gated = len(self._gated.get(topic, ()))
+        return whole + gated + sum(len(s) for s in self._keyed.get(topic, {}).values())
 
     def subscribers(self, topic: str, key: bytes | None) -> set[Outlet]:
         """The outlets that receive a message of ``topic`` with ``key``."""
@@ -252,7 +325,7 @@ class Hub:
             # without keyed routes for it get the joined chunk in one write.
             ((topic, records),) = by_topic.items()
             whole = self._whole.get(topic)
-            if whole and topic not in self._keyed:
+            if whole and topic not in self._keyed and topic not in self._gated:
                 data = b"".join([r.frame for r in records])
                 count = len(records)
                 for outlet in whole:
@@ -271,17 +344,49 @@ class Hub:
                         dirty.append(outlet)
                     else:
                         finished.append(outlet)
+            gated = self._gated.get(topic)
             keyed = self._keyed.get(topic)
             if keyed:
+                if gated:  # a whole topic replaying covers its keys too: once only
+                    whole = (whole or set()) | {o for o, k in gated if k is None}
                 for outlet, pending in _keyed_frames(records, keyed, whole).items():
                     if outlet.enqueue(b"".join(pending), len(pending)):
                         dirty.append(outlet)
                     else:
                         finished.append(outlet)
+            if gated:
+                self._publish_gated(topic, records, gated, dirty, finished)
         for outlet in dirty:
             if not outlet.flush():
                 finished.append(outlet)
         return finished
+
+    def _publish_gated(
+        self,
+        topic: str,
+        records: list[Record],
+        gated: dict[tuple[Outlet, str | None], Gate],
+        dirty: list[Outlet],
+        finished: list[Outlet],
+    ) -> None:
+        """Replaying subscriptions: each takes what its gate admits; settled gates move on."""
+        settled: list[tuple[Outlet, str | None]] = []
+        for (outlet, key), gate in gated.items():
+            wanted = gate.key
+            frames = [
+                r.frame
+                for r in records
+                if (wanted is None or r.key == wanted) and gate.admits(r.partition, r.offset)
+            ]
+            if frames:
+                if outlet.enqueue(b"".join(frames), len(frames)):
+                    dirty.append(outlet)
+                else:
+                    finished.append(outlet)
+            if gate.settled:
+                settled.append((outlet, key))
+        for outlet, key in settled:
+            self.settle(outlet, topic, key)
 
 
 def _keyed_frames(

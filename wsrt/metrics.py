@@ -109,6 +109,13 @@ class Stats:
     slow_consumers: int = 0
     slow_recent: deque[float] = field(default_factory=deque)
     delivery: DeliveryStats = field(default_factory=DeliveryStats)
+    #: Replays (design section 10): reading now, waiting for a slot, and how they ended.
+    replays_running: int = 0
+    replays_waiting: int = 0
+    replays_completed: int = 0
+    replays_cancelled: int = 0
+    replays_incomplete: int = 0
+    replay_messages: int = 0
 
     @property
     def connections_open(self) -> int:
@@ -138,7 +145,38 @@ class Collector:
         yield from self._process()
         yield from self._connections()
         yield from self._delivery()
+        yield from self._replays()
         yield from self._kafka()
+
+    def _replays(self) -> Iterator[Metric]:
+        s = self.stats
+        yield GaugeMetricFamily(
+            "wsrt_replays_running", "Replays reading history from Kafka now.",
+            value=s.replays_running,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "wsrt_replays_waiting", "Replays waiting for one of WS_REPLAY_CONCURRENCY slots.",
+            value=s.replays_waiting,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "wsrt_replays_completed", "Replays that handed over to the live stream.",
+            value=s.replays_completed,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "wsrt_replays_cancelled",
+            "Replays ended before the live stream: unsubscribed, disconnected or failed.",
+            value=s.replays_cancelled,
+        )
+        yield CounterMetricFamily(
+            "wsrt_replays_incomplete",
+            "Replays answered complete=false: history removed by retention or over "
+            "WS_REPLAY_MAX_MESSAGES.",
+            value=s.replays_incomplete,
+        )
+        yield CounterMetricFamily(
+            "wsrt_replay_messages", "Messages delivered from history by replays.",
+            value=s.replay_messages,
+        )  # fmt: skip
 
     def _process(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("wsrt_build_info", "Version of this wsrt.", labels=["version"])

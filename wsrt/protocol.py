@@ -63,9 +63,38 @@ class ProtocolError(WsrtError):
 
 
 @dataclass(frozen=True, slots=True)
+class Since:
+    """``since``: per partition, the next offset the client wants (design section 10)."""
+
+    offsets: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SinceTime:
+    """``since_time``: each partition from its first record at or after ``ms`` (epoch ms)."""
+
+    ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """``rewind``: the last ``count`` messages of the channel in each partition."""
+
+    count: int
+
+
+Start = Since | SinceTime | Rewind
+
+#: The start fields of a ``subscribe``, at most one per request.
+START_FIELDS = ("since", "since_time", "rewind")
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     channel: str
     id: RequestId = None
+    #: Where the subscription starts; ``None`` for live only.
+    start: Start | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +135,9 @@ def parse_control(text: str | bytes) -> Control:
         channel = obj.get("channel")
         if not isinstance(channel, str) or not channel:
             raise ProtocolError(BAD_REQUEST, f"{kind} needs a string 'channel'", request_id)
-        return (Subscribe if kind == "subscribe" else Unsubscribe)(channel, request_id)
+        if kind == "unsubscribe":
+            return Unsubscribe(channel, request_id)
+        return Subscribe(channel, request_id, _start(obj, request_id, channel))
     if kind == "ping":
         return Ping(request_id)
     if kind == "refresh":
@@ -119,6 +150,41 @@ def parse_control(text: str | bytes) -> Control:
     raise ProtocolError(BAD_REQUEST, f"unknown message type {kind[:64]!r}", request_id)
 
 
+def _count(value: object) -> bool:
+    """A JSON integer ≥ 0 (not a boolean, not a float such as ``1.0``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _start(obj: dict[str, Any], request_id: RequestId, channel: str) -> Start | None:
+    """The one start field of a ``subscribe``, checked (design section 10)."""
+    given = [name for name in START_FIELDS if name in obj]
+    if not given:
+        return None
+
+    def bad(message: str) -> ProtocolError:
+        return ProtocolError(BAD_REQUEST, message, request_id, channel)
+
+    if len(given) > 1:
+        raise bad(f"give at most one of {', '.join(START_FIELDS)}")
+    name = given[0]
+    value = obj[name]
+    if name == "since":
+        if not isinstance(value, dict):
+            raise bad("'since' must be an object of partition → next offset")
+        offsets: dict[int, int] = {}
+        for partition, offset in value.items():
+            canonical = partition.isascii() and partition.isdigit()
+            if not canonical or str(int(partition)) != partition:
+                raise bad(f"'since' partition {partition[:20]!r} is not a partition number")
+            if not _count(offset):
+                raise bad(f"'since' offset of partition {partition} must be an integer ≥ 0")
+            offsets[int(partition)] = offset
+        return Since(offsets)
+    if not _count(value):
+        raise bad(f"'{name}' must be an integer ≥ 0")
+    return SinceTime(value) if name == "since_time" else Rewind(value)
+
+
 class Channel(NamedTuple):
     """A channel as the client named it, and the hub route it stands for."""
 
@@ -126,6 +192,11 @@ class Channel(NamedTuple):
     topic: str
     #: The Kafka key of a ``topic:key`` channel; ``None`` for a whole topic.
     key: str | None
+
+
+def overlaps(a: Channel, b: Channel) -> bool:
+    """Could one message match both channels (same topic, and a whole topic or the same key)?"""
+    return a.topic == b.topic and (a.key is None or b.key is None or a.key == b.key)
 
 
 def split_channel(channel: str) -> tuple[str, str | None]:
@@ -153,8 +224,18 @@ def _reply(obj: dict[str, Any], request_id: RequestId) -> bytes:
     return orjson.dumps(obj)
 
 
-def subscribed_reply(channel: str, request_id: RequestId) -> bytes:
-    return _reply({"type": "subscribed", "channel": channel}, request_id)
+def subscribed_reply(
+    channel: str,
+    request_id: RequestId,
+    positions: dict[int, int] | None = None,
+    complete: bool = True,
+) -> bytes:
+    """``subscribed``; a subscription with a start field adds ``positions`` and ``complete``."""
+    obj: dict[str, Any] = {"type": "subscribed", "channel": channel}
+    if positions is not None:
+        obj["positions"] = {str(p): o for p, o in sorted(positions.items())}
+        obj["complete"] = complete
+    return _reply(obj, request_id)
 
 
 def unsubscribed_reply(channel: str, request_id: RequestId, reason: str | None = None) -> bytes:

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wsrt import protocol
 from wsrt.auth import AuthError, Claims, Verifier
-from wsrt.protocol import Channel, ProtocolError, parse_channel
+from wsrt.protocol import Channel, ProtocolError, Start, overlaps, parse_channel
 
 #: Default window over which errors count towards ``max_errors`` (a setting).
 ERROR_WINDOW_SECONDS = 10.0
+
+
+class Replay(NamedTuple):
+    """A subscription with a start field: the gateway replays, then replies ``subscribed``."""
+
+    channel: Channel
+    start: Start
+    id: protocol.RequestId
 
 
 @dataclass
@@ -27,6 +36,8 @@ class Effects:
 
     replies: list[bytes] = field(default_factory=list)
     subscribe: list[Channel] = field(default_factory=list)
+    #: Subscriptions that start in the past (design section 10); no reply yet.
+    replay: list[Replay] = field(default_factory=list)
     unsubscribe: list[Channel] = field(default_factory=list)
     close: tuple[int, str] | None = None
     #: The token was replaced: reschedule the expiry timer.
@@ -54,6 +65,8 @@ class Session:
         self.max_errors = max_errors
         self.error_window = error_window
         self.subscriptions: set[str] = set()
+        #: Subscriptions made with a start field: nothing may overlap them.
+        self.replayed: set[str] = set()
         self._tokens = float(control_rate)
         self._last = now
         self._errors: deque[float] = deque()
@@ -76,9 +89,9 @@ class Session:
         try:
             control = protocol.parse_control(text)
             if isinstance(control, protocol.Subscribe):
-                self._subscribe(control.channel, control.id, effects)
+                self._subscribe(control.channel, control.id, effects, control.start)
             elif isinstance(control, protocol.Unsubscribe):
-                self.subscriptions.discard(control.channel)
+                self.forget(control.channel)
                 effects.unsubscribe.append(parse_channel(control.channel))
                 effects.replies.append(protocol.unsubscribed_reply(control.channel, control.id))
             elif isinstance(control, protocol.Ping):
@@ -99,7 +112,18 @@ class Session:
                 self._fail(effects, exc, now, "too many invalid messages")
         return effects
 
-    def _subscribe(self, channel: str, request_id: protocol.RequestId, effects: Effects) -> None:
+    def forget(self, channel: str) -> None:
+        """``channel`` is no longer subscribed (unsubscribed, or its replay could not start)."""
+        self.subscriptions.discard(channel)
+        self.replayed.discard(channel)
+
+    def _subscribe(
+        self,
+        channel: str,
+        request_id: protocol.RequestId,
+        effects: Effects,
+        start: Start | None = None,
+    ) -> None:
         # Grants first: a restricted token learns nothing about other topics.
         if not self.claims.allows(channel):
             raise ProtocolError(
@@ -108,6 +132,7 @@ class Session:
         route = parse_channel(channel)
         if route.topic not in self.topics or route.key == "":
             raise ProtocolError(protocol.UNKNOWN_CHANNEL, "no such channel", request_id, channel)
+        self._check_overlap(route, request_id, start)
         if channel not in self.subscriptions:
             if len(self.subscriptions) >= self.max_subscriptions:
                 raise ProtocolError(
@@ -117,8 +142,41 @@ class Session:
                     channel,
                 )
             self.subscriptions.add(channel)
+            if start is not None:
+                self.replayed.add(channel)
+                effects.replay.append(Replay(route, start, request_id))
+                return
             effects.subscribe.append(route)
         effects.replies.append(protocol.subscribed_reply(channel, request_id))
+
+    def _check_overlap(
+        self, route: Channel, request_id: protocol.RequestId, start: Start | None
+    ) -> None:
+        """Exactly once per connection: a replayed subscription shares its messages with none.
+
+        A message matching two subscriptions is sent once; while one of them
+        replays history that rule cannot hold, so a start field needs the
+        channel (and any overlapping one) unsubscribed, and a channel
+        subscribed with a start field admits no overlapping subscription.
+        """
+        if start is not None and route.name in self.subscriptions:
+            raise ProtocolError(
+                protocol.BAD_REQUEST,
+                "already subscribed: unsubscribe first to start from another position",
+                request_id,
+                route.name,
+            )
+        others = self.subscriptions if start is not None else self.replayed
+        for name in others:
+            if name != route.name and overlaps(route, parse_channel(name)):
+                raise ProtocolError(
+                    protocol.BAD_REQUEST,
+                    f"overlaps {name[:200]!r}, subscribed "
+                    + ("already" if start is not None else "with a start field")
+                    + ": unsubscribe it first",
+                    request_id,
+                    route.name,
+                )
 
     def _refresh(self, token: str, request_id: protocol.RequestId, effects: Effects) -> None:
         try:
@@ -133,7 +191,7 @@ class Session:
         effects.refreshed = True
         for channel in sorted(self.subscriptions):
             if not claims.allows(channel):
-                self.subscriptions.discard(channel)
+                self.forget(channel)
                 effects.unsubscribe.append(parse_channel(channel))
                 effects.replies.append(
                     protocol.unsubscribed_reply(channel, None, reason=protocol.FORBIDDEN)

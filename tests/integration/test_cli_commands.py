@@ -280,3 +280,72 @@ async def test_dev_serves_all_three_channels_and_stops_cleanly(background) -> No
     assert dev.process.wait(60) == 0
     dev.wait_line(r"wsrt dev: stopped")
     assert not [pid for pid in children if alive(pid)]
+
+
+def tail_to_file(out: Path, *args: str) -> subprocess.Popen[str]:
+    """``wsrt tail … --output json`` writing its messages to ``out`` (no pipe to fill up)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "wsrt", "tail", "--secret", SECRET, "--output", "json", *args],
+        stdout=out.open("w"), stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+async def test_tail_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(
+    make_topics, servers, producer, tmp_path, background
+) -> None:
+    (topic,) = await make_topics("lines", partitions=2)
+    port = free_port()
+    env = {"WS_BIND_ADDRESS": f"127.0.0.1:{port}"}
+    first = servers([topic], env)
+    tail = background(
+        "tail", "--channel", topic, "--url", first.url, "--secret", SECRET, "--count", "600",
+        "--timeout", "120", "--output", "json",
+    )  # fmt: skip
+    tail.wait_line(rf"subscribed {topic}")
+    # Read its output as it comes, so that a full pipe never stalls it.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(tail.process.stdout), daemon=True)
+    reader.start()
+    produced: dict[int, list[int]] = {}
+
+    async def produce(count: int) -> None:
+        for n in range(count):
+            md = await producer.send_and_wait(topic, b'{"n":%d}' % n, partition=n % 2)
+            produced.setdefault(md.partition, []).append(md.offset)
+
+    await produce(200)
+    first.stop()  # messages may be in flight: the resume must not care
+    await produce(200)  # while no server runs
+    servers([topic], env)
+    await produce(200)
+    tail.process.wait(timeout=120)
+    reader.join(timeout=30)
+    assert tail.process.returncode == 0, "".join(tail.lines)
+    got: dict[int, list[int]] = {}
+    for line in lines:
+        m = json.loads(line)
+        got.setdefault(m["partition"], []).append(m["offset"])
+    assert got == produced  # every offset, once, in order per partition
+    status = "".join(tail.lines)
+    assert "closed by server: 1001 server shutting down" in status
+    resumed = re.findall(rf"subscribed {topic} from (\S+)", status)
+    assert len(resumed) == 2 and resumed[0] == "0=0,1=0" and resumed[1] != resumed[0], status
+
+
+async def test_tail_rewind_and_the_incomplete_warning(
+    make_topics, servers, producer, tmp_path
+) -> None:
+    (topic,) = await make_topics("lines", partitions=1)
+    offsets = [(await producer.send_and_wait(topic, b"{}", partition=0)).offset for _ in range(6)]
+    server = servers([topic], {"WS_REPLAY_MAX_MESSAGES": "2"})
+    out = tmp_path / "tail.jsonl"
+    tail = tail_to_file(
+        out, "--channel", topic, "--url", server.url, "--rewind", "3", "--count", "2",
+        "--timeout", "60",
+    )  # fmt: skip
+    _, err = tail.communicate(timeout=90)
+    assert tail.returncode == 0, err
+    assert [json.loads(line)["offset"] for line in out.read_text().splitlines()] == offsets[-2:]
+    assert f"subscribed {topic} from 0={offsets[-2]}" in err
+    warning = next(line for line in err.splitlines() if "warning:" in line)
+    assert "no longer in Kafka" in warning and f"0={offsets[-2]}" in warning

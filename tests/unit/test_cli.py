@@ -85,3 +85,38 @@ def test_serve_reads_dotenv_in_the_working_directory(tmp_path) -> None:
     result = run_serve({}, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: WS_BIND_ADDRESS: expected host:port or :port, got 'bad'"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--since", "5m", "--rewind", "3"], "give one of --since"),
+        (["--since", "yesterday"], "duration"),
+        (["--from-offsets", "0:12"], "partition=offset"),
+        (["--rewind", "-1"], "0 or more"),
+    ],
+)
+def test_tail_start_options_are_checked_before_connecting(args: list[str], says: str) -> None:
+    result = runner.invoke(app, ["tail", "-c", "lines", "--url", "ws://127.0.0.1:9/ws", *args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and says in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_tail_start_fields() -> None:
+    from wsrt.cli.tail import Resume, parse_offsets, parse_since
+
+    assert parse_since("5m", 1_000.0) == 700_000
+    assert parse_since("1.5h", 10_000.0) == 4_600_000
+    assert parse_since("2026-12-01T10:00:00Z", 0) == 1_796_119_200_000
+    assert parse_since("2026-12-01T10:00:00", 0) == 1_796_119_200_000  # no zone: UTC
+    assert parse_since("2026-12-01T11:00:00+01:00", 0) == 1_796_119_200_000
+    assert parse_offsets("0=1234, 1=88") == {"0": 1234, "1": 88}
+    resume = Resume({"rewind": 5})
+    assert '"rewind":5' in resume.subscribe("order_book:BTC", 1)
+    resume.positioned("order_book", {"0": 10, "1": 3})
+    assert resume.received("order_book", 0, 10) and not resume.received("order_book", 0, 10)
+    # After a reconnect: from the next offset of every partition, seen or only positioned.
+    frame = resume.subscribe("order_book:BTC", 2)
+    assert '"since":{"0":11,"1":3}' in frame and "rewind" not in frame
+    assert '"since":{}' in Resume({}).subscribe("lines", 1)

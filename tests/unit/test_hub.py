@@ -21,8 +21,10 @@ class MemoryOutlet(Outlet):
         return b"".join(self.writes)
 
 
-def rec(topic: str, key: str | None, n: int) -> Record:
-    return Record(topic, key.encode() if key else None, f"<{topic}:{key}:{n}>".encode())
+def rec(topic: str, key: str | None, n: int, partition: int = 0) -> Record:
+    """Record number ``n`` (also its offset) of ``partition``."""
+    frame = f"<{topic}:{key}:{n}>".encode()
+    return Record(topic, key.encode() if key else None, frame, partition, n)
 
 
 @pytest.fixture

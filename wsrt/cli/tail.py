@@ -4,15 +4,24 @@ On a terminal it shows a live view (connection state, per-channel counts and
 rates, the last messages); piped, it prints one JSON message per line for
 ``jq``, with status lines on stderr. It reconnects with backoff and says why
 the server closed the connection.
+
+Every subscription carries a start field (design section 10): the one asked
+for (``--since``, ``--from-offsets``, ``--rewind``), else an empty ``since``,
+which starts live and has the server say where (``positions``). :class:`Resume`
+keeps, per topic and partition, the next offset to show, so that after a
+reconnect each channel resumes exactly there: a server restart leaves no gap
+and no duplicate in the output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,74 @@ from wsrt.cli.common import (
     settings_or_exit,
 )
 from wsrt.client import connect, describe_close, describe_refusal
-from wsrt.protocol import channel_list
+from wsrt.protocol import channel_list, split_channel
+
+
+class Resume:
+    """Where each topic's partitions stand for this client: the next offset to show."""
+
+    def __init__(self, start: dict[str, Any]) -> None:
+        #: The start field asked for on the command line (``{}``: live).
+        self.start = start
+        self.next: dict[str, dict[int, int]] = {}
+
+    def subscribe(self, channel: str, request_id: int) -> str:
+        """The ``subscribe`` frame for ``channel``: where it stopped, else as asked."""
+        topic, _ = split_channel(channel)
+        known = self.next.get(topic)
+        start: dict[str, Any] = (
+            {"since": {str(p): o for p, o in sorted(known.items())}} if known else self.start
+        ) or {"since": {}}
+        frame = {"type": "subscribe", "channel": channel, "id": request_id, **start}
+        return orjson.dumps(frame).decode()
+
+    def positioned(self, topic: str, positions: dict[str, int]) -> None:
+        """A ``subscribed`` answer: partitions not seen yet continue from its positions."""
+        partitions = self.next.setdefault(topic, {})
+        for p, offset in positions.items():
+            partitions.setdefault(int(p), offset)
+
+    def received(self, topic: str, partition: int, offset: int) -> bool:
+        """Record a message; ``False`` for one already shown (never expected)."""
+        partitions = self.next.setdefault(topic, {})
+        if offset < partitions.get(partition, 0):
+            return False
+        partitions[partition] = offset + 1
+        return True
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str, now: float) -> int:
+    """``5m`` / ``2h`` / ``1d`` / ``30s`` ago, or an ISO 8601 time (UTC if no zone), as epoch ms."""
+    match = _DURATION.match(value.strip())
+    if match:
+        return int((now - float(match[1]) * _UNITS[match[2]]) * 1000)
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {value!r}: give a duration (30s, 5m, 2h, 1d) or an ISO time "
+            "(2026-12-01T10:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_offsets(value: str) -> dict[str, int]:
+    """``0=1234,1=88`` → the ``since`` object."""
+    offsets: dict[str, int] = {}
+    for pair in value.split(","):
+        partition, sep, offset = pair.strip().partition("=")
+        if not (sep and partition.isdigit() and offset.isdigit()):
+            raise ValueError(
+                f"--from-offsets {value!r}: give partition=offset pairs, as in 0=1234,1=88"
+            )
+        offsets[str(int(partition))] = int(offset)
+    return offsets
 
 
 class Plain:
@@ -121,25 +197,40 @@ class LiveView:
 class _Progress:
     #: Exit after this many messages (0: never).
     count: int
+    resume: Resume = field(default_factory=lambda: Resume({}))
     received: int = 0
 
 
 async def _receive(
     ws: Any, view: Plain | LiveView, channels: list[str], progress: _Progress
 ) -> int | None:
-    """Show what arrives until the connection closes; an exit status when there is one."""
+    """Subscribe, then show what arrives until the connection closes; an exit status or None."""
     failed: set[str] = set()
+    resume = progress.resume
+    for n, channel in enumerate(channels, 1):
+        await ws.send(resume.subscribe(channel, n))
     async for frame in ws:
         raw = frame.encode() if isinstance(frame, str) else frame
         obj = orjson.loads(raw)
         kind = obj.get("type")
         if kind == "message":
+            if not resume.received(obj["channel"], obj["partition"], obj["offset"]):
+                continue
             view.message(obj, raw)
             progress.received += 1
             if progress.count and progress.received >= progress.count:
                 return 0
         elif kind == "subscribed":
-            view.status(f"subscribed {obj.get('channel')}")
+            channel = str(obj.get("channel"))
+            positions = obj.get("positions") or {}
+            resume.positioned(split_channel(channel)[0], positions)
+            where = ",".join(f"{p}={o}" for p, o in positions.items())
+            view.status(f"subscribed {channel}" + (f" from {where}" if where else ""))
+            if obj.get("complete") is False:
+                view.status(
+                    f"warning: {channel}: some of the history asked for is no longer in Kafka "
+                    f"(retention) or over the server's WS_REPLAY_MAX_MESSAGES; starting at {where}"
+                )
         elif kind == "error":
             failed.add(str(obj.get("channel")))
             view.status(f"{obj.get('channel')}: {obj.get('code')}: {obj.get('message')}")
@@ -161,14 +252,19 @@ async def follow(
     reconnect: bool,
     retries: int,
     remint: Any = None,
+    start: dict[str, Any] | None = None,
 ) -> int:
-    """Receive until ``count`` messages (0: forever); the exit status."""
-    progress = _Progress(count)
+    """Receive until ``count`` messages (0: forever); the exit status.
+
+    ``start`` is the start field of the first subscriptions (``None``: live);
+    reconnects resume from the last offsets shown.
+    """
+    progress = _Progress(count, Resume(start or {}))
     backoff = Backoff()
     connected_once = False
     while True:
         try:
-            async with connect(url, token, channels) as ws:
+            async with connect(url, token) as ws:
                 connected_once = True
                 backoff.reset()
                 view.status(f"connected to {url}")
@@ -225,15 +321,29 @@ def tail(
     output: str = typer.Option(
         "auto", "--output", "-o", help="auto (live view on a terminal, else json), live or json."
     ),
+    since: str = typer.Option(
+        None,
+        "--since",
+        help="Start this long ago (30s, 5m, 2h, 1d) or at an ISO time (UTC unless it has a zone).",
+    ),
+    from_offsets: str = typer.Option(
+        None, "--from-offsets", help="Start at these next offsets per partition: 0=1234,1=88."
+    ),
+    rewind: int = typer.Option(
+        None, "--rewind", help="Start with the last N messages of each partition."
+    ),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
-    """Connect as a client and show live messages of the given channels.
+    """Connect as a client and show the messages of the given channels, live or from history.
 
-    Exit codes: 0 done (--count reached, or --timeout without --count), 1 a
-    connection or authentication failure, 2 usage.
+    After a reconnect it resumes from the last offsets shown, so a server
+    restart leaves no gap and no duplicate. Exit codes: 0 done (--count
+    reached, or --timeout without --count), 1 a connection or authentication
+    failure, 2 usage.
     """
     if count < 0 or timeout < 0 or output not in ("auto", "live", "json"):
         fail("--count and --timeout must be 0 or more; --output is auto, live or json", EXIT_USAGE)
+    start = _start_field(since, from_offsets, rewind)
     settings = settings_or_exit(
         {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": secret},
         env_file,
@@ -252,7 +362,7 @@ def tail(
     async def run() -> int:
         work = follow(
             settings.url, channels, mint(), view, count=count, reconnect=reconnect,
-            retries=retries, remint=None if settings.token else mint,
+            retries=retries, remint=None if settings.token else mint, start=start,
         )  # fmt: skip
         if not timeout:
             return await work
@@ -271,3 +381,23 @@ def tail(
         except KeyboardInterrupt:
             code = 0
     raise typer.Exit(code)
+
+
+def _start_field(since: str | None, offsets: str | None, rewind: int | None) -> dict[str, Any]:
+    """The start field of the command line's one start option (``{}``: live)."""
+    options = {"--since": since, "--from-offsets": offsets, "--rewind": rewind}
+    given = [name for name, value in options.items() if value is not None]
+    if len(given) > 1:
+        fail(f"give one of {', '.join(options)}, not {' and '.join(given)}", EXIT_USAGE)
+    try:
+        if since is not None:
+            return {"since_time": parse_since(since, time.time())}
+        if offsets is not None:
+            return {"since": parse_offsets(offsets)}
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if rewind is not None:
+        if rewind < 0:
+            fail("--rewind must be 0 or more", EXIT_USAGE)
+        return {"rewind": rewind}
+    return {}

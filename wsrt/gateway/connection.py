@@ -6,6 +6,12 @@ messages; the loop applies the session's effects. :meth:`Connections.publish`
 hands a batch to the hub and closes the outlets the hub reports finished:
 1008 ``slow consumer`` for an overflow, 1011 for a write that raised. Each
 close runs in its own task, once.
+
+A subscription with a start field is installed behind a
+:class:`~wsrt.hub.Gate` at once (so nothing live from that moment on is
+missed) and replayed by the :class:`~wsrt.kafka.replay.Replayer` in a task
+of the connection, cancelled when the channel is unsubscribed or the
+connection ends.
 """
 
 from __future__ import annotations
@@ -21,19 +27,28 @@ from wsrt.auth import Verifier
 from wsrt.config import Settings
 from wsrt.gateway import ws_adapter
 from wsrt.gateway.ws_adapter import Connection
-from wsrt.hub import SLOW_CONSUMER, Hub, Outlet, Record
+from wsrt.hub import SLOW_CONSUMER, Gate, Hub, Outlet, Record
+from wsrt.kafka.replay import Replayer, ReplayJob
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats, close_reason
-from wsrt.session import Effects, Session
+from wsrt.protocol import ProtocolError
+from wsrt.session import Effects, Replay, Session
 from wsrt.wire import text_frame
 
 
 class Connections:
     def __init__(
-        self, settings: Settings, hub: Hub, verifier: Verifier, log: EventLogger, stats: Stats
+        self,
+        settings: Settings,
+        hub: Hub,
+        verifier: Verifier,
+        log: EventLogger,
+        stats: Stats,
+        replayer: Replayer | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
+        self.replayer = replayer
         self.verifier = verifier
         self.log = log
         self.stats = stats
@@ -94,10 +109,11 @@ class Connections:
         self.stats.connections_opened += 1
         self.log.info("connection_opened", "connection opened", subject=subject, remote=remote)
         expiry = self._schedule_expiry(connection, session)
+        replays: dict[str, asyncio.Task[None]] = {}
         try:
             if admitted.channels:
                 effects = session.subscribe_at_connect(admitted.channels, loop.time())
-                if await self._apply(connection, outlet, effects, subject):
+                if await self._apply(connection, outlet, effects, session, replays):
                     return
             async for message in connection:
                 if isinstance(message, bytes):
@@ -110,13 +126,15 @@ class Connections:
                     if expiry is not None:
                         expiry.cancel()
                     expiry = self._schedule_expiry(connection, session)
-                if await self._apply(connection, outlet, effects, subject):
+                if await self._apply(connection, outlet, effects, session, replays):
                     return
         except ConnectionClosed:
             pass
         finally:
             if expiry is not None:
                 expiry.cancel()
+            for task in replays.values():
+                task.cancel()
             outlet.close()
             self.hub.remove(outlet)
             await connection.wait_closed()
@@ -129,15 +147,26 @@ class Connections:
             )  # fmt: skip
 
     async def _apply(
-        self, connection: Connection, outlet: Outlet, effects: Effects, subject: str
+        self,
+        connection: Connection,
+        outlet: Outlet,
+        effects: Effects,
+        session: Session,
+        replays: dict[str, asyncio.Task[None]],
     ) -> bool:
         """Carry out a session's effects; True when the connection was closed."""
+        subject = session.claims.subject
         for channel in effects.unsubscribe:
+            replay = replays.pop(channel.name, None)
+            if replay is not None:
+                replay.cancel()
             self.hub.unsubscribe(outlet, channel.topic, channel.key)
             self.log.info("unsubscribed", "unsubscribed", subject=subject, channel=channel.name)
         for channel in effects.subscribe:
             self.hub.subscribe(outlet, channel.topic, channel.key)
             self.log.info("subscribed", "subscribed", subject=subject, channel=channel.name)
+        for request in effects.replay:
+            self._start_replay(connection, outlet, session, request, replays)
         for reply in effects.replies:
             if not outlet.send(text_frame(reply)):
                 self._finished(outlet)
@@ -150,6 +179,61 @@ class Connections:
             await connection.close(code, reason)
             return True
         return False
+
+    def _start_replay(
+        self,
+        connection: Connection,
+        outlet: Outlet,
+        session: Session,
+        request: Replay,
+        replays: dict[str, asyncio.Task[None]],
+    ) -> None:
+        """Hold the channel's live records from now on, and replay history up to them."""
+        replayer = self.replayer
+        assert replayer is not None, "a start field needs a Kafka source"
+        channel = request.channel
+        live_then = replayer.live_positions(channel.topic)
+        gate = Gate(channel.key, live_then)
+        self.hub.subscribe(outlet, channel.topic, channel.key, gate)
+
+        def reply(data: bytes) -> bool:
+            if outlet.send(text_frame(data)):
+                return True
+            self._finished(outlet)
+            return False
+
+        job = ReplayJob(
+            outlet, connection.writable, channel, request.start, request.id, gate, live_then,
+            reply, lambda: self.hub.settle(outlet, channel.topic, channel.key),
+            subject=session.claims.subject,
+        )  # fmt: skip
+        task = asyncio.get_running_loop().create_task(
+            self._replay(job, session, replays), name=f"wsrt-replay-{channel.name[:100]}"
+        )
+        replays[channel.name] = task
+
+    async def _replay(
+        self, job: ReplayJob, session: Session, replays: dict[str, asyncio.Task[None]]
+    ) -> None:
+        assert self.replayer is not None
+        channel = job.channel
+        try:
+            await self.replayer.run(job)
+        except ProtocolError as exc:  # Kafka showed the request to be wrong: nothing was sent
+            session.forget(channel.name)
+            self.hub.unsubscribe(job.outlet, channel.topic, channel.key)
+            job.reply(exc.reply())
+        except Exception as exc:  # a bug: this client only, closed and logged
+            self.log.error(
+                "replay_failed", "replay failed; closing the connection", subject=job.subject,
+                channel=channel.name, error=repr(exc)[:300],
+            )  # fmt: skip
+            peer = job.outlet.peer
+            assert isinstance(peer, Connection)
+            self._close_soon(peer, protocol.CLOSE_INTERNAL_ERROR, protocol.REASON_WRITE_FAILED)
+        finally:
+            if replays.get(channel.name) is asyncio.current_task():
+                del replays[channel.name]
 
     def _schedule_expiry(
         self, connection: Connection, session: Session

@@ -22,6 +22,7 @@ from wsrt.gateway.connection import Connections
 from wsrt.gateway.ws_adapter import Connection
 from wsrt.health import Liveness, Readiness
 from wsrt.hub import Hub, Record
+from wsrt.kafka.replay import Replayer
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
 
@@ -37,6 +38,7 @@ class Gateway:
         log: EventLogger,
         stats: Stats,
         metrics: Callable[[], tuple[bytes, str]],
+        replayer: Replayer | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
@@ -47,7 +49,7 @@ class Gateway:
         self.stats = stats
         self.metrics = metrics
         self.server: Server | None = None
-        self.connections = Connections(settings, hub, verifier, log, stats)
+        self.connections = Connections(settings, hub, verifier, log, stats, replayer)
         self._rejected = RateLimited(log)
 
     async def start(self) -> Server:

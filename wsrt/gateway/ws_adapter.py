@@ -45,6 +45,9 @@ class Connection(ServerConnection):
         self.admitted: Admit | None = None
         #: Called when a write on resume raised (the outlet is finished then).
         self.on_outlet_failed: Callable[[Outlet], None] | None = None
+        #: Set while the transport takes data (replays wait on it).
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Bound what the kernel holds for a client that stops reading: with
@@ -57,11 +60,13 @@ class Connection(ServerConnection):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._writable.clear()
         if self.outlet is not None:
             self.outlet.pause()
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._writable.set()
         outlet = self.outlet
         if outlet is not None and not outlet.resume() and self.on_outlet_failed is not None:
             self.on_outlet_failed(outlet)
@@ -71,6 +76,10 @@ class Connection(ServerConnection):
         outlet.paused = self.paused
         self.outlet = outlet
         self.on_outlet_failed = on_failed
+
+    async def writable(self) -> None:
+        """Return once the transport takes data (at once when it is not paused)."""
+        await self._writable.wait()
 
     def frame_writer(self) -> Callable[[bytes], None]:
         """A write function for pre-built frames on this connection's transport."""

@@ -66,7 +66,7 @@ class Encoder:
                 except Skipped as skip:
                     skips.append((topic, m.partition, m.offset, skip.reason))
                     continue
-                records.append(Record(topic, m.key, frame))
+                records.append(Record(topic, m.key, frame, m.partition, m.offset))
                 timestamps.append(m.timestamp)
         self.publish(records)
         for where in skips:  # counted once: a batch re-read after an exception is not yet taken

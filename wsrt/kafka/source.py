@@ -83,13 +83,15 @@ class KafkaSource:
         log: EventLogger,
         stats: Stats,
         liveness: Liveness,
+        offsets: Offsets | None = None,
     ) -> None:
         self.settings = settings
         self.readiness = readiness
         self.log = log
         self.stats = stats
         self.liveness = liveness
-        self.offsets = Offsets()
+        #: Where the live stream stands; replays read it to hand over (design section 10).
+        self.offsets = offsets if offsets is not None else Offsets()
         stats.kafka_lag = self.offsets.lag
         self.encoder = Encoder(publish, self.offsets, stats, log)
         self.health = SourceHealth(readiness)
