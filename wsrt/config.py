@@ -256,6 +256,8 @@ class Settings:
         "Most history records one subscribe may replay (since, since_time, rewind).", _S)
     replay_concurrency: int = _var("WS_REPLAY_CONCURRENCY", "8", _positive_int,
         "Replays reading from Kafka at once; others wait their turn.", _S)
+    replay_rate: int = _var("WS_REPLAY_RATE", "20000", _positive_int,
+        "History records per second read by all replays together (protects live latency).", _S)
     ping_interval: float = _var("WS_PING_INTERVAL_SECONDS", "20", _seconds_or_zero,
         "Server keepalive ping interval; 0 disables keepalive.", _S)
     log_format: str = _var("WS_LOG_FORMAT", "text", _choice("text", "json"),

@@ -324,13 +324,19 @@ class Hub:
             # One topic in this batch (the usual case): whole-topic subscribers
             # without keyed routes for it get the joined chunk in one write.
             ((topic, records),) = by_topic.items()
-            whole = self._whole.get(topic)
-            if whole and topic not in self._keyed and topic not in self._gated:
-                data = b"".join([r.frame for r in records])
-                count = len(records)
-                for outlet in whole:
-                    if not outlet.deliver(data, count):
-                        finished.append(outlet)
+            if topic not in self._keyed:
+                whole = self._whole.get(topic)
+                if whole:
+                    data = b"".join([r.frame for r in records])
+                    count = len(records)
+                    for outlet in whole:
+                        if not outlet.deliver(data, count):
+                            finished.append(outlet)
+                gated = self._gated.get(topic)
+                if gated:
+                    replaying: list[Outlet] = []
+                    self._publish_gated(topic, records, gated, replaying, finished)
+                    finished.extend(o for o in replaying if not o.flush())
                 return finished
 
         dirty: list[Outlet] = []

@@ -17,6 +17,12 @@ bottleneck:
   correctness check on a sample, and the latency figures.
 * one optional **stalled** client stops reading after the handshake (a
   4 KiB receive buffer), to show that the server drops it alone.
+
+The ``replay`` mode opens **replayers**: each subscribes with ``rewind`` and
+reads its history as fast as it can, taking each frame's offset with a
+regular expression over the raw bytes (no JSON parsing, so the load client
+is not what paces the replay), checking that offsets follow each other with
+no gap, and timing how long the history took.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -129,6 +137,117 @@ async def open_counter(url: str, token: str, totals: Totals, *, stall: bool = Fa
     return protocol
 
 
+OFFSET = re.compile(rb'"offset":(\d+),"timestamp"')
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client → server text frame (clients must mask, RFC 6455 §5.3)."""
+    mask = os.urandom(4)
+    length = len(payload)
+    head = (
+        struct.pack("!BB", 0x81, 0x80 | length)
+        if length < 126
+        else struct.pack("!BBH", 0x81, 0x80 | 126, length)
+    )
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+class Replaying(Counter):
+    """Subscribes with ``rewind`` once upgraded; follows offsets in the raw stream."""
+
+    def __init__(
+        self, request: bytes, subscribe: bytes, target: int, totals: Totals, stall: bool
+    ) -> None:
+        super().__init__(request, totals, asyncio.Event(), stall=False)
+        self.stall_after_subscribe = stall
+        self.subscribe = subscribe
+        self.target = target
+        self.first: int | None = None
+        self.last: int | None = None
+        self.received = 0
+        self.gaps = 0
+        self.started = 0.0
+        self.finished: float | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            super().data_received(data)
+            if self.open:
+                assert self.transport is not None
+                self.started = time.time()
+                self.transport.write(self.subscribe)
+                if self.stall_after_subscribe:
+                    self.transport.pause_reading()  # asks for history, reads none of it
+            return
+        buffer = self.buffer + data
+        end = 0
+        for match in OFFSET.finditer(buffer):
+            offset = int(match[1])
+            if self.last is not None and offset != self.last + 1:
+                self.gaps += 1
+            if self.first is None:
+                self.first = offset
+            self.last = offset
+            self.received += 1
+            end = match.end()
+        # An offset cut by the read is matched with the next one; nothing twice.
+        self.buffer = buffer[max(end, len(buffer) - 64) :]
+        if self.received >= self.target and self.finished is None:
+            self.finished = time.time()
+            if not self.done.done():
+                self.done.set_result(None)
+
+
+async def replay(p: dict[str, Any]) -> dict[str, Any]:
+    """``clients`` connections, each replaying the last ``rewind`` messages of ``channel``."""
+    loop = asyncio.get_running_loop()
+    parts = urlsplit(p["url"])
+    totals = Totals()
+    subscribe = json.dumps(
+        {"type": "subscribe", "channel": p["channel"], "id": 1, "rewind": p["rewind"]}
+    ).encode()
+    replayers: list[Replaying] = []
+    for _ in range(p["clients"]):
+        sock = socket.socket()
+        if p.get("stall"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (parts.hostname, parts.port))
+        _, protocol = await loop.create_connection(
+            lambda: Replaying(
+                _request(p["url"], p["token"]), masked_text_frame(subscribe), p["rewind"],
+                totals, bool(p.get("stall")),
+            ),
+            sock=sock,
+        )  # fmt: skip
+        replayers.append(protocol)
+    emit({"event": "ready", "upgraded": len(replayers)})
+    if p.get("stall"):  # hold the stalled connections until stdin closes
+        await loop.run_in_executor(None, sys.stdin.read)
+    else:
+        await asyncio.wait([r.done for r in replayers], timeout=p["timeout"])
+    durations = [r.finished - r.started for r in replayers if r.finished is not None]
+    result = {
+        "event": "result",
+        "clients": len(replayers),
+        "finished": len(durations),
+        "gaps": sum(r.gaps for r in replayers),
+        "received_min": min(r.received for r in replayers),
+        "seconds_max": max(durations, default=0.0),
+        "rate_median": sorted(p["rewind"] / d for d in durations)[len(durations) // 2]
+        if durations else 0.0,
+        "started": min(r.started for r in replayers),
+        "ended": max((r.finished for r in replayers if r.finished), default=time.time()),
+    }  # fmt: skip
+    for r in replayers:
+        if r.transport is not None:
+            r.transport.abort()
+    return result
+
+
 @dataclass
 class Sample:
     """What one parsing client saw."""
@@ -137,6 +256,8 @@ class Sample:
     gaps: int = 0
     out_of_order: int = 0
     delays_ms: list[float] = field(default_factory=list)
+    #: Receipt time (epoch s) of each delay, for figures over part of a run.
+    received_at: list[float] = field(default_factory=list)
     close: tuple[int | None, str | None] | None = None
 
 
@@ -167,6 +288,7 @@ async def _read(ws: Any, sample: Sample, last: dict[int, int]) -> None:
             continue
         sample.received += 1
         sample.delays_ms.append(now_ms - msg["timestamp"])
+        sample.received_at.append(now_ms / 1000)
         partition, offset = msg["partition"], msg["offset"]
         previous = last.get(partition)
         if previous is not None:
@@ -251,6 +373,13 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
         "sample_out_of_order": sum(s.out_of_order for s in samples),
         "sample_received": [s.received for s in samples],
         "delay_ms": percentiles(delays),
+        "delays": [
+            [round(t, 3), round(d, 2)]
+            for s in samples
+            for t, d in zip(s.received_at, s.delays_ms, strict=True)
+        ]
+        if p.get("raw")
+        else [],
         "stalled_closed": bool(stalled and stalled.lost.done()),
         "failed": totals.failed[:5],
     }
@@ -298,7 +427,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()
     with runner:
-        scenario = stream if params["mode"] == "stream" else idle
+        scenario = {"stream": stream, "idle": idle, "replay": replay}[params["mode"]]
         emit(runner.run(scenario(params)))
 
 

@@ -10,6 +10,7 @@ the machine is shared and noisy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -59,6 +60,10 @@ class Scale:
     isolation_buffer: int = 256
     idle_connections: int = 10_000
     handshake_concurrency: int = 200
+    #: Replay isolation: clients each replaying this many messages beside the live ones.
+    replay_clients: int = 20
+    replay_messages: int = 100_000
+    replay_seconds: float = 120.0
 
     @classmethod
     def quick(cls) -> Scale:
@@ -67,6 +72,7 @@ class Scale:
             latency_rate=50.0, latency_seconds=2.0, isolation_seconds=10.0, samplers=5,
             isolation_buffer=16,
             idle_connections=200, handshake_concurrency=50,
+            replay_clients=3, replay_messages=2_000, replay_seconds=4.0,
         )  # fmt: skip
 
 
@@ -374,6 +380,135 @@ class Bench:
             outcome.profile = top_functions(self._spy_output)
         return outcome
 
+    def replay(self) -> list[Result]:
+        """Live clients at a steady rate, without and then with replays of history beside them.
+
+        The topic holds ``replay_messages`` records first; each run gets a fresh
+        server (live from the end). The live delay is reported over the whole
+        run and over the seconds the replays took (for the run without, the
+        same seconds after the start of production).
+        """
+        s = self.scale
+        topic = self.new_topic("replay")
+        self.preload(topic, s.replay_messages)
+        alone, alone_delays, alone_t0, _ = self._live_run(topic, replays=False)
+        beside, _, t0, replayed = self._live_run(topic, replays=True)
+        assert replayed is not None
+        start, end = replayed["started"] - t0, replayed["ended"] - t0
+        same = [d for t, d in alone_delays if start <= t - alone_t0 <= end]
+        alone.figures["live p99 ms in the replays' seconds"] = percentile(same, 0.99)
+        return [alone, beside, self._one_replay(topic), self._stalled_replay(topic)]
+
+    def _one_replay(self, topic: str) -> Result:
+        """One client replaying alone: at the default WS_REPLAY_RATE, and paced by it alone."""
+        s = self.scale
+        figures: dict[str, Any] = {"messages": s.replay_messages}
+        checks = {}
+        for label, env in (("default WS_REPLAY_RATE", {}),
+                           ("no rate limit", {"WS_REPLAY_RATE": "100000000"})):  # fmt: skip
+            with self.server(topic, env) as server:
+                params = {
+                    "mode": "replay", "url": server.url, "token": self.token, "channel": topic,
+                    "clients": 1, "rewind": s.replay_messages, "timeout": 300,
+                }  # fmt: skip
+                with self.client(params) as client:
+                    self.line(client, 60)
+                    result = self.line(client, 320)
+            figures[f"msg/s, {label}"] = result["rate_median"]
+            checks[f"complete, no gap ({label})"] = result["finished"] == 1 and not result["gaps"]
+        return Result("one replay alone", figures, checks)
+
+    def _live_run(
+        self, topic: str, *, replays: bool
+    ) -> tuple[Result, list[list[float]], float, dict[str, Any] | None]:
+        """One run: the result, the live (receipt time, delay) pairs, its start, the replays."""
+        s = self.scale
+        count = int(s.latency_rate * s.replay_seconds)
+        name = f"live beside {s.replay_clients} replays" if replays else "live, no replays"
+        with self.server(topic, {}) as server:
+            samplers = min(s.samplers, s.latency_clients)
+            params = {
+                "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
+                "counters": s.latency_clients - samplers, "samplers": samplers,
+                "messages": count, "window": s.replay_seconds + 30,
+                "timeout": s.replay_seconds + 60, "raw": True,
+            }  # fmt: skip
+            replay_params = {
+                "mode": "replay", "url": server.url, "token": self.token, "channel": topic,
+                "clients": s.replay_clients, "rewind": s.replay_messages,
+                "timeout": s.replay_seconds + 120,
+            }  # fmt: skip
+            with self.client(params) as client, contextlib.ExitStack() as stack:
+                self.line(client, 120)
+                cpu = CpuSampler(server.pid)
+                t0 = time.time()
+                replayer = stack.enter_context(self.client(replay_params)) if replays else None
+                if replayer is not None:
+                    self.line(replayer, 60)  # connected; the replays have started
+                self.paced(topic, count, s.latency_rate)
+                replayed = self.line(replayer, s.replay_seconds + 180) if replayer else None
+                result = self.line(client, s.replay_seconds + 120)
+                cpu.stop()
+                after = self.metrics(server)
+        _, run_window = steady_rate(result["series"])
+        delays = result["delays"]
+        figures: dict[str, Any] = {
+            "clients": result["connections"], "msg/s": s.latency_rate,
+            "live p50 ms": percentile([d for _, d in delays], 0.5),
+            "live p99 ms": percentile([d for _, d in delays], 0.99),
+            "server CPU": cpu.percent(run_window),
+        }  # fmt: skip
+        checks = {
+            "every live frame delivered": result["per_client_min"] == count,
+            "sample in order, no gap": result["sample_gaps"] == 0
+            and result["sample_out_of_order"] == 0,
+        }
+        if replayed is not None:
+            inside = [d for t, d in delays if replayed["started"] <= t <= replayed["ended"]]
+            figures.update({
+                "live p99 ms in the replays' seconds": percentile(inside, 0.99),
+                "replays": replayed["clients"], "messages each": s.replay_messages,
+                "replays took s": replayed["ended"] - replayed["started"],
+                "replay msg/s per client (median)": replayed["rate_median"],
+                "messages replayed": total(after, "wsrt_replay_messages_total"),
+            })  # fmt: skip
+            checks["every replay complete, no gap"] = (
+                replayed["finished"] == replayed["clients"] and replayed["gaps"] == 0
+            )
+        return Result(name, figures, checks), delays, t0, replayed
+
+    def _stalled_replay(self, topic: str) -> Result:
+        """A client that asks for history and reads nothing: what the server holds for it."""
+        s = self.scale
+        with self.server(topic, {}) as server:
+            before = _rss_bytes(server.pid)
+            params = {
+                "mode": "replay", "url": server.url, "token": self.token, "channel": topic,
+                "clients": 1, "rewind": s.replay_messages, "timeout": 60, "stall": True,
+            }  # fmt: skip
+            with self.client(params) as client:
+                self.line(client, 60)
+                # The replay stops moving once the client's buffers are full.
+                replayed, still = -1.0, 0
+                while still < 4:
+                    time.sleep(0.5)  # sampling a metric, not synchronisation
+                    now = total(self.metrics(server), "wsrt_replay_messages_total")
+                    still, replayed = (still + 1 if now == replayed else 0), now
+                held = _rss_bytes(server.pid)
+                running = total(self.metrics(server), "wsrt_replays_running")
+                assert client.stdin is not None
+                client.stdin.close()
+                self.line(client, 30)
+        return Result(
+            "replay to a client that stops reading",
+            {
+                "history asked": s.replay_messages,
+                "delivered before it stalled": replayed,
+                "server RSS growth MB": (held - before) / 2**20,
+            },
+            {"paused, still running": replayed < s.replay_messages and running == 1},
+        )
+
     def connections(self) -> Result:
         """Idle authenticated connections held by one server: handshakes/s and memory."""
         s = self.scale
@@ -458,7 +593,14 @@ class CpuSampler:
         return 100 * (c1 - c0) / (t1 - t0) if t1 > t0 else None
 
 
-SCENARIOS = ("fanout", "baseline", "latency", "isolation", "connections")
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+SCENARIOS = ("fanout", "baseline", "latency", "isolation", "connections", "replay")
 
 
 def run(
@@ -479,4 +621,6 @@ def run(
                 results.append(bench.latency(stalled=True))
             elif name == "connections":
                 results.append(bench.connections())
+            elif name == "replay":
+                results.extend(bench.replay())
     return results

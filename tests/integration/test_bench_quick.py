@@ -17,6 +17,10 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "latency",
         "isolation: 1 stalled client",
         "idle connections",
+        "live, no replays",
+        "live beside 3 replays",
+        "one replay alone",
+        "replay to a client that stops reading",
     ]
     for result in results:
         assert result.checks, result.scenario

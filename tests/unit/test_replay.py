@@ -191,3 +191,19 @@ def test_session_replays_instead_of_replying_and_refuses_overlaps() -> None:
     s.forget("order_book:BTC")
     s.forget("order_book:ETH")
     assert send(s, {"type": "subscribe", "channel": "order_book", "id": 6}).subscribe
+
+
+def test_the_replay_rate_limit_is_a_token_bucket() -> None:
+    from wsrt.kafka.replay import RateLimit
+
+    now = [0.0]
+    limit = RateLimit(1000, clock=lambda: now[0])
+    assert limit.allowance(200) == (200, 0.0)  # one second of burst
+    limit.took(1000)
+    allowed, wait = limit.allowance(200)
+    assert allowed == 0 and wait == pytest.approx(0.001)
+    now[0] += 0.05
+    assert limit.allowance(200) == (50, 0.0)
+    limit.took(60)  # a read may return a little more than allowed: owed, not lost
+    now[0] += 0.005
+    assert limit.allowance(200)[0] == 0

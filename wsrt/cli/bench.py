@@ -31,7 +31,7 @@ def bench(
         [],
         "--scenario",
         "-s",
-        help="fanout, baseline, latency, isolation, connections (repeatable; default all).",
+        help="fanout, baseline, latency, isolation, connections, replay (repeatable; default all).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Small counts, a few seconds per scenario."),
     broker: str = typer.Option(
@@ -42,8 +42,8 @@ def bench(
     ),
 ) -> None:
     """Measure fan-out throughput (against a broadcast() baseline), latency,
-    slow-consumer isolation and idle connections on a real broker, and print
-    a table with the machine, versions and parameters.
+    slow-consumer isolation, idle connections and live latency beside replays
+    on a real broker, and print a table with the machine, versions and parameters.
 
     Exit 1 when a correctness check fails (a frame missing or out of order, a
     client not dropped or dropped wrongly); timings are reported, never judged.
@@ -107,5 +107,15 @@ def _print(console: Console, results: list[Any]) -> list[str]:
     if ours and base:
         console.print(
             f"[bold]fan-out ratio[/] wsrt hub / broadcast() baseline = {ours / base:.1f}x"
+        )
+    alone = by_name.get("live, no replays", {})
+    beside: dict[str, Any] = next(
+        (f for name, f in by_name.items() if name.startswith("live beside")), {}
+    )
+    key = "live p99 ms in the replays' seconds"
+    if alone.get(key) and beside.get(key):
+        console.print(
+            f"[bold]replay isolation[/] live p99 beside replays / without = "
+            f"{beside[key] / alone[key]:.2f}x (same seconds of each run)"
         )
     return failed

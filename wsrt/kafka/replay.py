@@ -46,9 +46,38 @@ from wsrt.protocol import Channel, ProtocolError, Since, SinceTime, Start
 from wsrt.replay import Bounds, KeyScan, Plan, is_keyed_rewind, plan, scan_window
 from wsrt.wire import Skipped, record_frame
 
-#: Records per replay read: one read's encoding stays around a millisecond, so
-#: live publishes interleave with replays without waiting behind them.
-CHUNK_RECORDS = 500
+#: Records per replay read: one read's decoding and encoding stay well under a
+#: millisecond, so live publishes interleave with replays, never wait behind them.
+CHUNK_RECORDS = 200
+
+
+class RateLimit:
+    """A token bucket of records per second shared by every replay (``WS_REPLAY_RATE``).
+
+    It keeps the history all replays read together below what the event loop
+    (and the brokers) can give without slowing the live stream, however many
+    clients resume at once. One second of burst.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.tokens = rate
+        self.last = clock()
+
+    def allowance(self, most: int) -> tuple[int, float]:
+        """How many records may be read now (≤ ``most``), or else how long to wait."""
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            return min(most, int(self.tokens)), 0.0
+        return 0, (1 - self.tokens) / self.rate
+
+    def took(self, count: int) -> None:
+        self.tokens -= count
+
+
 #: Bytes a replay consumer fetches ahead per partition (Kafka still returns
 #: one whole batch when it is larger).
 FETCH_BYTES_PER_PARTITION = 256 * 1024
@@ -94,6 +123,7 @@ class Replayer:
         self.log = log
         self.stats = stats
         self._slots = asyncio.Semaphore(settings.replay_concurrency)
+        self.rate = RateLimit(settings.replay_rate)
         self._idle: list[AIOKafkaConsumer] = []
         self._client: AIOKafkaClient | None = None
         self._closing: set[asyncio.Task[Any]] = set()
@@ -111,7 +141,7 @@ class Replayer:
         """
         stats = self.stats
         if self._slots.locked():
-            self.log.info(
+            self.log.debug(
                 "replay_waiting", "replay waiting for a slot", subject=job.subject,
                 channel=job.channel.name, running=self.settings.replay_concurrency,
             )  # fmt: skip
@@ -148,6 +178,9 @@ class Replayer:
         finally:
             stats.replays_running -= 1
             self._slots.release()
+        if job.pending or not job.replied or job.outlet.closed:
+            stats.replays_cancelled += 1  # the client went away before the handover
+            return
         stats.replays_completed += 1
         seconds = time.monotonic() - started
         self.log.info(
@@ -313,16 +346,22 @@ class Replayer:
             for tp in tps:
                 consumer.seek(tp, positions[tp.partition])
         s = self.settings
+        while True:
+            allowed, wait = self.rate.allowance(CHUNK_RECORDS)
+            if allowed:
+                break
+            await asyncio.sleep(wait)  # pacing under WS_REPLAY_RATE
         try:
             batches: dict[TopicPartition, list[Any]] = await abandon_after(
                 consumer.getmany(
-                    *tps, timeout_ms=int(s.kafka_fetch_max_wait * 1000), max_records=CHUNK_RECORDS
+                    *tps, timeout_ms=int(s.kafka_fetch_max_wait * 1000), max_records=allowed
                 ),
                 s.kafka_request_timeout,
                 "replay fetch",
             )
         except (UnsupportedCodecError, CorruptRecordException):
             return await self._past_undecodable(consumer, tps, positions)
+        self.rate.took(sum(len(messages) for messages in batches.values()))
         return {tp: messages for tp, messages in batches.items() if messages}
 
     async def _past_undecodable(
