@@ -3,7 +3,8 @@
 * :func:`abandon_after`: await a coroutine for a bounded time, and leave it
   running on its own when it takes longer. aiokafka shields parts of its
   coroutines (start, stop, commit) from cancellation, so a plain timeout would
-  wait for them anyway.
+  wait for them anyway. :func:`detach` is that "on its own" for work nobody
+  waits for from the start (closing a replaced consumer or a client).
 * :class:`Backoff`: exponential reconnect delays with full jitter, so that a
   fleet of clients (or replicas) does not retry in lockstep.
 """
@@ -17,8 +18,8 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-#: Tasks left running by :func:`abandon_after`; kept referenced until they end.
-_abandoned: set[asyncio.Future[Any]] = set()
+#: Work running on its own (:func:`detach`); kept referenced until it ends.
+_detached: set[asyncio.Future[Any]] = set()
 
 
 class Abandoned(TimeoutError):
@@ -35,14 +36,22 @@ async def abandon_after(work: Awaitable[_T], seconds: float, what: str = "call")
     task = asyncio.ensure_future(work)
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if not done:
-        _abandoned.add(task)
-        task.add_done_callback(_forget)
+        detach(task)
         raise Abandoned(f"{what}: no answer within {seconds:g}s")
     return task.result()
 
 
+def detach(work: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Run ``work`` on its own, nobody waiting: referenced until it ends, its
+    exception retrieved (a close or stop that fails has nobody to tell)."""
+    task = asyncio.ensure_future(work)
+    _detached.add(task)
+    task.add_done_callback(_forget)
+    return task
+
+
 def _forget(task: asyncio.Future[Any]) -> None:
-    _abandoned.discard(task)
+    _detached.discard(task)
     if not task.cancelled():
         task.exception()
 

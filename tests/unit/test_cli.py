@@ -115,7 +115,7 @@ def test_tail_start_fields() -> None:
     resume = Resume({"rewind": 5})
     assert '"rewind":5' in resume.subscribe("order_book:BTC", 1)
     resume.positioned("order_book", {"0": 10, "1": 3})
-    assert resume.received("order_book", 0, 10) and not resume.received("order_book", 0, 10)
+    resume.received("order_book", 0, 10)
     # After a reconnect: from the next offset of every partition, seen or only positioned.
     frame = resume.subscribe("order_book:BTC", 2)
     assert '"since":{"0":11,"1":3}' in frame and "rewind" not in frame

@@ -71,13 +71,13 @@ class Resume:
         for p, offset in positions.items():
             partitions.setdefault(int(p), offset)
 
-    def received(self, topic: str, partition: int, offset: int) -> bool:
-        """Record a message; ``False`` for one already shown (never expected)."""
-        partitions = self.next.setdefault(topic, {})
-        if offset < partitions.get(partition, 0):
-            return False
-        partitions[partition] = offset + 1
-        return True
+    def received(self, topic: str, partition: int, offset: int) -> None:
+        """A message was shown: its partition resumes after it.
+
+        Nothing is filtered here: tail prints what the server sends, so a
+        duplicate would show (and fail the resume test) instead of being hidden.
+        """
+        self.next.setdefault(topic, {})[partition] = offset + 1
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -214,8 +214,7 @@ async def _receive(
         obj = orjson.loads(raw)
         kind = obj.get("type")
         if kind == "message":
-            if not resume.received(obj["channel"], obj["partition"], obj["offset"]):
-                continue
+            resume.received(obj["channel"], obj["partition"], obj["offset"])
             view.message(obj, raw)
             progress.received += 1
             if progress.count and progress.received >= progress.count:

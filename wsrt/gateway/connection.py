@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from websockets.exceptions import ConnectionClosed
 
 from wsrt import protocol
+from wsrt.aio import detach
 from wsrt.auth import Verifier
 from wsrt.config import Settings
 from wsrt.gateway import ws_adapter
@@ -44,7 +45,7 @@ class Connections:
         verifier: Verifier,
         log: EventLogger,
         stats: Stats,
-        replayer: Replayer | None = None,
+        replayer: Replayer,
     ) -> None:
         self.settings = settings
         self.hub = hub
@@ -53,7 +54,6 @@ class Connections:
         self.log = log
         self.stats = stats
         self._slow = RateLimited(log, interval=1.0)
-        self._close_tasks: set[asyncio.Task[None]] = set()
 
     # -- delivery --------------------------------------------------------------
 
@@ -86,9 +86,7 @@ class Connections:
             )
 
     def _close_soon(self, connection: Connection, code: int, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(connection.close(code, reason))
-        self._close_tasks.add(task)
-        task.add_done_callback(self._close_tasks.discard)
+        detach(connection.close(code, reason))
 
     # -- WebSocket -------------------------------------------------------------
 
@@ -189,10 +187,8 @@ class Connections:
         replays: dict[str, asyncio.Task[None]],
     ) -> None:
         """Hold the channel's live records from now on, and replay history up to them."""
-        replayer = self.replayer
-        assert replayer is not None, "a start field needs a Kafka source"
         channel = request.channel
-        live_then = replayer.live_positions(channel.topic)
+        live_then = self.replayer.live_positions(channel.topic)
         gate = Gate(channel.key, live_then)
         self.hub.subscribe(outlet, channel.topic, channel.key, gate)
 
@@ -215,7 +211,6 @@ class Connections:
     async def _replay(
         self, job: ReplayJob, session: Session, replays: dict[str, asyncio.Task[None]]
     ) -> None:
-        assert self.replayer is not None
         channel = job.channel
         try:
             await self.replayer.run(job)

@@ -38,7 +38,7 @@ class Gateway:
         log: EventLogger,
         stats: Stats,
         metrics: Callable[[], tuple[bytes, str]],
-        replayer: Replayer | None = None,
+        replayer: Replayer,
     ) -> None:
         self.settings = settings
         self.hub = hub

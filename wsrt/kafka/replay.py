@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
 
 from wsrt import protocol
-from wsrt.aio import Backoff, abandon_after
+from wsrt.aio import Backoff, abandon_after, detach
 from wsrt.config import Settings
 from wsrt.hub import Gate, Outlet
 from wsrt.kafka.options import UNAVAILABLE, consumer_options, discover, metadata_client
@@ -126,7 +126,6 @@ class Replayer:
         self.rate = RateLimit(settings.replay_rate)
         self._idle: list[AIOKafkaConsumer] = []
         self._client: AIOKafkaClient | None = None
-        self._closing: set[asyncio.Task[Any]] = set()
 
     def live_positions(self, topic: str) -> dict[int, int]:
         """Where the live stream stands in each partition of ``topic`` it serves."""
@@ -405,11 +404,7 @@ class Replayer:
         self._idle.append(consumer)
 
     def _discard(self, consumer: AIOKafkaConsumer) -> None:
-        task = asyncio.ensure_future(
-            abandon_after(consumer.stop(), self.settings.kafka_stop_timeout, "replay consumer")
-        )
-        self._closing.add(task)
-        task.add_done_callback(_settled(self._closing))
+        detach(abandon_after(consumer.stop(), self.settings.kafka_stop_timeout, "replay consumer"))
 
     async def _partitions(self, topic: str) -> set[int]:
         seconds = self.settings.kafka_request_timeout
@@ -419,15 +414,6 @@ class Replayer:
             self._client = client
         found, _ = await abandon_after(discover(self._client, (topic,)), seconds, "metadata")
         return found.get(topic, set())
-
-
-def _settled(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
-    def done(task: asyncio.Task[Any]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()
-
-    return done
 
 
 def _positions(starts: Mapping[int, int]) -> str:

@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from wsrt.aio import Backoff, abandon_after
+from wsrt.aio import Backoff, abandon_after, detach
 from wsrt.config import Settings
 from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Record
@@ -101,7 +100,6 @@ class KafkaSource:
         #: Set by :meth:`stop`; the loops end when it is.
         self.stopping_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._leftovers: set[asyncio.Task[Any]] = set()
         self._error_log = RateLimited(log)
 
     def start(self) -> asyncio.Task[None]:
@@ -160,9 +158,7 @@ class KafkaSource:
 
     def _leave_behind(self, link: _Link) -> None:
         link.committer.abandon()
-        task = asyncio.ensure_future(link.close(commit=False))
-        self._leftovers.add(task)
-        task.add_done_callback(self._leftovers.discard)
+        detach(link.close(commit=False))
 
     def _unavailable(self, exc: BaseException, retry_in: float) -> None:
         reason = f"kafka unavailable: {type(exc).__name__}: {exc}"
