@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from wsrt import __version__
 from wsrt.auth import Verifier
@@ -50,7 +50,7 @@ def _source_ended(task: asyncio.Task[None], source: KafkaSource, log: EventLogge
     _force_exit(log, "no consumer: exiting so that the orchestrator restarts this process")
 
 
-async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] = Hub) -> int:
+async def serve(settings: Settings, hub_factory: Callable[..., Hub] = Hub) -> int:
     """Serve until SIGTERM or SIGINT, then shut down within the bound; the exit status.
 
     ``hub_factory`` builds the hub (the benchmarks' baseline plugs in its own).
@@ -60,7 +60,7 @@ async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] 
     readiness = Readiness(log)
     loop = asyncio.get_running_loop()
     liveness = Liveness(2 * settings.kafka_stall, loop.time)
-    hub = hub_factory(settings.kafka_topics)
+    hub = hub_factory(settings.kafka_topics, settings.topic_policies)
     verifier = Verifier(
         settings.auth_secret,
         algorithms=settings.auth_algorithms,
@@ -107,7 +107,7 @@ async def serve(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] 
     return 0
 
 
-def run(settings: Settings, hub_factory: Callable[[Iterable[str]], Hub] = Hub) -> int:
+def run(settings: Settings, hub_factory: Callable[..., Hub] = Hub) -> int:
     """Run :func:`serve` on uvloop where available."""
     try:
         import uvloop

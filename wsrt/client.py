@@ -42,6 +42,24 @@ def describe_close(code: int | None, reason: str | None) -> str:
     return f"{text} — {hint}" if hint else text
 
 
+def describe_notice(notice: dict[str, object]) -> str | None:
+    """A ``gap`` or ``conflated`` notice in plain words (``None`` for other frames)."""
+    channel, dropped = notice.get("channel"), notice.get("dropped")
+    if notice.get("type") == "gap":
+        p, first, last = notice.get("partition"), notice.get("from"), notice.get("to")
+        return (
+            f"gap: {channel} partition {p}: {dropped} messages (offsets {first} to {last}) "
+            f"were dropped because this client read too slowly; fetch them with "
+            f"--from-offsets {p}={first}"
+        )
+    if notice.get("type") == "conflated":
+        return (
+            f"conflated: {channel}: {dropped} older values were replaced by newer ones "
+            "of the same key because this client read too slowly"
+        )
+    return None
+
+
 def describe_refusal(exc: InvalidStatus) -> str:
     """``server refused the connection: 401 unauthorized: expired``."""
     body = (exc.response.body or b"").decode(errors="replace").strip()

@@ -28,6 +28,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from wsrt.errors import ConfigError
+from wsrt.hub import POLICIES
 from wsrt.tokens import HMAC_ALGORITHMS
 
 #: Secrets shorter than this are accepted with a warning (the runbook's own
@@ -173,6 +174,20 @@ def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
     return parse
 
 
+def _topic_policies(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for item in _csv(raw):
+        topic, sep, policy = (part.strip() for part in item.partition("="))
+        if not sep or not topic:
+            raise ValueError(f"expected topic=policy pairs like order_book=conflate, got {item!r}")
+        if policy.lower() not in POLICIES:
+            raise ValueError(f"{policy!r} for {topic} is not one of {', '.join(POLICIES)}")
+        if topic in dict(pairs):
+            raise ValueError(f"names {topic} twice")
+        pairs.append((topic, policy.lower()))
+    return tuple(pairs)
+
+
 def _algorithms(raw: str) -> tuple[str, ...]:
     allowed = HMAC_ALGORITHMS
     algorithms = tuple(a.upper() for a in _csv(raw))
@@ -231,7 +246,14 @@ class Settings:
     allowed_origins: tuple[str, ...] = _var("WS_ALLOWED_ORIGINS", "", _origins,
         "Origin allow list, comma-separated; empty allows all origins.", _S)
     client_buffer: int = _var("WS_CLIENT_BUFFER", "256", _positive_int,
-        "Per-client outbound queue in messages; a client past it is closed 1008.", _S)
+        "Per-client outbound queue in messages; past it the topic's slow-consumer policy acts.",
+        _S)
+    slow_consumer_policy: str = _var("WS_SLOW_CONSUMER_POLICY", "disconnect", _choice(*POLICIES),
+        "What a full queue does: disconnect (close 1008), conflate (newest per key), drop (gap).",
+        _S)
+    topic_policy_overrides: tuple[tuple[str, str], ...] = _var("WS_TOPIC_POLICIES", "",
+        _topic_policies, "Per-topic policies overriding it, e.g. order_book=conflate,lines=drop.",
+        _S)
     send_buffer_bytes: int = _var("WS_SEND_BUFFER_BYTES", "262144", _non_negative_int,
         "Kernel send buffer per client socket (0: OS autotuning, up to megabytes).", _S)
     shutdown_timeout: float = _var("WS_SHUTDOWN_TIMEOUT_SECONDS", "10", _positive_seconds,
@@ -335,6 +357,12 @@ class Settings:
     warnings: tuple[str, ...] = ()
 
     @property
+    def topic_policies(self) -> dict[str, str]:
+        """Every served topic's slow-consumer policy (design section 11)."""
+        named = dict(self.topic_policy_overrides)
+        return {t: named.get(t, self.slow_consumer_policy) for t in self.kafka_topics}
+
+    @property
     def bind_host(self) -> str | None:
         """Host to bind, or ``None`` for all interfaces."""
         return self.bind_address[0] or None
@@ -414,6 +442,13 @@ def load_settings(
         warnings.append(
             f"WS_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
             "use a long random secret in production"
+        )
+    unknown = [t for t, _ in values["topic_policy_overrides"] if t not in values["kafka_topics"]]
+    if unknown:
+        raise ConfigError(
+            "WS_TOPIC_POLICIES",
+            f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS "
+            f"({','.join(values['kafka_topics'])})",
         )
     if values["replica_id"] is None:
         values["replica_id"] = _default_replica_id()

@@ -16,6 +16,16 @@ queue overflowed (``slow consumer``) or its write raised — and records the
 :attr:`Outlet.verdict`. Like centrifuge's ``writer.enqueue``, the outlet never
 calls up into the gateway: the caller closes the connection, once.
 
+While a client's transport is paused, each topic's slow-consumer policy
+(design section 11) decides what waits for it: ``disconnect`` queues the
+frames and finishes the outlet past ``WS_CLIENT_BUFFER``; ``conflate`` keeps
+only the newest waiting record per key; ``drop`` discards records once the
+buffer is full and remembers the ranges. The two last ones need the records,
+not joined bytes, so the hub hands them to :meth:`Outlet.hold` — only for a
+paused outlet: a client that keeps up takes the same one write as before.
+On drain :class:`Held` writes a ``gap`` per partition that lost records and
+a ``conflated`` per channel that lost values before what it kept.
+
 A subscription that replays history (design section 10) is routed through a
 :class:`Gate` until its replay has handed over to the live stream: the gate
 holds back the live records of every partition still replaying and drops
@@ -25,14 +35,25 @@ drop, the hub moves the subscription onto the ordinary routes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, TypeVar
+
+import orjson
+
+from wsrt.wire import text_frame
 
 _K = TypeVar("_K")
 
 #: :attr:`Outlet.verdict` values.
 SLOW_CONSUMER = "slow consumer"
 WRITE_FAILED = "write failed"
+
+#: Slow-consumer policies (design section 11).
+DISCONNECT = "disconnect"
+CONFLATE = "conflate"
+DROP = "drop"
+POLICIES = (DISCONNECT, CONFLATE, DROP)
 
 
 class Record(NamedTuple):
@@ -90,14 +111,110 @@ class Gate:
 
 
 class DeliveryStats:
-    """Frames and bytes handed to client transports, summed over all outlets."""
+    """Frames and bytes handed to client transports, summed over all outlets.
 
-    __slots__ = ("bytes", "frames", "write_errors")
+    ``not_delivered`` counts, by (topic, policy), the messages a slow client
+    did not get (replaced by a newer value, or dropped); ``notices`` the
+    ``conflated`` and ``gap`` frames that told it; ``disconnects`` the clients
+    closed for it.
+    """
+
+    __slots__ = ("bytes", "disconnects", "frames", "not_delivered", "notices", "write_errors")
 
     def __init__(self) -> None:
         self.frames = 0
         self.bytes = 0
         self.write_errors = 0
+        self.not_delivered: Counter[tuple[str, str]] = Counter()
+        self.notices: Counter[tuple[str, str]] = Counter()
+        self.disconnects: Counter[tuple[str, str]] = Counter()
+
+
+class Held:
+    """What a paused outlet keeps for its ``conflate`` and ``drop`` channels.
+
+    Built on the first record such a channel holds, gone on the next drain:
+    an outlet that keeps up never has one.
+    """
+
+    __slots__ = ("dropped", "gaps", "latest", "topics")
+
+    def __init__(self) -> None:
+        #: conflate: channel → key (``(partition, offset)`` for no key) → newest record.
+        self.latest: dict[str, dict[object, Record]] = {}
+        #: conflate: channel → values replaced by a newer one.
+        self.dropped: dict[str, int] = {}
+        #: drop: (channel, partition) → [first offset, last offset, count] discarded.
+        self.gaps: dict[tuple[str, int], list[int]] = {}
+        #: channel → its topic, for the counters.
+        self.topics: dict[str, str] = {}
+
+    def conflate(self, topic: str, channel: str, records: Iterable[Record]) -> tuple[int, int]:
+        """Keep the newest record per key; (distinct keys added, values replaced)."""
+        self.topics[channel] = topic
+        latest = self.latest.get(channel)
+        if latest is None:
+            latest = self.latest[channel] = {}
+        added = replaced = 0
+        for r in records:
+            key: object = r.key if r.key is not None else (r.partition, r.offset)
+            # Re-inserted at the end: the kept values stay in arrival order,
+            # hence in offset order per partition.
+            if latest.pop(key, None) is None:
+                added += 1
+            else:
+                replaced += 1
+            latest[key] = r
+        if replaced:
+            self.dropped[channel] = self.dropped.get(channel, 0) + replaced
+        return added, replaced
+
+    def drop(self, topic: str, channel: str, records: Iterable[Record]) -> int:
+        """Record discarded records as ranges per partition; how many."""
+        self.topics[channel] = topic
+        gaps = self.gaps
+        n = 0
+        for r in records:
+            n += 1
+            gap = gaps.get((channel, r.partition))
+            if gap is None:
+                gaps[(channel, r.partition)] = [r.offset, r.offset, 1]
+            else:
+                gap[1] = r.offset
+                gap[2] += 1
+        return n
+
+    def forget(self, channel: str) -> int:
+        """Drop what is held for an unsubscribed channel; how many queued values went."""
+        self.dropped.pop(channel, None)
+        for where in [w for w in self.gaps if w[0] == channel]:
+            del self.gaps[where]
+        return len(self.latest.pop(channel, ()))
+
+    def release(self, delivery: DeliveryStats) -> tuple[list[bytes], int]:
+        """The frames to write on drain: gaps, then per channel ``conflated`` and the values.
+
+        Returns the chunks and how many of them are notices.
+        """
+        chunks: list[bytes] = []
+        notices = 0
+        for (channel, partition), (first, last, count) in self.gaps.items():
+            chunks.append(text_frame(orjson.dumps({
+                "type": "gap", "channel": channel, "partition": partition,
+                "from": first, "to": last, "dropped": count,
+            })))  # fmt: skip
+            delivery.notices[(self.topics[channel], DROP)] += 1
+            notices += 1
+        for channel, latest in self.latest.items():
+            dropped = self.dropped.get(channel)
+            if dropped:
+                chunks.append(text_frame(orjson.dumps(
+                    {"type": "conflated", "channel": channel, "dropped": dropped}
+                )))  # fmt: skip
+                delivery.notices[(self.topics[channel], CONFLATE)] += 1
+                notices += 1
+            chunks.extend(r.frame for r in latest.values())
+        return chunks, notices
 
 
 class Outlet:
@@ -109,8 +226,8 @@ class Outlet:
     """
 
     __slots__ = (
-        "delivery", "error", "frames_sent", "limit", "outbox", "paused", "peer", "queued",
-        "verdict", "write",
+        "controls", "delivery", "error", "frames_sent", "held", "limit", "outbox", "paused",
+        "peer", "queued", "verdict", "write",
     )  # fmt: skip
 
     def __init__(
@@ -125,7 +242,12 @@ class Outlet:
         self.delivery = delivery if delivery is not None else DeliveryStats()
         self.peer = peer
         self.outbox: list[bytes] = []
+        #: Messages waiting (in the outbox or held), bounded by ``limit``.
         self.queued = 0
+        #: Control frames waiting: bounded by the control rate, not by ``limit``.
+        self.controls = 0
+        #: What ``conflate`` and ``drop`` channels keep while paused.
+        self.held: Held | None = None
         self.paused = False
         #: Why the outlet stopped delivering (:data:`SLOW_CONSUMER`,
         #: :data:`WRITE_FAILED`, or ``"closed"``); ``None`` while it delivers.
@@ -155,6 +277,44 @@ class Outlet:
             return False
         return True
 
+    def hold(self, topic: str, channel: str, records: Sequence[Record], policy: str) -> bool:
+        """While paused, take the records of a ``conflate`` or ``drop`` channel.
+
+        ``conflate`` keeps the newest record per key and fails (slow consumer)
+        only when more distinct keys wait than ``limit``; ``drop`` queues
+        records while there is room and counts the rest as a gap.
+        """
+        if self.verdict is not None:
+            return True
+        held = self.held
+        if held is None:
+            held = self.held = Held()
+        if policy == CONFLATE:
+            added, replaced = held.conflate(topic, channel, records)
+            self.queued += added
+            if replaced:
+                self.delivery.not_delivered[(topic, CONFLATE)] += replaced
+            if self.queued > self.limit:
+                self._finish(SLOW_CONSUMER)
+                return False
+            return True
+        # Once a record is dropped, every later one is, until the drain: the
+        # gap notice comes before anything newer of its partition.
+        room = 0 if held.gaps else self.limit - self.queued
+        if room > 0:
+            kept = records[:room]
+            self.outbox.append(b"".join([r.frame for r in kept]))
+            self.queued += len(kept)
+            records = records[room:]
+        if records:
+            self.delivery.not_delivered[(topic, DROP)] += held.drop(topic, channel, records)
+        return True
+
+    def forget(self, channel: str) -> None:
+        """The client unsubscribed ``channel``: what is held for it goes."""
+        if self.held is not None:
+            self.queued -= self.held.forget(channel)
+
     def flush(self) -> bool:
         """Write everything pending in one call, unless paused; ``False`` when the write raised.
 
@@ -162,12 +322,21 @@ class Outlet:
         reaches the hub loop or another client.
         """
         box = self.outbox
-        if self.paused or self.verdict is not None or not box:
+        if self.paused or self.verdict is not None:
+            return True
+        held = self.held
+        if held is not None:
+            self.held = None
+            chunks, notices = held.release(self.delivery)  # its values are in queued
+            box.extend(chunks)
+            self.controls += notices
+        if not box:
             return True
         data = box[0] if len(box) == 1 else b"".join(box)
-        count = self.queued
+        count = self.queued + self.controls
         box.clear()
         self.queued = 0
+        self.controls = 0
         return self._write(data, count)
 
     def deliver(self, data: bytes, count: int) -> bool:
@@ -195,8 +364,16 @@ class Outlet:
         return True
 
     def send(self, frame: bytes) -> bool:
-        """One control frame after whatever is pending; ``False`` as for the two verbs."""
-        return self.enqueue(frame, 1) and self.flush()
+        """One control frame after whatever is pending; ``False`` when the write raised.
+
+        Control frames do not count against ``limit``: a client that stops
+        reading must not be closed for the answer to its own request.
+        """
+        if self.verdict is not None:
+            return True
+        self.outbox.append(frame)
+        self.controls += 1
+        return self.flush()
 
     def pause(self) -> None:
         self.paused = True
@@ -215,6 +392,8 @@ class Outlet:
         self.verdict = verdict
         self.outbox.clear()
         self.queued = 0
+        self.controls = 0
+        self.held = None
 
 
 class Hub:
@@ -222,11 +401,19 @@ class Hub:
 
     A channel is ``(topic, None)`` for a whole topic or ``(topic, key)`` for
     the messages of one Kafka key. An outlet subscribed to a topic and to some
-    of its keys receives each message once.
+    of its keys receives each message once. ``policies`` maps topics to their
+    slow-consumer policy (:data:`DISCONNECT` where not named).
     """
 
-    def __init__(self, topics: Iterable[str]) -> None:
+    def __init__(self, topics: Iterable[str], policies: Mapping[str, str] | None = None) -> None:
         self.topics = frozenset(topics)
+        #: topic → its policy, for the topics that do not disconnect.
+        self._policies: dict[str, str] = {}
+        for topic, policy in (policies or {}).items():
+            if topic not in self.topics or policy not in POLICIES:
+                raise ValueError(f"no policy {policy!r} for topic {topic!r}")
+            if policy != DISCONNECT:
+                self._policies[topic] = policy
         #: topic → outlets subscribed to the whole topic.
         self._whole: dict[str, set[Outlet]] = {}
         #: topic → key → outlets subscribed to ``topic:key``.
@@ -235,6 +422,10 @@ class Hub:
         self._channels: dict[Outlet, set[tuple[str, str | None]]] = {}
         #: topic → (outlet, key) → the gate of a subscription that is replaying.
         self._gated: dict[str, dict[tuple[Outlet, str | None], Gate]] = {}
+
+    def policy(self, topic: str) -> str:
+        """The slow-consumer policy of ``topic``."""
+        return self._policies.get(topic, DISCONNECT)
 
     def subscribe(
         self, outlet: Outlet, topic: str, key: str | None = None, gate: Gate | None = None
@@ -262,7 +453,7 @@ class Hub:
             self.subscribe(outlet, topic, key)
 
     def unsubscribe(self, outlet: Outlet, topic: str, key: str | None = None) -> None:
-        """Remove a subscription; idempotent."""
+        """Remove a subscription (and what its outlet holds for it); idempotent."""
         gated = self._gated.get(topic)
         if gated is not None and gated.pop((outlet, key), None) is not None and not gated:
             del self._gated[topic]
@@ -274,6 +465,8 @@ class Hub:
                 _discard(keyed, key.encode(), outlet)
                 if not keyed:
                     del self._keyed[topic]
+        if outlet.held is not None:
+            outlet.forget(topic if key is None else f"{topic}:{key}")
         channels = self._channels.get(outlet)
         if channels is not None:
             channels.discard((topic, key))
@@ -329,9 +522,18 @@ class Hub:
                 if whole:
                     data = b"".join([r.frame for r in records])
                     count = len(records)
-                    for outlet in whole:
-                        if not outlet.deliver(data, count):
-                            finished.append(outlet)
+                    policy = self._policies.get(topic)
+                    if policy is None:
+                        for outlet in whole:
+                            if not outlet.deliver(data, count):
+                                self._lost(outlet, topic, finished)
+                    else:  # the policy matters only to a paused client
+                        for outlet in whole:
+                            if outlet.paused:
+                                if not outlet.hold(topic, topic, records, policy):
+                                    self._lost(outlet, topic, finished)
+                            elif not outlet.deliver(data, count):
+                                self._lost(outlet, topic, finished)
                 gated = self._gated.get(topic)
                 if gated:
                     replaying: list[Outlet] = []
@@ -341,31 +543,46 @@ class Hub:
 
         dirty: list[Outlet] = []
         for topic, records in by_topic.items():
+            policy = self._policies.get(topic)
             whole = self._whole.get(topic)
             if whole:
                 data = b"".join([r.frame for r in records])
                 count = len(records)
                 for outlet in whole:
-                    if outlet.enqueue(data, count):
+                    if policy is not None and outlet.paused:
+                        taken = outlet.hold(topic, topic, records, policy)
+                    else:
+                        taken = outlet.enqueue(data, count)
+                    if taken:
                         dirty.append(outlet)
                     else:
-                        finished.append(outlet)
+                        self._lost(outlet, topic, finished)
             gated = self._gated.get(topic)
             keyed = self._keyed.get(topic)
             if keyed:
                 if gated:  # a whole topic replaying covers its keys too: once only
                     whole = (whole or set()) | {o for o, k in gated if k is None}
-                for outlet, pending in _keyed_frames(records, keyed, whole).items():
-                    if outlet.enqueue(b"".join(pending), len(pending)):
+                for outlet, pending in _keyed_records(records, keyed, whole).items():
+                    if policy is not None and outlet.paused:
+                        taken = _hold_keyed(outlet, topic, pending, policy)
+                    else:
+                        taken = outlet.enqueue(b"".join([r.frame for r in pending]), len(pending))
+                    if taken:
                         dirty.append(outlet)
                     else:
-                        finished.append(outlet)
+                        self._lost(outlet, topic, finished)
             if gated:
                 self._publish_gated(topic, records, gated, dirty, finished)
         for outlet in dirty:
             if not outlet.flush():
                 finished.append(outlet)
         return finished
+
+    def _lost(self, outlet: Outlet, topic: str, finished: list[Outlet]) -> None:
+        """``outlet`` failed on a record of ``topic``: report it, and count a disconnect."""
+        finished.append(outlet)
+        if outlet.verdict == SLOW_CONSUMER:
+            outlet.delivery.disconnects[(topic, self.policy(topic))] += 1
 
     def _publish_gated(
         self,
@@ -376,30 +593,36 @@ class Hub:
         finished: list[Outlet],
     ) -> None:
         """Replaying subscriptions: each takes what its gate admits; settled gates move on."""
+        policy = self._policies.get(topic)
         settled: list[tuple[Outlet, str | None]] = []
         for (outlet, key), gate in gated.items():
             wanted = gate.key
-            frames = [
-                r.frame
+            admitted = [
+                r
                 for r in records
                 if (wanted is None or r.key == wanted) and gate.admits(r.partition, r.offset)
             ]
-            if frames:
-                if outlet.enqueue(b"".join(frames), len(frames)):
+            if admitted:
+                if policy is not None and outlet.paused:
+                    channel = topic if key is None else f"{topic}:{key}"
+                    taken = outlet.hold(topic, channel, admitted, policy)
+                else:
+                    taken = outlet.enqueue(b"".join([r.frame for r in admitted]), len(admitted))
+                if taken:
                     dirty.append(outlet)
                 else:
-                    finished.append(outlet)
+                    self._lost(outlet, topic, finished)
             if gate.settled:
                 settled.append((outlet, key))
         for outlet, key in settled:
             self.settle(outlet, topic, key)
 
 
-def _keyed_frames(
+def _keyed_records(
     records: list[Record], keyed: dict[bytes, set[Outlet]], whole: set[Outlet] | None
-) -> dict[Outlet, list[bytes]]:
-    """Per keyed subscriber, the frames of its keys, in order; whole-topic subscribers skipped."""
-    frames: dict[Outlet, list[bytes]] = {}
+) -> dict[Outlet, list[Record]]:
+    """Per keyed subscriber, the records of its keys, in order; whole-topic subscribers skipped."""
+    routed: dict[Outlet, list[Record]] = {}
     for record in records:
         subscribers = keyed.get(record.key) if record.key is not None else None
         if not subscribers:
@@ -407,12 +630,24 @@ def _keyed_frames(
         for outlet in subscribers:
             if whole and outlet in whole:
                 continue  # already has the whole topic: once only
-            pending = frames.get(outlet)
+            pending = routed.get(outlet)
             if pending is None:
-                frames[outlet] = [record.frame]
+                routed[outlet] = [record]
             else:
-                pending.append(record.frame)
-    return frames
+                pending.append(record)
+    return routed
+
+
+def _hold_keyed(outlet: Outlet, topic: str, records: list[Record], policy: str) -> bool:
+    """:meth:`Outlet.hold` for keyed subscriptions: each key is its own channel."""
+    by_key: dict[bytes, list[Record]] = {}
+    for r in records:
+        assert r.key is not None  # keyed routes only carry keyed records
+        by_key.setdefault(r.key, []).append(r)
+    return all(
+        outlet.hold(topic, f"{topic}:{key.decode()}", keyed, policy)
+        for key, keyed in by_key.items()
+    )
 
 
 def _discard(index: dict[_K, set[Outlet]], key: _K, outlet: Outlet) -> None:

@@ -220,6 +220,7 @@ class Collector:
             f"Slow-consumer disconnects in the last {RECENT_WINDOW_SECONDS:.0f} seconds.",
             value=s.recent_slow_consumers(),
         )
+        yield from self._policies()
         subscriptions = GaugeMetricFamily(
             "wsrt_subscriptions",
             "Subscriptions by topic (topic:key channels counted under their topic).",
@@ -228,6 +229,26 @@ class Collector:
         for topic in sorted(self.hub.topics):
             subscriptions.add_metric([topic], self.hub.subscription_count(topic))
         yield subscriptions
+
+    def _policies(self) -> Iterator[Metric]:
+        """Slow-consumer policy outcomes by topic (design section 11)."""
+        d = self.delivery
+        families = (
+            (d.disconnects, "wsrt_slow_consumer_closes",
+             "Clients closed 1008 slow consumer, by the topic whose message overflowed their "
+             "queue (disconnect; conflate with more distinct keys waiting than WS_CLIENT_BUFFER)."),
+            (d.not_delivered, "wsrt_slow_consumer_messages_not_delivered",
+             "Messages slow clients did not get: replaced by a newer value of their key "
+             "(conflate) or discarded inside a gap (drop)."),
+            (d.notices, "wsrt_slow_consumer_notices",
+             "conflated and gap notices sent to clients that fell WS_CLIENT_BUFFER behind."),
+        )  # fmt: skip
+        for counts, name, documentation in families:
+            family = CounterMetricFamily(name, documentation, labels=["topic", "policy"])
+            for topic in sorted(self.hub.topics):
+                policy = self.hub.policy(topic)
+                family.add_metric([topic, policy], counts[(topic, policy)])
+            yield family
 
     def _delivery(self) -> Iterator[Metric]:
         yield CounterMetricFamily(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tests.support.server import EVENT_TIMEOUT, ServerProcess
@@ -94,6 +95,11 @@ class StalledClient:
             raise self.protocol.handshake_exc
         return self
 
+    def send(self, text: str) -> None:
+        """Send a text frame (it leaves even while the client reads nothing)."""
+        self.protocol.send_text(text.encode())
+        self._flush()
+
     def _flush(self) -> None:
         for data in self.protocol.data_to_send():
             if data:
@@ -108,13 +114,30 @@ class StalledClient:
 
     async def drain(self, timeout: float = EVENT_TIMEOUT) -> tuple[int | None, str | None]:
         """Read everything the server sent until it closes; the close code and reason."""
+        await self.read(timeout=timeout)
+        close = self.protocol.close_rcvd
+        return (close.code, close.reason) if close else (None, None)
+
+    async def read(
+        self,
+        until: Callable[[list[str]], bool] | None = None,
+        timeout: float = EVENT_TIMEOUT,
+        *,
+        stalled: bool = False,
+    ) -> None:
+        """Read until ``until(frames)`` holds or the server closes.
+
+        The receive buffer grows to take everything at once, unless
+        ``stalled``: a reply can be read and the client stall again.
+        """
         import asyncio
         import socket
 
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        if not stalled:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
 
         async def run() -> None:
-            while True:
+            while until is None or not until(self.frames):
                 try:
                     data = await self.reader.read(1 << 20)
                 except ConnectionError:
@@ -126,10 +149,13 @@ class StalledClient:
                 self._collect()
                 self._flush()
 
-        await asyncio.wait_for(run(), timeout)
+        try:
+            await asyncio.wait_for(run(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"after {len(self.frames)} frames, still waiting: {self.frames[-3:]}"
+            ) from None
         self._collect()
-        close = self.protocol.close_rcvd
-        return (close.code, close.reason) if close else (None, None)
 
     def close(self) -> None:
         self.writer.close()

@@ -67,6 +67,12 @@ def run_serve(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess[str]
         ({"WS_AUTH_SECRET": "x" * 32, "WS_BIND_ADDRESS": "not-an-address"}, "WS_BIND_ADDRESS"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_CLIENT_BUFFER": "lots"}, "WS_CLIENT_BUFFER"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_KAFKA_TOPICS": ""}, "WS_KAFKA_TOPICS"),
+        ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_POLICIES": "trades=drop"}, "WS_TOPIC_POLICIES"),
+        ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_POLICIES": "lines=fast"}, "WS_TOPIC_POLICIES"),
+        (
+            {"WS_AUTH_SECRET": "x" * 32, "WS_SLOW_CONSUMER_POLICY": "never"},
+            "WS_SLOW_CONSUMER_POLICY",
+        ),
     ],
 )
 def test_serve_with_invalid_config_exits_2_with_one_line(env, variable, tmp_path) -> None:

@@ -25,6 +25,12 @@ def serve(
     client_buffer: str = typer.Option(
         None, "--client-buffer", help="Per-client queue in messages [WS_CLIENT_BUFFER]."
     ),
+    topic_policies: str = typer.Option(
+        None,
+        "--topic-policies",
+        help="Slow-consumer policy per topic, e.g. order_book=conflate,lines=drop "
+        "[WS_TOPIC_POLICIES].",
+    ),
     log_format: str = typer.Option(None, "--log-format", help="text or json [WS_LOG_FORMAT]."),
     log_level: str = typer.Option(
         None, "--log-level", help="DEBUG, INFO, WARNING, ERROR [WS_LOG_LEVEL]."
@@ -45,6 +51,7 @@ def serve(
         "WS_FANOUT_MODE": mode,
         "WS_REPLICA_ID": replica_id,
         "WS_CLIENT_BUFFER": client_buffer,
+        "WS_TOPIC_POLICIES": topic_policies,
         "WS_LOG_FORMAT": log_format,
         "WS_LOG_LEVEL": log_level,
     }

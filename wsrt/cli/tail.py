@@ -43,7 +43,7 @@ from wsrt.cli.common import (
     quiet_libraries,
     settings_or_exit,
 )
-from wsrt.client import connect, describe_close, describe_refusal
+from wsrt.client import connect, describe_close, describe_notice, describe_refusal
 from wsrt.protocol import channel_list, split_channel
 
 
@@ -230,6 +230,8 @@ async def _receive(
                     f"warning: {channel}: some of the history asked for is no longer in Kafka "
                     f"(retention) or over the server's WS_REPLAY_MAX_MESSAGES; starting at {where}"
                 )
+        elif kind in ("gap", "conflated"):
+            view.status(describe_notice(obj) or "")
         elif kind == "error":
             failed.add(str(obj.get("channel")))
             view.status(f"{obj.get('channel')}: {obj.get('code')}: {obj.get('message')}")
