@@ -17,6 +17,11 @@ bottleneck:
   correctness check on a sample, and the latency figures.
 * one optional **stalled** client stops reading after the handshake (a
   4 KiB receive buffer), to show that the server drops it alone.
+* **slow** readers (a 4 KiB receive buffer) read at ``slow_rate`` messages
+  per second, and count the ``gap`` and ``conflated`` notices of the
+  slow-consumer policies with what they say was ``dropped``. Once the others
+  have everything they read at full speed, until every message is accounted
+  for (received or dropped), the server closes them, or the time is up.
 
 The ``replay`` mode opens **replayers**: each subscribes with ``rewind`` and
 reads its history as fast as it can, taking each frame's offset with a
@@ -36,6 +41,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -119,17 +125,30 @@ def _request(url: str, token: str) -> bytes:
     ).encode()
 
 
-async def open_counter(url: str, token: str, totals: Totals, *, stall: bool = False) -> Counter:
+async def open_counter(
+    url: str,
+    token: str,
+    totals: Totals,
+    *,
+    stall: bool = False,
+    make: Callable[[bytes, asyncio.Event], Counter] | None = None,
+) -> Counter:
+    """A connection once upgraded (or lost); ``make(request, upgraded)`` builds another kind.
+
+    ``stall`` (and every slow reader) gets a 4 KiB receive buffer, so that the
+    server sees it fall behind within a few messages.
+    """
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
     sock = socket.socket()
-    if stall:
+    if stall or make is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await loop.sock_connect(sock, (parts.hostname, parts.port))
     upgraded = asyncio.Event()
+    build = make or (lambda request, up: Counter(request, totals, up, stall))
     _, protocol = await loop.create_connection(
-        lambda: Counter(_request(url, token), totals, upgraded, stall), sock=sock
+        lambda: build(_request(url, token), upgraded), sock=sock
     )
     waiting = asyncio.ensure_future(upgraded.wait())
     await asyncio.wait({waiting, protocol.lost}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -138,6 +157,77 @@ async def open_counter(url: str, token: str, totals: Totals, *, stall: bool = Fa
 
 
 OFFSET = re.compile(rb'"offset":(\d+),"timestamp"')
+#: A message's timestamp, or a notice's ``dropped``. Each ends on the character
+#: after its number, so that a number cut by a read never matches.
+SCAN = re.compile(rb'"timestamp":(\d+),|"type":"(?:gap|conflated)"[^}]*"dropped":(\d+)\}')
+
+
+class SlowReader(Counter):
+    """Reads ``rate`` messages per second at most; counts the notices and what they dropped."""
+
+    def __init__(self, request: bytes, totals: Totals, upgraded: asyncio.Event, rate: float):
+        super().__init__(request, totals, upgraded, stall=False)
+        self.rate = rate
+        self.started = 0.0
+        self.notices = 0
+        self.dropped = 0
+        self.buffer = b""
+        #: Seconds since the record's timestamp of each message read while slow.
+        self.ages: list[float] = []
+        self.expected: int | None = None
+        self.accounted = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        was_open = self.open
+        super().data_received(data)
+        if not self.open:
+            return
+        if not was_open:
+            self.started = time.monotonic()
+        self._notices(data)
+        self._check()
+        if self.rate:
+            allowed = self.rate * (time.monotonic() - self.started)
+            if self.frames > allowed and self.transport is not None:
+                self.transport.pause_reading()
+                delay = (self.frames - allowed) / self.rate
+                asyncio.get_running_loop().call_later(delay, self._resume)
+
+    def _notices(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        end = 0
+        now_ms = time.time() * 1000
+        for match in SCAN.finditer(buffer):
+            if match[1] is not None:
+                if self.rate:
+                    self.ages.append((now_ms - int(match[1])) / 1000)
+            else:
+                self.notices += 1
+                self.dropped += int(match[2])
+            end = match.end()
+        # A notice cut by the read is matched with the next one; nothing twice.
+        self.buffer = buffer[max(end, len(buffer) - 200) :]
+
+    def _resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def read_all(self, expected: int) -> None:
+        """From now on read at full speed until ``expected`` messages are accounted for."""
+        self.rate = 0
+        self.expected = expected
+        self._resume()
+        self._check()
+
+    def _check(self) -> None:
+        done = self.expected is not None and self.frames + self.dropped >= self.expected
+        if done and not self.accounted.done():
+            self.accounted.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.accounted.done():
+            self.accounted.set_result(None)
 
 
 def masked_text_frame(payload: bytes) -> bytes:
@@ -324,6 +414,19 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
         batch = range(i, min(i + 100, p["counters"]))
         counters += await asyncio.gather(*(open_counter(url, p["token"], totals) for _ in batch))
     stalled = await open_counter(url, p["token"], totals, stall=True) if p.get("stalled") else None
+    slow_totals = Totals()
+    slow = [
+        cast(
+            SlowReader,
+            await open_counter(
+                url,
+                p["token"],
+                slow_totals,
+                make=lambda request, up: SlowReader(request, slow_totals, up, p["slow_rate"]),
+            ),
+        )
+        for _ in range(p.get("slow", 0))
+    ]
     stop = asyncio.Event()
     samples = [Sample() for _ in range(p["samplers"])]
     readies = [asyncio.Event() for _ in samples]
@@ -359,6 +462,12 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     per_client = [c.frames for c in counters] + [s.received for s in samples]
+    slow_during = [r.frames for r in slow]
+    slow_seconds = time.monotonic() - started
+    for r in slow:
+        r.read_all(target or 0)
+    if slow:
+        await asyncio.wait([r.accounted for r in slow], timeout=p.get("drain_timeout", 60))
     delays = [d for s in samples for d in s.delays_ms]
     result = {
         "event": "result",
@@ -381,6 +490,18 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
         if p.get("raw")
         else [],
         "stalled_closed": bool(stalled and stalled.lost.done()),
+        "slow": {
+            "clients": len(slow),
+            "read_per_s": sorted(n / slow_seconds for n in slow_during)[len(slow) // 2]
+            if slow
+            else 0.0,
+            "messages": sorted(r.frames for r in slow),
+            "dropped": sorted(r.dropped for r in slow),
+            "notices": sorted(r.notices for r in slow),
+            "closed": sum(1 for r in slow if r.lost.done()),
+            "age_s": percentiles([a for r in slow for a in r.ages]),
+            "accounted": sum(1 for r in slow if r.frames + r.dropped == target),
+        },
         "failed": totals.failed[:5],
     }
     for c in counters:
@@ -388,6 +509,9 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
             c.transport.abort()
     if stalled is not None and stalled.transport is not None:
         stalled.transport.abort()
+    for r in slow:
+        if r.transport is not None:
+            r.transport.abort()
     return result
 
 

@@ -64,6 +64,14 @@ class Scale:
     replay_clients: int = 20
     replay_messages: int = 100_000
     replay_seconds: float = 120.0
+    #: Slow-consumer policies: clients on one order book, some reading at a tenth of the rate.
+    policy_clients: int = 1000
+    policy_slow: int = 100
+    policy_keys: int = 100
+    policy_rate: float = 200.0
+    policy_seconds: float = 30.0
+    #: Extra settings of the policy runs (quick: small buffers, so that a few seconds fill them).
+    policy_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> Scale:
@@ -73,6 +81,8 @@ class Scale:
             isolation_buffer=16,
             idle_connections=200, handshake_concurrency=50,
             replay_clients=3, replay_messages=2_000, replay_seconds=4.0,
+            policy_clients=30, policy_slow=4, policy_keys=10, policy_seconds=3.0,
+            policy_env={"WS_CLIENT_BUFFER": "16", "WS_SEND_BUFFER_BYTES": "4096"},
         )  # fmt: skip
 
 
@@ -213,20 +223,23 @@ class Bench:
 
         return asyncio.run(run())
 
-    def paced(self, topic: str, count: int, rate: float) -> None:
-        """Produce ``count`` messages of about 2 KB at ``rate`` per second.
+    def paced(
+        self, topic: str, count: int, rate: float, keys: int = 8, value: bytes | None = None
+    ) -> None:
+        """Produce ``count`` messages over ``keys`` keys at ``rate`` per second.
 
         The record timestamp is the produce time; clients measure their delay
-        from it. 2 KB makes a stalled client's buffers fill within seconds.
+        from it. The default value of about 2 KB makes a stalled client's
+        buffers fill within seconds; ``value`` (with a ``%d`` for the sequence
+        number) replaces it.
         """
         from wsrt.feed import producer, publish
 
-        padding = "x" * 1800
+        template = value or b'{"seq":%d,"pad":"' + b"x" * 1800 + b'"}'
 
         async def messages() -> AsyncIterator[tuple[str, bytes | None, bytes]]:
             for n in range(count):
-                value = b'{"seq":%d,"pad":"%s"}' % (n, padding.encode())
-                yield topic, b"k%d" % (n % 8), value
+                yield topic, b"k%d" % (n % keys), template % n
 
         async def run() -> None:
             # No linger: the record timestamp is taken at send(), and waiting
@@ -248,12 +261,19 @@ class Bench:
 
     # -- scenarios -------------------------------------------------------------
 
-    def fanout(self, baseline: bool) -> Result:
-        """N clients on one channel; the topic is filled after they connected."""
+    def fanout(self, baseline: bool, policy: str | None = None) -> Result:
+        """N clients on one channel; the topic is filled after they connected.
+
+        ``policy``: the topic's slow-consumer policy, named in the scenario.
+        """
         s = self.scale
         name = "fan-out, websockets.broadcast() per message" if baseline else "fan-out, wsrt hub"
+        if policy is not None:
+            name = f"policies: fan-out, every client keeps up, {policy} topic"
         topic = self.new_topic("fanout", create=False)
         env = {"WS_CLIENT_BUFFER": "1000000"}  # measure the server, not slow-consumer drops
+        if policy is not None:
+            env["WS_TOPIC_POLICIES"] = f"{topic}={policy}"
         with self.server(topic, env, baseline=baseline) as server:
             samplers = min(s.samplers, s.fanout_clients)
             params = {
@@ -509,6 +529,104 @@ class Bench:
             {"paused, still running": replayed < s.replay_messages and running == 1},
         )
 
+    def policies(self) -> list[Result]:
+        """An order book of ``policy_keys`` keys at ``policy_rate`` msg/s to ``policy_clients``.
+
+        First the fan-out of a backlog to clients that all keep up, per policy.
+        Then the same others (``policy_clients - policy_slow``) without and,
+        per policy, beside ``policy_slow`` clients that read at a tenth of the
+        rate. Reported: the others' delay against the runs without slow
+        clients, and what the slow ones received and how old it was.
+        """
+        s = self.scale
+        count = int(s.policy_rate * s.policy_seconds)
+        # What a policy costs the clients that keep up: the fan-out of a backlog.
+        results = [self.fanout(False, policy) for policy in ("disconnect", "conflate", "drop")]
+        small = {"WS_SEND_BUFFER_BYTES": "16384"}
+        # The others alone first and last: the machine drifts within a run.
+        runs: list[tuple[str | None, dict[str, str]]] = [
+            (None, {}), ("disconnect", {}), ("conflate", {}), ("drop", {}),
+            ("conflate", small), ("drop", small), (None, {}),
+        ]  # fmt: skip
+        alone: list[float] = []
+        beside: list[Result] = []
+        for n, (policy, extra) in enumerate(runs):
+            slow = s.policy_slow if policy else 0
+            result = self._policy_run(policy, {**s.policy_env, **extra}, slow, count)
+            delay, seen = result["delay_ms"], result["slow"]
+            figures: dict[str, Any] = {
+                "clients": result["connections"] + slow, "slow clients": slow,
+                "msg/s": s.policy_rate, "keys": s.policy_keys,
+                "others p50 ms": delay.get("p50"), "others p99 ms": delay.get("p99"),
+                "server CPU": result["cpu"],
+            }  # fmt: skip
+            checks = {
+                "others: every frame delivered": result["per_client_min"] == count,
+                "others: sample in order, no gap": result["sample_gaps"] == 0
+                and result["sample_out_of_order"] == 0,
+            }
+            if policy is None:
+                if delay.get("p99"):
+                    alone.append(delay["p99"])
+                when = "first" if n == 0 else "last"
+                results.append(Result(f"policies: the others alone, {when}", figures, checks))
+                continue
+            median = len(seen["messages"]) // 2
+            figures.update({
+                "slow: read msg/s while slow (median)": seen["read_per_s"],
+                "slow: messages received (median)": seen["messages"][median],
+                "slow: not delivered, per notices (median)": seen["dropped"][median],
+                "slow: notices (median)": seen["notices"][median],
+                "slow: age of what they read while slow, p50 s": seen["age_s"].get("p50"),
+                "slow: age of what they read while slow, p99 s": seen["age_s"].get("p99"),
+                "slow: closed 1008": seen["closed"],
+            })  # fmt: skip
+            if policy == "disconnect":
+                checks["slow: all closed 1008, nobody else"] = (
+                    seen["closed"] == slow and result["closed_early"] == 0
+                )
+            else:
+                checks["slow: none closed"] = seen["closed"] == 0
+                checks["slow: every message received or in a notice"] = seen["accounted"] == slow
+            settings = "".join(f", {k}={v}" for k, v in extra.items())
+            outcome = Result(f"policies: {policy}, {slow} slow clients{settings}", figures, checks)
+            beside.append(outcome)
+            results.append(outcome)
+        for outcome in beside:  # against the mean of the two runs without slow clients
+            p99 = outcome.figures["others p99 ms"]
+            outcome.figures["others p99 / alone (mean of both)"] = (
+                p99 / (sum(alone) / len(alone)) if p99 and alone else None
+            )
+        return results
+
+    def _policy_run(
+        self, policy: str | None, env: dict[str, str], slow: int, count: int
+    ) -> dict[str, Any]:
+        """One run of the policy scenario: the load client's result, with the server's CPU."""
+        s = self.scale
+        topic = self.new_topic("policy")
+        env = {**env, "WS_TOPIC_POLICIES": f"{topic}={policy or 'disconnect'}"}
+        with self.server(topic, env) as server:
+            # The same others in every run: those beside the slow ones, or alone.
+            others = s.policy_clients - s.policy_slow
+            samplers = min(s.samplers, others)
+            params = {
+                "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
+                "counters": others - samplers, "samplers": samplers,
+                "slow": slow, "slow_rate": s.policy_rate / 10, "messages": count,
+                "window": s.policy_seconds + 30, "timeout": s.policy_seconds + 60,
+                "drain_timeout": 60,
+            }  # fmt: skip
+            with self.client(params) as client:
+                self.line(client, 120)
+                cpu = CpuSampler(server.pid)
+                self.paced(topic, count, s.policy_rate, s.policy_keys, VALUE)
+                result = self.line(client, s.policy_seconds + 180)
+                cpu.stop()
+        _, window = steady_rate(result["series"])
+        result["cpu"] = cpu.percent(window)
+        return result
+
     def connections(self) -> Result:
         """Idle authenticated connections held by one server: handshakes/s and memory."""
         s = self.scale
@@ -600,7 +718,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-SCENARIOS = ("fanout", "baseline", "latency", "isolation", "connections", "replay")
+SCENARIOS = ("fanout", "baseline", "latency", "isolation", "connections", "replay", "policies")
 
 
 def run(
@@ -623,4 +741,6 @@ def run(
                 results.append(bench.connections())
             elif name == "replay":
                 results.extend(bench.replay())
+            elif name == "policies":
+                results.extend(bench.policies())
     return results

@@ -21,6 +21,16 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "live beside 3 replays",
         "one replay alone",
         "replay to a client that stops reading",
+        "policies: fan-out, every client keeps up, disconnect topic",
+        "policies: fan-out, every client keeps up, conflate topic",
+        "policies: fan-out, every client keeps up, drop topic",
+        "policies: the others alone, first",
+        "policies: disconnect, 4 slow clients",
+        "policies: conflate, 4 slow clients",
+        "policies: drop, 4 slow clients",
+        "policies: conflate, 4 slow clients, WS_SEND_BUFFER_BYTES=16384",
+        "policies: drop, 4 slow clients, WS_SEND_BUFFER_BYTES=16384",
+        "policies: the others alone, last",
     ]
     for result in results:
         assert result.checks, result.scenario

@@ -31,7 +31,8 @@ def bench(
         [],
         "--scenario",
         "-s",
-        help="fanout, baseline, latency, isolation, connections, replay (repeatable; default all).",
+        help="fanout, baseline, latency, isolation, connections, replay, policies "
+        "(repeatable; default all).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Small counts, a few seconds per scenario."),
     broker: str = typer.Option(
@@ -42,8 +43,9 @@ def bench(
     ),
 ) -> None:
     """Measure fan-out throughput (against a broadcast() baseline), latency,
-    slow-consumer isolation, idle connections and live latency beside replays
-    on a real broker, and print a table with the machine, versions and parameters.
+    slow-consumer isolation, idle connections, live latency beside replays and
+    the slow-consumer policies on a real broker, and print a table with the
+    machine, versions and parameters.
 
     Exit 1 when a correctness check fails (a frame missing or out of order, a
     client not dropped or dropped wrongly); timings are reported, never judged.
@@ -108,6 +110,15 @@ def _print(console: Console, results: list[Any]) -> list[str]:
         console.print(
             f"[bold]fan-out ratio[/] wsrt hub / broadcast() baseline = {ours / base:.1f}x"
         )
+    keeps_up = "policies: fan-out, every client keeps up, {} topic"
+    plain = by_name.get(keeps_up.format("disconnect"), {}).get("frames/s")
+    for policy in ("conflate", "drop"):
+        other = by_name.get(keeps_up.format(policy), {}).get("frames/s")
+        if plain and other:
+            console.print(
+                f"[bold]policy cost[/] fan-out frames/s, {policy} topic / disconnect topic = "
+                f"{other / plain:.2f}x (every client keeps up)"
+            )
     alone = by_name.get("live, no replays", {})
     beside: dict[str, Any] = next(
         (f for name, f in by_name.items() if name.startswith("live beside")), {}
