@@ -72,9 +72,16 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidSignatureError, "bad_signature"),
     (jwt.InvalidAudienceError, "bad_audience"),
     (jwt.MissingRequiredClaimError, "missing_claim"),
+    # PyJWT 2.10+ checks that sub is a string; older versions leave it to us.
+    (getattr(jwt.exceptions, "InvalidSubjectError", jwt.MissingRequiredClaimError), "bad_claim"),
     (jwt.InvalidAlgorithmError, "bad_algorithm"),
     (jwt.DecodeError, "malformed"),
 )
+
+
+#: Registered claims that are NumericDates (RFC 7519 section 4.1).
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_NO_TIMES = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
 
 
 class Verifier:
@@ -106,31 +113,45 @@ class Verifier:
             raise AuthError("malformed", f"token is malformed: {exc}") from None
         if header.get("alg") not in self._algorithms:
             raise AuthError("bad_algorithm", f"algorithm {header.get('alg')!r} is not accepted")
+        # The signature first, times not yet: PyJWT takes "exp": "1700000000"
+        # (a string) for a date, RFC 7519 says a NumericDate is a JSON number.
+        payload = self._decode(token, {**self._options, **_NO_TIMES})
+        for name in _TIME_CLAIMS:
+            value = payload.get(name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise AuthError("bad_claim", f"the {name} claim must be a number (NumericDate)")
+        return claims_from_payload(self._decode(token, self._options))
+
+    def _decode(self, token: str, options: Any) -> dict[str, Any]:
         try:
-            payload = jwt.decode(
+            payload: dict[str, Any] = jwt.decode(
                 token,
                 self._secret,
                 algorithms=self._algorithms,
                 audience=self._audience,
                 leeway=self.leeway,
-                options=self._options,
+                options=options,
             )
         except jwt.PyJWTError as exc:
             reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), "invalid")
             raise AuthError(reason, f"token rejected: {exc}") from None
-        return claims_from_payload(payload)
+        return payload
 
 
 def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
     subject = payload.get("sub")
-    if not isinstance(subject, str) or not subject:
+    if subject is not None and not isinstance(subject, str):
+        raise AuthError("bad_claim", "the sub claim must be a string")
+    if not subject:
         raise AuthError("missing_claim", "token has no subject (sub)")
     exp = payload.get("exp")
     channels = payload.get("channels")
     if channels is not None and (
         not isinstance(channels, list) or not all(isinstance(c, str) for c in channels)
     ):
-        raise AuthError("invalid", "the channels claim must be a list of strings")
+        raise AuthError("bad_claim", "the channels claim must be a list of strings")
     return Claims(
         subject=subject,
         expires_at=int(exp) if exp is not None else None,

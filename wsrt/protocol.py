@@ -126,10 +126,12 @@ def parse_control(text: str | bytes) -> Control:
     if not isinstance(obj, dict):
         raise ProtocolError(BAD_REQUEST, "message must be a JSON object")
     request_id = obj.get("id")
-    if request_id is not None and (
-        not isinstance(request_id, str | int | float) or isinstance(request_id, bool)
-    ):
-        raise ProtocolError(BAD_REQUEST, "'id' must be a string or a number")
+    if request_id is not None and not _echoable(request_id):
+        raise ProtocolError(
+            BAD_REQUEST,
+            f"'id' must be a string of at most {MAX_ID_CHARS} characters or a number "
+            f"from -{MAX_SAFE_INTEGER} to {MAX_SAFE_INTEGER}",
+        )
     kind = obj.get("type")
     if kind == "subscribe" or kind == "unsubscribe":
         channel = obj.get("channel")
@@ -148,6 +150,25 @@ def parse_control(text: str | bytes) -> Control:
     if not isinstance(kind, str):
         raise ProtocolError(BAD_REQUEST, "message needs a string 'type'", request_id)
     raise ProtocolError(BAD_REQUEST, f"unknown message type {kind[:64]!r}", request_id)
+
+
+#: Largest integer every JSON parser holds exactly (JavaScript's Number.MAX_SAFE_INTEGER).
+MAX_SAFE_INTEGER = 2**53 - 1
+#: Longest string ``id``: it is echoed in every answer.
+MAX_ID_CHARS = 256
+
+
+def _echoable(value: object) -> bool:
+    """Can ``id`` be echoed as the same JSON value it was sent as?
+
+    A number beyond 2^53 - 1 is parsed into a float that would come back as
+    another number (``1.18e21``), so it is refused rather than echoed wrongly.
+    """
+    if isinstance(value, str):
+        return len(value) <= MAX_ID_CHARS
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) <= MAX_SAFE_INTEGER
 
 
 def _count(value: object) -> bool:

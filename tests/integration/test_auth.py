@@ -209,3 +209,90 @@ async def test_refresh_extends_expiry_and_narrows_grants(server, producer) -> No
     # The first token's expiry passed while the connection stayed open.
     assert time.time() >= second_expiry > first_expiry
     assert fresh not in "".join(server.raw)
+
+
+# -- the JWT attack list: every forged or malformed token gets its 401 reason ---
+
+
+def forge(header: dict[str, object], payload: object, key: str = SECRET) -> str:
+    """A token with any header, HMAC-SHA256-signed with ``key`` ("" leaves the signature empty).
+
+    A ``bytes`` payload is used as it is (not JSON-encoded).
+    """
+    import hashlib
+    import hmac
+
+    body = (
+        base64.urlsafe_b64encode(payload).decode().rstrip("=")
+        if isinstance(payload, bytes)
+        else _b64(payload)
+    )  # type: ignore[arg-type]
+    signing_input = f"{_b64(header)}.{body}"
+    if not key:
+        return signing_input + "."
+    mac = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+
+
+HS = {"alg": "HS256", "typ": "JWT"}
+SUB = {"sub": "mallory"}
+SOON = int(time.time()) + 3600
+ATTACKS = [
+    ("alg none", forge({"alg": "none"}, SUB, key=""), "bad_algorithm"),
+    ("alg None", forge({"alg": "None"}, SUB, key=""), "bad_algorithm"),
+    ("alg NONE, signed", forge({"alg": "NONE"}, SUB), "bad_algorithm"),
+    ("alg nOnE", forge({"alg": "nOnE"}, SUB, key=""), "bad_algorithm"),
+    ("alg missing", forge({"typ": "JWT"}, SUB), "bad_algorithm"),
+    ("alg hs256 (case)", forge({"alg": "hs256"}, SUB), "bad_algorithm"),
+    ("RS256 header, HMAC signature", forge({"alg": "RS256"}, SUB), "bad_algorithm"),
+    ("ES256 header, HMAC signature", forge({"alg": "ES256"}, SUB), "bad_algorithm"),
+    ("alg as a list", forge({"alg": ["HS256"]}, SUB), "bad_algorithm"),
+    ("empty signature", forge(HS, SUB, key=""), "bad_signature"),
+    ("wrong key", forge(HS, SUB, key="another-secret-of-enough-length-000"), "bad_signature"),
+    ("exp a numeric string", forge(HS, {**SUB, "exp": str(SOON)}), "bad_claim"),
+    ("exp a boolean", forge(HS, {**SUB, "exp": True}), "bad_claim"),
+    ("nbf a string", forge(HS, {**SUB, "nbf": "0"}), "bad_claim"),
+    ("iat a list", forge(HS, {**SUB, "iat": [1]}), "bad_claim"),
+    ("exp in the past", forge(HS, {**SUB, "exp": int(time.time()) - 60}), "expired"),
+    ("nbf in the future", forge(HS, {**SUB, "nbf": SOON}), "not_yet_valid"),
+    ("iat in the future", forge(HS, {**SUB, "iat": SOON}), "not_yet_valid"),
+    ("sub missing", forge(HS, {"exp": SOON}), "missing_claim"),
+    ("sub empty", forge(HS, {"sub": ""}), "missing_claim"),
+    ("sub a number", forge(HS, {"sub": 7}), "bad_claim"),
+    ("sub an object", forge(HS, {"sub": {"admin": True}}), "bad_claim"),
+    ("channels a string", forge(HS, {**SUB, "channels": "lines"}), "bad_claim"),
+    ("payload not JSON, signed", forge(HS, b"not-json"), "malformed"),
+    ("payload a JSON list, signed", forge(HS, b'["sub"]'), "malformed"),
+]
+
+
+async def refusal(url: str, token: str) -> tuple[int, str]:
+    try:
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}):
+            return 101, ""
+    except InvalidStatus as exc:
+        return exc.response.status_code, (exc.response.body or b"").decode().strip()
+
+
+async def test_every_attack_on_the_token_gets_its_401_reason(server) -> None:
+    answers = {name: await refusal(server.url, bad) for name, bad, _ in ATTACKS}
+    expected = {name: (401, f"unauthorized: {reason}") for name, _, reason in ATTACKS}
+    assert answers == expected
+    assert await refusal(server.url, forge(HS, {**SUB, "exp": SOON})) == (101, "")
+
+
+async def test_audience_variants_get_their_401_reason(make_topics, servers) -> None:
+    (topic,) = await make_topics("lines")
+    server = servers([topic], {"WS_AUTH_AUDIENCE": "wsrt"})
+    cases = {
+        "aud matches": ({**SUB, "aud": "wsrt"}, (101, "")),
+        "aud list containing it": ({**SUB, "aud": ["other", "wsrt"]}, (101, "")),
+        "aud missing": (SUB, (401, "unauthorized: missing_claim")),
+        "aud another": ({**SUB, "aud": "other"}, (401, "unauthorized: bad_audience")),
+        "aud list without it": ({**SUB, "aud": ["other"]}, (401, "unauthorized: bad_audience")),
+        "aud of another case": ({**SUB, "aud": "WSRT"}, (401, "unauthorized: bad_audience")),
+    }
+    answers = {
+        name: await refusal(server.url, forge(HS, claims)) for name, (claims, _) in cases.items()
+    }
+    assert answers == {name: answer for name, (_, answer) in cases.items()}

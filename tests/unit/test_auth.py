@@ -43,7 +43,10 @@ def _unsigned(payload: dict) -> str:
         (lambda: jwt.encode({"sub": "m"}, "other-secret-0123456789abcdef0123"), "bad_signature"),
         (lambda: mint_token(SECRET, "m", now=time.time() - 7200), "expired"),
         (lambda: jwt.encode({"iat": 1}, SECRET), "missing_claim"),
-        (lambda: jwt.encode({"sub": 5}, SECRET), "invalid"),
+        (lambda: jwt.encode({"sub": 5}, SECRET), "bad_claim"),
+        (lambda: jwt.encode({"sub": "m", "exp": str(int(time.time()) + 60)}, SECRET), "bad_claim"),
+        (lambda: jwt.encode({"sub": "m", "nbf": "0"}, SECRET), "bad_claim"),
+        (lambda: jwt.encode({"sub": "m", "iat": True}, SECRET), "bad_claim"),
         (lambda: mint_token(SECRET, "m", extra_claims={"nbf": time.time() + 60}), "not_yet_valid"),
         (
             lambda: mint_token(SECRET, "m", extra_claims={"iat": int(time.time()) + 60}),
@@ -51,7 +54,7 @@ def _unsigned(payload: dict) -> str:
         ),
         (
             lambda: mint_token(SECRET, "m", channels=None, extra_claims={"channels": "lines"}),
-            "invalid",
+            "bad_claim",
         ),
         (lambda: mint_token(SECRET, "m", algorithm="HS512"), "bad_algorithm"),
     ],

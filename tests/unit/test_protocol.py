@@ -5,7 +5,15 @@ import json
 import pytest
 
 from wsrt import protocol
-from wsrt.protocol import Ping, ProtocolError, Refresh, Subscribe, Unsubscribe, parse_control
+from wsrt.protocol import (
+    Ping,
+    ProtocolError,
+    Refresh,
+    Subscribe,
+    Unsubscribe,
+    parse_control,
+    pong_reply,
+)
 
 
 def test_parse_control_messages() -> None:
@@ -55,3 +63,23 @@ def test_replies() -> None:
     assert json.loads(protocol.refreshed_reply(123, None)) == {"type": "refreshed", "exp": 123}
     assert protocol.split_channel("order_book:BTC:USD") == ("order_book", "BTC:USD")
     assert protocol.split_channel("lines") == ("lines", None)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["1180591620717411303424", "9007199254740992", "-9007199254740992", "1e300",
+     '"' + "x" * 257 + '"', "[1]", "{}"],
+)  # fmt: skip
+def test_ids_that_cannot_be_echoed_exactly_are_refused(raw: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        parse_control(f'{{"type":"ping","id":{raw}}}')
+    assert err.value.code == "bad_request" and err.value.request_id is None
+    assert "'id' must be" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "raw", ["9007199254740991", "-9007199254740991", "0", "5.5", '"' + "x" * 256 + '"', '""']
+)
+def test_ids_are_echoed_as_the_same_json_value(raw: str) -> None:
+    control = parse_control(f'{{"type":"ping","id":{raw}}}')
+    assert pong_reply(control.id) == b'{"type":"pong","id":%s}' % raw.encode()
