@@ -266,6 +266,8 @@ class Settings:
         "This replica's identity in broadcast mode (default: host name + random suffix).", _S)
     max_subscriptions: int = _var("WS_MAX_SUBSCRIPTIONS", "100", _positive_int,
         "Subscriptions per connection; beyond it too_many_subscriptions.", _S)
+    max_channel_bytes: int = _var("WS_MAX_CHANNEL_BYTES", "256", _positive_int,
+        "Longest channel name in bytes (topic:key); beyond it bad_request.", _S)
     max_frame_bytes: int = _var("WS_MAX_FRAME_BYTES", "65536", _positive_int,
         "Largest client frame in bytes; beyond it close 1009.", _S)
     control_rate: int = _var("WS_CONTROL_RATE", "20", _positive_int,

@@ -14,6 +14,7 @@ reports how many it suppressed. No caller passes a token or a secret here.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -30,11 +31,27 @@ def _timestamp(record: logging.LogRecord) -> str:
     return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+#: What a terminal could act on: C0 and C1 controls, DEL, bidi and line
+#: controls. Client-supplied values (channels, subjects, ids) never reach the
+#: log with these raw, in either format: a channel like ``"\x1b]0;pwned\x07"``
+#: or ``"\u202eEVIL"`` must not retitle or reorder the terminal of whoever tails it.
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_ESCAPE = re.compile(f"[{_CONTROLS}]")
+#: Values with these are quoted in the text format.
+_QUOTE = re.compile(f'[{_CONTROLS}\\s"=\\\\]')
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match[0]):04x}"
+
+
 def _text(value: Any) -> str:
+    """A field value for the text format: bare when harmless, else quoted and escaped."""
     text = str(value)
-    if not text or any(c.isspace() or c in '"=' for c in text):
-        return orjson.dumps(text).decode()
-    return text
+    if text and not _QUOTE.search(text):
+        return text
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{_ESCAPE.sub(_escape, quoted)}"'
 
 
 class TextFormatter(logging.Formatter):
@@ -59,7 +76,8 @@ class JsonFormatter(logging.Formatter):
         obj.update((k, v) for k, v in getattr(record, _FIELDS, {}).items() if v is not None)
         if record.exc_info:
             obj["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(obj, default=str).decode()
+        # orjson escapes C0 controls only; C1 and bidi controls become \uXXXX too.
+        return _ESCAPE.sub(_escape, orjson.dumps(obj, default=str).decode())
 
 
 class LibraryFlood(logging.Filter):

@@ -56,11 +56,13 @@ class Session:
         max_errors: int,
         now: float,
         error_window: float = ERROR_WINDOW_SECONDS,
+        max_channel_bytes: int = 256,
     ) -> None:
         self.claims = claims
         self.topics = topics
         self.verifier = verifier
         self.max_subscriptions = max_subscriptions
+        self.max_channel_bytes = max_channel_bytes
         self.control_rate = control_rate
         self.max_errors = max_errors
         self.error_window = error_window
@@ -91,6 +93,7 @@ class Session:
             if isinstance(control, protocol.Subscribe):
                 self._subscribe(control.channel, control.id, effects, control.start)
             elif isinstance(control, protocol.Unsubscribe):
+                self._check_length(control.channel, control.id)
                 self.forget(control.channel)
                 effects.unsubscribe.append(parse_channel(control.channel))
                 effects.replies.append(protocol.unsubscribed_reply(control.channel, control.id))
@@ -124,6 +127,7 @@ class Session:
         effects: Effects,
         start: Start | None = None,
     ) -> None:
+        self._check_length(channel, request_id)
         # Grants first: a restricted token learns nothing about other topics.
         if not self.claims.allows(channel):
             raise ProtocolError(
@@ -148,6 +152,15 @@ class Session:
                 return
             effects.subscribe.append(route)
         effects.replies.append(protocol.subscribed_reply(channel, request_id))
+
+    def _check_length(self, channel: str, request_id: protocol.RequestId) -> None:
+        """Bound what a channel name can make the server hold (and echo, and log)."""
+        if len(channel.encode()) > self.max_channel_bytes:
+            raise ProtocolError(
+                protocol.BAD_REQUEST,
+                f"channel names are at most {self.max_channel_bytes} bytes",
+                request_id,
+            )
 
     def _check_overlap(
         self, route: Channel, request_id: protocol.RequestId, start: Start | None

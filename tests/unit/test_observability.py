@@ -101,6 +101,36 @@ def test_json_lines_are_objects_with_stable_fields() -> None:
     assert "remote" not in obj and obj["ts"].endswith("Z")
 
 
+#: One of each class a terminal acts on, as a hostile client would put it in a channel.
+HOSTILE = {
+    "C0 escape sequence": "lines:\x1b]0;pwned\x07\x1b[2J",
+    "newline (a forged second line)": "lines\n[ws-realtime] 2026 INFO connection opened",
+    "carriage return": "lines\rOK",
+    "DEL": "lines\x7f",
+    "C1 CSI": "lines\x9b31m",
+    "bidi override": "lines:\u202eEVIL",
+    "bidi isolate": "lines:\u2066x\u2069",
+    "line separator": "lines\u2028x",
+}
+#: Every field that carries what a client sent or is.
+CLIENT_FIELDS = ("subject", "channel", "remote", "origin", "reason", "error", "id")
+TERMINAL_CONTROLS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+@pytest.mark.parametrize("field", CLIENT_FIELDS)
+def test_no_terminal_control_reaches_a_log_line(kind: str, field: str) -> None:
+    value = HOSTILE[kind]
+    text = TextFormatter().format(record(**{field: value}))
+    assert not TERMINAL_CONTROLS.search(text), text
+    assert f'{field}="' in text  # quoted: a reader sees where the value ends
+    line = JsonFormatter().format(record(**{field: value}))
+    assert not TERMINAL_CONTROLS.search(line), line
+    assert json.loads(line)[field] == value  # escaped, not altered
+
+
 def test_library_floods_are_cut_with_a_count() -> None:
     flood = LibraryFlood(interval=60)
     lines = [

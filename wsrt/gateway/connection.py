@@ -17,6 +17,7 @@ connection ends.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 
@@ -35,6 +36,9 @@ from wsrt.metrics import Stats, close_reason
 from wsrt.protocol import ProtocolError
 from wsrt.session import Effects, Replay, Session
 from wsrt.wire import text_frame
+
+#: Log lines a connection's own control messages may cause per second (then a count).
+CONTROL_LOG_PER_S = 5
 
 
 class Connections:
@@ -99,7 +103,11 @@ class Connections:
             admitted.claims, topics=self.hub.topics, verifier=self.verifier,
             max_subscriptions=s.max_subscriptions, control_rate=s.control_rate,
             max_errors=s.max_client_errors, error_window=s.client_error_window, now=loop.time(),
+            max_channel_bytes=s.max_channel_bytes,
         )  # fmt: skip
+        # What the client's own requests log (subscribe, unsubscribe) is at
+        # DEBUG and at most CONTROL_LOG_PER_S lines a second per connection.
+        control_log = RateLimited(self.log, interval=1 / CONTROL_LOG_PER_S)
         outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
         connection.attach(outlet, on_failed=self._finished)
         subject, remote = session.claims.subject, ws_adapter.remote(connection)
@@ -111,7 +119,7 @@ class Connections:
         try:
             if admitted.channels:
                 effects = session.subscribe_at_connect(admitted.channels, loop.time())
-                if await self._apply(connection, outlet, effects, session, replays):
+                if await self._apply(connection, outlet, effects, session, replays, control_log):
                     return
             async for message in connection:
                 if isinstance(message, bytes):
@@ -124,7 +132,7 @@ class Connections:
                     if expiry is not None:
                         expiry.cancel()
                     expiry = self._schedule_expiry(connection, session)
-                if await self._apply(connection, outlet, effects, session, replays):
+                if await self._apply(connection, outlet, effects, session, replays, control_log):
                     return
         except ConnectionClosed:
             pass
@@ -151,6 +159,7 @@ class Connections:
         effects: Effects,
         session: Session,
         replays: dict[str, asyncio.Task[None]],
+        control_log: RateLimited,
     ) -> bool:
         """Carry out a session's effects; True when the connection was closed."""
         subject = session.claims.subject
@@ -159,10 +168,15 @@ class Connections:
             if replay is not None:
                 replay.cancel()
             self.hub.unsubscribe(outlet, channel.topic, channel.key)
-            self.log.info("unsubscribed", "unsubscribed", subject=subject, channel=channel.name)
+            control_log.log(
+                logging.DEBUG, "unsubscribed", "unsubscribed", subject=subject,
+                channel=channel.name,
+            )  # fmt: skip
         for channel in effects.subscribe:
             self.hub.subscribe(outlet, channel.topic, channel.key)
-            self.log.info("subscribed", "subscribed", subject=subject, channel=channel.name)
+            control_log.log(
+                logging.DEBUG, "subscribed", "subscribed", subject=subject, channel=channel.name
+            )
         for request in effects.replay:
             self._start_replay(connection, outlet, session, request, replays)
         for reply in effects.replies:

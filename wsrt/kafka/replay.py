@@ -40,7 +40,7 @@ from wsrt.aio import Backoff, abandon_after, detach
 from wsrt.config import Settings
 from wsrt.hub import Gate, Outlet
 from wsrt.kafka.options import UNAVAILABLE, consumer_options, discover, metadata_client
-from wsrt.logs import EventLogger
+from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
 from wsrt.protocol import Channel, ProtocolError, Since, SinceTime, Start
 from wsrt.replay import Bounds, KeyScan, Plan, is_keyed_rewind, plan, scan_window
@@ -121,6 +121,8 @@ class Replayer:
         #: The live stream's positions (the source's :class:`Offsets`), read, never written.
         self.live = live
         self.log = log
+        #: Clients can ask for history that is gone as often as they like.
+        self._incomplete = RateLimited(log)
         self.stats = stats
         self._slots = asyncio.Semaphore(settings.replay_concurrency)
         self.rate = RateLimit(settings.replay_rate)
@@ -182,7 +184,7 @@ class Replayer:
             return
         stats.replays_completed += 1
         seconds = time.monotonic() - started
-        self.log.info(
+        self.log.debug(
             "replay_caught_up", "replay handed over to the live stream", subject=job.subject,
             channel=job.channel.name, messages=job.messages, duration_ms=round(seconds * 1000),
             rate=round(job.messages / seconds) if seconds > 0 else None,
@@ -208,7 +210,7 @@ class Replayer:
             job.pending = dict(planned.starts)
             if not planned.complete:
                 self.stats.replays_incomplete += 1
-                self.log.warning(
+                self._incomplete.warning(
                     "replay_incomplete", "requested history is not all in Kafka any more "
                     "(retention) or over WS_REPLAY_MAX_MESSAGES; starting at the earliest kept",
                     subject=job.subject, channel=job.channel.name, start=_describe(job.start),
@@ -220,7 +222,7 @@ class Replayer:
             )
             if not job.reply(reply):
                 return
-            self.log.info(
+            self.log.debug(
                 "replay_started", "replay started", subject=job.subject, channel=job.channel.name,
                 positions=_positions(planned.starts), complete=planned.complete,
             )  # fmt: skip
