@@ -7,7 +7,7 @@ import json
 
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
@@ -143,28 +143,79 @@ control_like = st.fixed_dictionaries(
 frames = st.text(max_size=200) | json_values.map(json.dumps) | control_like.map(json.dumps)
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(batch=st.lists(frames, min_size=1, max_size=5))
-def test_arbitrary_frames_get_an_answer_each(setup, batch) -> None:
-    server, _ = setup
+#: What the server may answer a control frame with (design section 5; docs/protocol.md).
+REPLIES = {"error", "subscribed", "unsubscribed", "pong", "refreshed"}
+ERROR_CODES = {
+    "bad_request", "unknown_channel", "unauthorized", "forbidden", "too_many_subscriptions",
+    "rate_limited",
+}  # fmt: skip
+#: Close codes a frame may earn: binary (1003), abuse (1008), over WS_MAX_FRAME_BYTES (1009).
+CLOSES = {1003, 1008, 1009}
 
-    async def run() -> None:
-        async with websockets.connect(server.url, additional_headers=auth()) as ws:
+
+def test_arbitrary_frames_get_a_documented_answer_and_a_canary_gets_everything(
+    setup, bootstrap
+) -> None:
+    """Fuzz the control protocol: text, JSON, control-like objects and raw bytes.
+
+    Every frame is answered with a documented reply or ends its connection
+    with a documented close; meanwhile one message is produced per example,
+    and a canary subscribed on the same server must receive all, in order.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    server, topic = setup
+    loop = asyncio.new_event_loop()
+    canary = loop.run_until_complete(
+        websockets.connect(f"{server.url}?channels={topic}", additional_headers=auth("canary"))
+    )
+
+    async def start_producer() -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        await producer.start()
+        return producer
+
+    producer = loop.run_until_complete(start_producer())
+    produced: list[int] = []
+
+    async def answer(ws) -> dict | None:
+        """The next frame that is not a message; None when the server closed the connection."""
+        while True:
+            try:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            except ConnectionClosed:
+                assert ws.close_code in CLOSES, (ws.close_code, ws.close_reason)
+                return None
+            if frame["type"] != "message":
+                return frame
+
+    async def one(batch: list[str | bytes]) -> None:
+        n = len(produced)
+        await producer.send_and_wait(topic, b'{"n":%d}' % n)
+        produced.append(n)
+        async with websockets.connect(server.url, additional_headers=auth("fuzz")) as ws:
             for frame in batch:
                 await ws.send(frame)
-                if len(frame.encode()) > 1024:  # over WS_MAX_FRAME_BYTES: the documented close
-                    with pytest.raises(websockets.ConnectionClosed):
-                        await next_json(ws, timeout=10)
-                    assert ws.close_code == 1009
+                reply = await answer(ws)
+                if reply is None:
                     return
-                reply = await next_json(ws, timeout=10)
-                assert reply["type"] in {"error", "subscribed", "unsubscribed", "pong"}, reply
+                assert reply["type"] in REPLIES, reply
                 if reply["type"] == "error":
-                    assert reply["code"] in {"bad_request", "unknown_channel", "unauthorized"}
-                    assert isinstance(reply["message"], str)
+                    assert reply["code"] in ERROR_CODES and isinstance(reply["message"], str)
             await ws.send('{"type":"ping","id":"alive"}')
-            assert await next_json(ws) == {"type": "pong", "id": "alive"}
+            reply = await answer(ws)
+            assert reply is None or reply == {"type": "pong", "id": "alive"}
 
-    asyncio.run(run())
+    @settings(max_examples=60, deadline=None)
+    @given(batch=st.lists(frames | st.binary(max_size=200), min_size=1, max_size=5))
+    def fuzz(batch: list[str | bytes]) -> None:
+        loop.run_until_complete(one(batch))
+
+    try:
+        fuzz()
+        received = loop.run_until_complete(messages(canary, len(produced), timeout=60))
+        assert [m["data"]["n"] for m in received] == produced
+    finally:
+        loop.run_until_complete(canary.close())
+        loop.run_until_complete(producer.stop())
+        loop.close()

@@ -158,3 +158,15 @@ def test_no_setting_in_the_artefacts_that_the_code_does_not_know() -> None:
     for path in [ROOT / "Dockerfile", ROOT / "docker-compose.yml", *K8S.glob("*.yaml")]:
         unknown = ws_names(path.read_text()) - KNOWN
         assert not unknown, f"{path.name}: {sorted(unknown)}"
+
+
+def test_every_python_client_in_the_docs_lifts_the_frame_limit() -> None:
+    """A client with websockets' default 1 MiB limit is closed by a 1 MiB record (1009)."""
+    checked = 0
+    for doc in (ROOT / "docs" / "protocol.md", ROOT / "README.md"):
+        blocks = re.findall(r"^```python\n(.*?)^```", doc.read_text(), re.M | re.S)
+        for block in blocks:
+            for call in re.findall(r"websockets\.connect\((.*?)\) as", block, re.S):
+                assert "max_size=" in call, f"{doc.name}: websockets.connect({call.strip()[:60]}…)"
+                checked += 1
+    assert checked >= 3
