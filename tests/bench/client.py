@@ -515,6 +515,45 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+class Hoarder(Counter):
+    """Once upgraded, sends its control frames (subscribes) and stops reading for good."""
+
+    def __init__(
+        self, request: bytes, frames: bytes, totals: Totals, upgraded: asyncio.Event
+    ) -> None:
+        super().__init__(request, totals, upgraded, stall=True)
+        self.frames_to_send = frames
+
+    def data_received(self, data: bytes) -> None:
+        was_open = self.open
+        super().data_received(data)  # upgrades, then pauses reading
+        if self.open and not was_open and self.transport is not None:
+            self.transport.write(self.frames_to_send)
+
+
+async def hoard(p: dict[str, Any]) -> dict[str, Any]:
+    """``connections`` stalled clients, each sending ``subscribes`` (channel names) once open."""
+    totals = Totals()
+    frames = b"".join(
+        masked_text_frame(json.dumps({"type": "subscribe", "channel": c}).encode())
+        for c in p["subscribes"]
+    )
+    hoarders = [
+        await open_counter(
+            p["url"], p["token"], totals,
+            make=lambda request, up: Hoarder(request, frames, totals, up),
+        )
+        for _ in range(p["connections"])
+    ]  # fmt: skip
+    emit({"event": "ready", "upgraded": totals.upgraded, "failed": len(totals.failed)})
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    still_open = sum(1 for h in hoarders if not h.lost.done())
+    for h in hoarders:
+        if h.transport is not None:
+            h.transport.abort()
+    return {"event": "result", "still_open": still_open}
+
+
 async def idle(p: dict[str, Any]) -> dict[str, Any]:
     """Open ``connections`` idle connections, ``concurrency`` at a time; hold until stdin closes."""
     url = f"{p['url']}?channels={p['channel']}"
@@ -551,7 +590,9 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()
     with runner:
-        scenario = {"stream": stream, "idle": idle, "replay": replay}[params["mode"]]
+        scenario = {"stream": stream, "idle": idle, "replay": replay, "hoard": hoard}[
+            params["mode"]
+        ]
         emit(runner.run(scenario(params)))
 
 

@@ -33,6 +33,7 @@ from wsrt.client import scrape
 from wsrt.config import load_settings
 from wsrt.metrics import total
 from wsrt.tokens import mint_token
+from wsrt.wire import record_frame
 
 #: The checkout: the load client and the baseline server run as modules of tests/.
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,10 @@ class Scale:
     policy_keys: int = 100
     policy_rate: float = 200.0
     policy_seconds: float = 30.0
+    #: Hostile clients at every limit at once: how many, and their records.
+    hostile_connections: int = 50
+    hostile_value_bytes: int = 8000
+    hostile_rounds: int = 10
     #: Extra settings of the policy runs (quick: small buffers, so that a few seconds fill them).
     policy_env: dict[str, str] = field(default_factory=dict)
 
@@ -81,6 +86,7 @@ class Scale:
             isolation_buffer=16,
             idle_connections=200, handshake_concurrency=50,
             replay_clients=3, replay_messages=2_000, replay_seconds=4.0,
+            hostile_connections=3, hostile_rounds=4,
             policy_clients=30, policy_slow=4, policy_keys=10, policy_seconds=3.0,
             policy_env={"WS_CLIENT_BUFFER": "16", "WS_SEND_BUFFER_BYTES": "4096"},
         )  # fmt: skip
@@ -198,8 +204,10 @@ class Bench:
     def metrics(self, server: ServerProcess) -> dict[Any, float]:
         return scrape(server.http)
 
-    def preload(self, topic: str, count: int, value: bytes = VALUE) -> float:
-        """Produce ``count`` messages as fast as the producer goes; messages/s."""
+    def preload(
+        self, topic: str, count: int, value: bytes = VALUE, keys: list[bytes] | None = None
+    ) -> float:
+        """Produce ``count`` messages as fast as the producer goes (over ``keys``); messages/s."""
         from aiokafka import AIOKafkaProducer
 
         async def run() -> float:
@@ -212,7 +220,8 @@ class Bench:
             try:
                 pending = []
                 for n in range(count):
-                    pending.append(await producer.send(topic, value % n, partition=0))
+                    key = keys[n % len(keys)] if keys else None
+                    pending.append(await producer.send(topic, value % n, key=key, partition=0))
                     if len(pending) >= 5000:
                         await asyncio.gather(*pending)
                         pending.clear()
@@ -627,6 +636,85 @@ class Bench:
         result["cpu"] = cpu.percent(window)
         return result
 
+    def hostile(self) -> Result:
+        """Connections at every limit at once: what one client can make the server hold.
+
+        Each one subscribes ``WS_MAX_SUBSCRIPTIONS`` keyed channels whose names
+        are ``WS_MAX_CHANNEL_BYTES`` long, then reads nothing while records of
+        all those keys arrive: on a ``drop`` topic its queue stays full at
+        ``WS_CLIENT_BUFFER`` (a ``disconnect`` topic would close it there).
+        Keyed routes join frames per connection, so nothing in its queue is
+        shared with another client: the worst case.
+        """
+        s = self.scale
+        d = self.settings
+        topic = self.new_topic("hostile")
+        room = d.max_channel_bytes - len(topic) - 1
+        keys = [f"{n:03d}".ljust(room, "k") for n in range(d.max_subscriptions)]
+        value = b'{"seq":%d,"pad":"' + b"x" * (s.hostile_value_bytes - 30) + b'"}'
+        count = d.max_subscriptions * s.hostile_rounds
+        # WS_CONTROL_RATE only makes a client take 5 s for its 100 subscribes.
+        env = {"WS_TOPIC_POLICIES": f"{topic}=drop", "WS_CONTROL_RATE": "1000"}
+        with self.server(topic, env) as server:
+            before = _rss_bytes(server.pid)
+            params = {
+                "mode": "hoard", "url": server.url, "token": self.token,
+                "connections": s.hostile_connections,
+                "subscribes": [f"{topic}:{k}" for k in keys],
+            }  # fmt: skip
+            with self.client(params) as client:
+                ready = self.line(client, 120)
+                want = s.hostile_connections * d.max_subscriptions
+                held = self._sample_until(
+                    server, lambda m: _sample(m, "wsrt_subscriptions", topic) >= want
+                )
+                subscribed = _rss_bytes(server.pid)
+                self.preload(topic, count, value, [k.encode() for k in keys])
+                after = self._sample_until(
+                    server, lambda m: _sample(m, "wsrt_kafka_messages_total", topic) >= count
+                )
+                full = _rss_bytes(server.pid)
+                assert client.stdin is not None
+                client.stdin.close()
+                result = self.line(client, 60)
+        n = max(1, ready["upgraded"])
+        frame = len(
+            record_frame(topic, keys[0].encode(), 0, count, int(time.time() * 1000), value % count)
+        )
+        return Result(
+            "hostile: connections at every limit",
+            {
+                "connections": ready["upgraded"],
+                "subscriptions each": d.max_subscriptions,
+                "channel bytes": d.max_channel_bytes,
+                "record bytes": len(value % 0),
+                "queue each (WS_CLIENT_BUFFER)": d.client_buffer,
+                "RSS per conn, subscribed KB": (subscribed - before) / n / 1024,
+                "RSS per conn, queue full KB": (full - before) / n / 1024,
+                "queue alone, computed KB": d.client_buffer * frame / 1024,
+            },
+            {
+                "all upgraded": ready["upgraded"] == s.hostile_connections,
+                "every subscription held": _sample(held, "wsrt_subscriptions", topic) == want,
+                "queues full: records dropped, none closed": _sample(
+                    after, "wsrt_slow_consumer_messages_not_delivered_total", topic
+                )
+                > 0
+                and result["still_open"] == s.hostile_connections,
+            },
+        )
+
+    def _sample_until(
+        self, server: ServerProcess, done: Any, timeout: float = 120
+    ) -> dict[Any, float]:
+        """Scrape /metrics until ``done(samples)``; the last samples."""
+        deadline = time.monotonic() + timeout
+        while True:
+            samples = self.metrics(server)
+            if done(samples) or time.monotonic() > deadline:
+                return samples
+            time.sleep(0.2)  # sampling a metric, not synchronisation
+
     def connections(self) -> Result:
         """Idle authenticated connections held by one server: handshakes/s and memory."""
         s = self.scale
@@ -660,6 +748,11 @@ class Bench:
                 "all still open": result["still_open"] == s.idle_connections,
             },
         )
+
+
+def _sample(samples: dict[Any, float], name: str, topic: str) -> float:
+    """A metric's value for ``topic`` (any other labels summed)."""
+    return sum(v for (n, labels), v in samples.items() if n == name and ("topic", topic) in labels)
 
 
 def ready_samplers(result: dict[str, Any]) -> int:
@@ -718,7 +811,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-SCENARIOS = ("fanout", "baseline", "latency", "isolation", "connections", "replay", "policies")
+SCENARIOS = (
+    "fanout", "baseline", "latency", "isolation", "connections", "replay", "policies", "hostile",
+)  # fmt: skip
 
 
 def run(
@@ -743,4 +838,6 @@ def run(
                 results.extend(bench.replay())
             elif name == "policies":
                 results.extend(bench.policies())
+            elif name == "hostile":
+                results.append(bench.hostile())
     return results

@@ -31,6 +31,7 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "policies: conflate, 4 slow clients, WS_SEND_BUFFER_BYTES=16384",
         "policies: drop, 4 slow clients, WS_SEND_BUFFER_BYTES=16384",
         "policies: the others alone, last",
+        "hostile: connections at every limit",
     ]
     for result in results:
         assert result.checks, result.scenario

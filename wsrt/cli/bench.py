@@ -31,8 +31,8 @@ def bench(
         [],
         "--scenario",
         "-s",
-        help="fanout, baseline, latency, isolation, connections, replay, policies "
-        "(repeatable; default all).",
+        help="fanout, baseline, latency, isolation, connections, replay, policies, "
+        "hostile (repeatable; default all).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Small counts, a few seconds per scenario."),
     broker: str = typer.Option(
