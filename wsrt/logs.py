@@ -153,20 +153,27 @@ class EventLogger:
 
 
 class RateLimited:
-    """At most one line per ``interval`` seconds for one noisy event."""
+    """At most ``burst`` lines at once, then one per ``interval`` seconds, for one noisy event.
 
-    def __init__(self, log: EventLogger, interval: float = 5.0) -> None:
+    What is left out is counted and reported on the next line that passes.
+    """
+
+    def __init__(self, log: EventLogger, interval: float = 5.0, burst: int = 1) -> None:
         self._log = log
         self._interval = interval
-        self._next = 0.0
+        self._burst = burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
         self._suppressed = 0
 
     def log(self, level: int, event: str, message: str, **fields: Any) -> None:
         now = time.monotonic()
-        if now < self._next:
+        self._tokens = min(self._burst, self._tokens + (now - self._last) / self._interval)
+        self._last = now
+        if self._tokens < 1.0:
             self._suppressed += 1
             return
-        self._next = now + self._interval
+        self._tokens -= 1.0
         if self._suppressed:
             fields["suppressed"] = self._suppressed
             self._suppressed = 0

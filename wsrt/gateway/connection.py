@@ -37,7 +37,9 @@ from wsrt.protocol import ProtocolError
 from wsrt.session import Effects, Replay, Session
 from wsrt.wire import text_frame
 
-#: Log lines a connection's own control messages may cause per second (then a count).
+#: Log lines a connection's own control messages may cause: a burst (a client
+#: subscribing its channels at connect), then a few a second, then a count.
+CONTROL_LOG_BURST = 20
 CONTROL_LOG_PER_S = 5
 
 
@@ -107,7 +109,7 @@ class Connections:
         )  # fmt: skip
         # What the client's own requests log (subscribe, unsubscribe) is at
         # DEBUG and at most CONTROL_LOG_PER_S lines a second per connection.
-        control_log = RateLimited(self.log, interval=1 / CONTROL_LOG_PER_S)
+        control_log = RateLimited(self.log, interval=1 / CONTROL_LOG_PER_S, burst=CONTROL_LOG_BURST)
         outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
         connection.attach(outlet, on_failed=self._finished)
         subject, remote = session.claims.subject, ws_adapter.remote(connection)
