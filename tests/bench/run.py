@@ -86,7 +86,7 @@ class Scale:
             isolation_buffer=16,
             idle_connections=200, handshake_concurrency=50,
             replay_clients=3, replay_messages=2_000, replay_seconds=4.0,
-            hostile_connections=3, hostile_rounds=4,
+            hostile_connections=3, hostile_rounds=15,
             policy_clients=30, policy_slow=4, policy_keys=10, policy_seconds=3.0,
             policy_env={"WS_CLIENT_BUFFER": "16", "WS_SEND_BUFFER_BYTES": "4096"},
         )  # fmt: skip
