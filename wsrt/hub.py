@@ -41,6 +41,7 @@ from typing import NamedTuple, TypeVar
 
 import orjson
 
+from wsrt.protocol import split_channel
 from wsrt.wire import text_frame
 
 _K = TypeVar("_K")
@@ -137,7 +138,7 @@ class Held:
     an outlet that keeps up never has one.
     """
 
-    __slots__ = ("dropped", "gaps", "latest", "topics")
+    __slots__ = ("dropped", "gaps", "latest")
 
     def __init__(self) -> None:
         #: conflate: channel → key (``(partition, offset)`` for no key) → newest record.
@@ -146,12 +147,9 @@ class Held:
         self.dropped: dict[str, int] = {}
         #: drop: (channel, partition) → [first offset, last offset, count] discarded.
         self.gaps: dict[tuple[str, int], list[int]] = {}
-        #: channel → its topic, for the counters.
-        self.topics: dict[str, str] = {}
 
-    def conflate(self, topic: str, channel: str, records: Iterable[Record]) -> tuple[int, int]:
+    def conflate(self, channel: str, records: Iterable[Record]) -> tuple[int, int]:
         """Keep the newest record per key; (distinct keys added, values replaced)."""
-        self.topics[channel] = topic
         latest = self.latest.get(channel)
         if latest is None:
             latest = self.latest[channel] = {}
@@ -169,9 +167,8 @@ class Held:
             self.dropped[channel] = self.dropped.get(channel, 0) + replaced
         return added, replaced
 
-    def drop(self, topic: str, channel: str, records: Iterable[Record]) -> int:
+    def drop(self, channel: str, records: Iterable[Record]) -> int:
         """Record discarded records as ranges per partition; how many."""
-        self.topics[channel] = topic
         gaps = self.gaps
         n = 0
         for r in records:
@@ -203,7 +200,7 @@ class Held:
                 "type": "gap", "channel": channel, "partition": partition,
                 "from": first, "to": last, "dropped": count,
             })))  # fmt: skip
-            delivery.notices[(self.topics[channel], DROP)] += 1
+            delivery.notices[(split_channel(channel)[0], DROP)] += 1
             notices += 1
         for channel, latest in self.latest.items():
             dropped = self.dropped.get(channel)
@@ -211,7 +208,7 @@ class Held:
                 chunks.append(text_frame(orjson.dumps(
                     {"type": "conflated", "channel": channel, "dropped": dropped}
                 )))  # fmt: skip
-                delivery.notices[(self.topics[channel], CONFLATE)] += 1
+                delivery.notices[(split_channel(channel)[0], CONFLATE)] += 1
                 notices += 1
             chunks.extend(r.frame for r in latest.values())
         return chunks, notices
@@ -290,7 +287,7 @@ class Outlet:
         if held is None:
             held = self.held = Held()
         if policy == CONFLATE:
-            added, replaced = held.conflate(topic, channel, records)
+            added, replaced = held.conflate(channel, records)
             self.queued += added
             if replaced:
                 self.delivery.not_delivered[(topic, CONFLATE)] += replaced
@@ -307,7 +304,7 @@ class Outlet:
             self.queued += len(kept)
             records = records[room:]
         if records:
-            self.delivery.not_delivered[(topic, DROP)] += held.drop(topic, channel, records)
+            self.delivery.not_delivered[(topic, DROP)] += held.drop(channel, records)
         return True
 
     def forget(self, channel: str) -> None:

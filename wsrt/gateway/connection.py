@@ -108,7 +108,7 @@ class Connections:
             max_channel_bytes=s.max_channel_bytes,
         )  # fmt: skip
         # What the client's own requests log (subscribe, unsubscribe) is at
-        # DEBUG and at most CONTROL_LOG_PER_S lines a second per connection.
+        # DEBUG: a burst of CONTROL_LOG_BURST, then CONTROL_LOG_PER_S a second.
         control_log = RateLimited(self.log, interval=1 / CONTROL_LOG_PER_S, burst=CONTROL_LOG_BURST)
         outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
         connection.attach(outlet, on_failed=self._finished)
