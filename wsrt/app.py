@@ -74,7 +74,9 @@ async def serve(settings: Settings, hub_factory: Callable[..., Hub] = Hub) -> in
     gateway = Gateway(
         settings, hub, verifier, readiness, liveness, log, stats, metrics.render, replayer
     )
-    source = KafkaSource(settings, gateway.publish, readiness, log, stats, liveness, offsets)
+    source = KafkaSource(
+        settings, gateway.publish, readiness, log, stats, liveness, offsets, replayer.live_placed
+    )
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

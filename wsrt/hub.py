@@ -76,26 +76,34 @@ class Gate:
     live records below it are duplicates and are dropped, the first at or
     above it clears the floor.
     Partitions the gate does not name (not replayed, or new) pass.
+    ``held`` of ``None`` holds every partition: the live stream has not been
+    positioned yet, and :meth:`hold` names the partitions once it is.
     """
 
     __slots__ = ("floors", "held", "key")
 
-    def __init__(self, key: str | None, held: Iterable[int]) -> None:
+    def __init__(self, key: str | None, held: Iterable[int] | None) -> None:
         self.key = key.encode() if key is not None else None
-        self.held = set(held)
+        self.held = set(held) if held is not None else None
         self.floors: dict[int, int] = {}
+
+    def hold(self, partitions: Iterable[int]) -> None:
+        """Hold exactly ``partitions`` (the live stream's, now that it is positioned)."""
+        self.held = set(partitions)
 
     def join(self, partition: int, floor: int | None) -> None:
         """The replay of ``partition`` delivered every record before ``floor``.
 
         ``None``: the live stream itself is at that offset, nothing to drop.
         """
+        assert self.held is not None, "a replay joins only once the live stream is positioned"
         self.held.discard(partition)
         if floor is not None:
             self.floors[partition] = floor
 
     def admits(self, partition: int, offset: int) -> bool:
-        if partition in self.held:
+        held = self.held
+        if held is None or partition in held:
             return False
         floor = self.floors.get(partition)
         if floor is None:
@@ -108,7 +116,7 @@ class Gate:
     @property
     def settled(self) -> bool:
         """Nothing left to hold back or drop: the ordinary route gives the same stream."""
-        return not self.held and not self.floors
+        return self.held is not None and not self.held and not self.floors
 
 
 class DeliveryStats:

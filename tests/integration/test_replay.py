@@ -133,6 +133,29 @@ async def receive_count(ws: Any, got: Offsets, count: int) -> None:
         got.setdefault(obj["partition"], []).append(obj["offset"])
 
 
+async def test_since_that_arrives_before_the_live_stream_is_positioned(
+    make_topics, servers, producer
+) -> None:
+    """A client resuming at a restarted server usually subscribes before its consumer is
+    positioned: the history it asks for still comes, and unnamed partitions start live."""
+    (topic,) = await make_topics("lines", partitions=2)
+    history = await produce(producer, topic, 20, 2)  # produced while no server ran
+    server = servers([topic], ready=False, **faulty("positioning_waits_for_a_replay"))
+    since = {"0": history[0][4]}  # partition 1 is not named: it starts live
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        reply = await subscribe(ws, topic, since=since)
+        server.wait_ready()
+        # The live stream was positioned after the subscribe, at the end of partition 1.
+        assert reply["positions"] == {**since, "1": history[1][-1] + 1}, reply
+        assert reply["complete"] is True
+        got = await receive_until(ws, {0: history[0][-1]})
+        live = await produce(producer, topic, 6, 2)
+        await receive_until(ws, {p: o[-1] for p, o in live.items()}, got)
+    assert_exact(got, {0: history[0] + live[0], 1: live[1]}, {0: history[0][4]})
+    ready = server.wait_for("readiness", lambda e: e.get("status") == "ok")
+    assert server.events.index(server.wait_for("connection_opened")) < server.events.index(ready)
+
+
 async def test_since_resumes_across_a_server_restart_while_producing(
     make_topics, servers, producer
 ) -> None:

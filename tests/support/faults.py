@@ -11,7 +11,10 @@ the smallest patch that makes the failure happen for real:
 * ``consumer_goes_quiet``: once a fetch returns ``{"stall":1}``, that
   consumer returns nothing any more (records wait, none is delivered);
 * ``consumer_hangs``: once a fetch returns ``{"stall":1}``, that consumer's
-  next fetch never returns (the loop stops turning).
+  next fetch never returns (the loop stops turning);
+* ``positioning_waits_for_a_replay``: the consumer positions its partitions
+  only after a subscribe with a start field arrived, as when a client that
+  resumes reaches a restarted server before its consumer is ready.
 
 The stall faults hit only the first consumer, so a replacement works.
 """
@@ -88,7 +91,34 @@ def _consumer_stalls(hang: bool) -> None:
     AIOKafkaConsumer.getmany = getmany
 
 
+def _positioning_waits_for_a_replay() -> None:
+    from wsrt.gateway.connection import Connections
+    from wsrt.kafka.assign import Assigner
+
+    arrived: asyncio.Event | None = None
+
+    def event() -> asyncio.Event:
+        nonlocal arrived
+        arrived = arrived or asyncio.Event()
+        return arrived
+
+    start_replay = Connections._start_replay
+    refresh = Assigner.refresh
+
+    def started(self: Connections, *args: Any) -> None:
+        start_replay(self, *args)
+        event().set()
+
+    async def refreshed(self: Assigner, *args: Any) -> None:
+        await event().wait()  # set for good: only the first positioning waits
+        await refresh(self, *args)
+
+    setattr(Connections, "_start_replay", started)  # noqa: B010 (patched on the class)
+    setattr(Assigner, "refresh", refreshed)  # noqa: B010
+
+
 FAULTS: dict[str, Callable[[], None]] = {
+    "positioning_waits_for_a_replay": _positioning_waits_for_a_replay,
     "consumer_raises": _consumer_raises,
     "client_write_raises": _client_write_raises,
     "consumer_goes_quiet": lambda: _consumer_stalls(hang=False),

@@ -129,6 +129,15 @@ def test_gate_holds_then_drops_duplicates_below_the_floor() -> None:
     assert gate.admits(1, 3) and gate.admits(2, 0) and gate.settled
 
 
+def test_a_gate_made_before_the_live_stream_is_positioned_holds_every_partition() -> None:
+    gate = Gate(None, None)
+    assert not any(gate.admits(p, 0) for p in range(5)) and not gate.settled
+    gate.hold([0])  # the live stream was positioned: partition 0 is replayed, 1 is live
+    assert not gate.admits(0, 9) and gate.admits(1, 0)
+    gate.join(0, None)
+    assert gate.admits(0, 9) and gate.settled
+
+
 def test_hub_routes_a_gated_subscription_and_settles_it() -> None:
     hub = Hub(["lines"])
     live, replaying = MemoryOutlet(), MemoryOutlet()

@@ -205,7 +205,8 @@ class Connections:
         """Hold the channel's live records from now on, and replay history up to them."""
         channel = request.channel
         live_then = self.replayer.live_positions(channel.topic)
-        gate = Gate(channel.key, live_then)
+        # Before the live stream is positioned, hold every partition (kafka/replay.py).
+        gate = Gate(channel.key, live_then if self.replayer.placed else None)
         self.hub.subscribe(outlet, channel.topic, channel.key, gate)
 
         def reply(data: bytes) -> bool:
@@ -219,6 +220,7 @@ class Connections:
             reply, lambda: self.hub.settle(outlet, channel.topic, channel.key),
             subject=session.claims.subject,
         )  # fmt: skip
+        self.replayer.track(job)
         task = asyncio.get_running_loop().create_task(
             self._replay(job, session, replays), name=f"wsrt-replay-{channel.name[:100]}"
         )

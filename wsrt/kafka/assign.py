@@ -82,12 +82,15 @@ class Assigner:
         log: EventLogger,
         stats: Stats,
         report: Callable[[Status, str], None],
+        on_positioned: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.offsets = offsets
         self.log = log
         self.stats = stats
         self.report = report
+        #: Told, in the step that positioned partitions, that positions are known.
+        self.on_positioned = on_positioned
         #: Partitions known at the first assignment start live; later ones from their beginning.
         self._live = True
 
@@ -122,6 +125,7 @@ class Assigner:
             self.report(Status.OK, "")
 
     def assigned(self, assigned: set[TopicPartition], missing: list[str]) -> None:
+        self.on_positioned()  # synchronous, before the loop fetches again: nothing published yet
         self.stats.kafka_rebalances += 1
         positions = {tp: self.offsets.positions[tp] for tp in assigned}
         self.log.info("kafka_positioned", "consuming from", positions=describe(positions))

@@ -21,6 +21,15 @@ offsets below ``L``, every later live record has an offset of at least ``L``,
 the replay delivered ``[start, R)``, and the gate drops live offsets in
 ``[L, R)``. So each offset from the start on reaches the client once, in
 order, and the live stream continues with no gap.
+
+A subscribe can arrive before the live stream is positioned: a server accepts
+connections while its consumer starts, and a client that resumes after a
+restart is typically there first. Its gate then holds every partition, and
+:meth:`Replayer.live_placed`, called by the source in the very step that
+positioned the partitions (before it publishes anything), fills in the job's
+``live_then`` and names the held partitions; the replay plans only then.
+Without that it would find no live partition to read and answer
+``complete``, and the records produced while no server ran would be missing.
 """
 
 from __future__ import annotations
@@ -128,10 +137,36 @@ class Replayer:
         self.rate = RateLimit(settings.replay_rate)
         self._idle: list[AIOKafkaConsumer] = []
         self._client: AIOKafkaClient | None = None
+        #: Set once the live stream has been positioned (:meth:`live_placed`).
+        self._placed = asyncio.Event()
+        #: Jobs whose subscribe came before that: their gates hold every partition.
+        self._unplaced: set[ReplayJob] = set()
+
+    @property
+    def placed(self) -> bool:
+        """Is the live stream positioned (so :meth:`live_positions` says where it stands)?"""
+        return self._placed.is_set()
 
     def live_positions(self, topic: str) -> dict[int, int]:
         """Where the live stream stands in each partition of ``topic`` it serves."""
         return {p: offset for (t, p), offset in list(self.live.items()) if t == topic}
+
+    def track(self, job: ReplayJob) -> None:
+        """Note a job installed before the live stream was positioned (call in the same step)."""
+        if not self.placed:
+            self._unplaced.add(job)
+
+    def live_placed(self) -> None:
+        """The source positioned its partitions and has published nothing since.
+
+        Called in that same step, so the waiting jobs' ``live_then`` is exactly
+        where the live stream starts, and their gates have held everything.
+        """
+        for job in self._unplaced:
+            job.live_then.update(self.live_positions(job.channel.topic))
+            job.gate.hold(job.live_then)
+        self._unplaced.clear()
+        self._placed.set()
 
     async def run(self, job: ReplayJob) -> None:
         """Replay ``job`` until it has handed over to the live stream.
@@ -141,6 +176,10 @@ class Replayer:
         with backoff from where the replay stood.
         """
         stats = self.stats
+        try:
+            await self._placed.wait()  # at once, but while a restarted server starts
+        finally:
+            self._unplaced.discard(job)
         if self._slots.locked():
             self.log.debug(
                 "replay_waiting", "replay waiting for a slot", subject=job.subject,

@@ -83,6 +83,7 @@ class KafkaSource:
         stats: Stats,
         liveness: Liveness,
         offsets: Offsets | None = None,
+        on_positioned: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.readiness = readiness
@@ -94,7 +95,10 @@ class KafkaSource:
         stats.kafka_lag = self.offsets.lag
         self.encoder = Encoder(publish, self.offsets, stats, log)
         self.health = SourceHealth(readiness)
-        self.assigner = Assigner(settings, self.offsets, log, stats, self.health.placed)
+        #: ``on_positioned`` hears, in the step that positioned them, that positions are known.
+        self.assigner = Assigner(
+            settings, self.offsets, log, stats, self.health.placed, on_positioned
+        )
         self.watch = Watch(settings.kafka_stall, asyncio.get_running_loop().time())
         self.link: _Link | None = None
         #: Set by :meth:`stop`; the loops end when it is.
