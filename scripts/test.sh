@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: its own virtual environment,
-# lint and type checks, then unit and integration tests against a real Kafka
-# broker that the run starts and stops itself.
+# Debian's chromium where missing, lint and type checks, then unit, browser and
+# integration tests against a real Kafka broker that the run starts and stops itself.
 #
 #   scripts/test.sh                              # Apache Kafka where Java is present
 #   WSRT_TEST_BROKER=embedded scripts/test.sh    # the embedded broker of `wsrt dev`
@@ -12,6 +12,15 @@ cd "$(dirname "$0")/.."
 . scripts/venv.sh
 venv_dir=${WSRT_TEST_VENV:-.venv-test}
 venv "$venv_dir" test
+
+# The browser tests drive Debian's Chromium (never a downloaded browser build).
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "== installing Debian's chromium for the browser tests (apt-get)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q chromium
+fi
 
 echo "== ruff"
 "$venv_dir/bin/ruff" check wsrt tests scripts

@@ -1,5 +1,7 @@
 """Fixtures on a real broker that this test run starts and stops itself.
 
+Shared by the integration and browser suites, so one broker serves both.
+
 ``WSRT_TEST_BROKER=apache|embedded`` chooses the broker; by default Apache
 Kafka where Java (and Maven) are present, else the embedded broker.
 """

@@ -188,6 +188,16 @@ def _topic_policies(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"must be true or false (1/0, yes/no, on/off), got {raw!r}")
+    return value in _TRUE
+
+
 def _algorithms(raw: str) -> tuple[str, ...]:
     allowed = HMAC_ALGORITHMS
     algorithms = tuple(a.upper() for a in _csv(raw))
@@ -284,6 +294,8 @@ class Settings:
         "History records per second read by all replays together (protects live latency).", _S)
     ping_interval: float = _var("WS_PING_INTERVAL_SECONDS", "20", _seconds_or_zero,
         "Server keepalive ping interval; 0 disables keepalive.", _S)
+    console: bool = _var("WS_CONSOLE", "false", _bool,
+        "Serve the operator console page at /console (on in wsrt dev).", _S)
     log_format: str = _var("WS_LOG_FORMAT", "text", _choice("text", "json"),
         "text ([ws-realtime] prefix) or json (one object per line).", _S)
     log_level: str = _var(

@@ -3,7 +3,16 @@ from __future__ import annotations
 import pytest
 
 from wsrt.auth import Verifier, mint_token
-from wsrt.gateway.admission import DRAINING, NOT_FOUND, ORIGIN, Admit, Endpoint, Reject, admit
+from wsrt.gateway.admission import (
+    DRAINING,
+    NOT_FOUND,
+    ORIGIN,
+    Admit,
+    Endpoint,
+    Reject,
+    Target,
+    admit,
+)
 
 SECRET = "unit-test-secret-0123456789abcdef0123"
 VERIFIER = Verifier(SECRET)
@@ -62,3 +71,25 @@ def test_checks_run_in_order_draining_origin_token() -> None:
 
 def test_draining_is_counted_but_not_logged() -> None:
     assert DRAINING.status == 503 and DRAINING.reason == "draining" and DRAINING.log is None
+
+
+def test_check_and_channels_take_the_upgrade_checks_without_upgrading() -> None:
+    for target in (Target.CHECK, Target.CHANNELS):
+        ok = decide(f"{target.value}?token={GOOD}")
+        assert isinstance(ok, Admit) and ok.target is target and ok.claims.subject == "alice"
+        assert decide(target.value, draining=True) is DRAINING
+        refused = decide(f"{target.value}?token=nope")
+        assert isinstance(refused, Reject) and refused.body == "unauthorized: malformed"
+    assert decide(f"/ws?token={GOOD}").target is Target.UPGRADE  # type: ignore[union-attr]
+
+
+def test_check_takes_the_pages_origin_when_the_browser_sends_none() -> None:
+    """A same-origin fetch() carries no Origin; the upgrade it asks about does."""
+    allowed = ("https://app.example.com",)
+    good, bad = "origin=https://app.example.com", "origin=https://evil.example"
+    assert decide(f"/ws/check?token={GOOD}&{bad}", allowed_origins=allowed) is ORIGIN
+    assert isinstance(decide(f"/ws/check?token={GOOD}&{good}", allowed_origins=allowed), Admit)
+    # The header, when there is one, wins; the upgrade itself never reads the parameter.
+    header = {"Origin": "https://evil.example"}
+    assert decide(f"/ws/check?token={GOOD}&{good}", header, allowed_origins=allowed) is ORIGIN
+    assert isinstance(decide(f"/ws?token={GOOD}&{bad}", allowed_origins=allowed), Admit)

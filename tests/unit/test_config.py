@@ -61,6 +61,7 @@ def test_flags_win_over_environment_which_wins_over_env_file(tmp_path) -> None:
         ("WS_ALLOWED_ORIGINS", "app.example.com"),
         ("WS_AUTH_ALGORITHMS", "RS256"),
         ("WS_LOG_FORMAT", "xml"),
+        ("WS_CONSOLE", "maybe"),
         ("WS_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
     ],
 )
@@ -125,3 +126,12 @@ def test_every_variable_is_documented_and_has_the_prefix() -> None:
     assert len(names) == len(set(names))
     for v in VARIABLES:
         assert v.name.startswith("WS_") and v.help.endswith(".")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", True), ("1", True), (" Yes ", True), ("on", True), ("false", False), ("0", False),
+     ("no", False), ("OFF", False), ("", False)],
+)  # fmt: skip
+def test_switches_read_the_usual_words(raw: str, expected: bool) -> None:
+    assert load({"WS_CONSOLE": raw}).console is expected

@@ -2,8 +2,9 @@
 
 Starts a local Kafka-compatible broker (the embedded one by default), creates
 the topics, runs ``wsrt serve`` as a child with a freshly generated secret,
-feeds sample messages to every topic, and prints the URL, a ready token and
-the ``wsrt tail`` command to try. Ctrl-C stops everything; the children are
+feeds sample messages to every topic, and prints the URL, a ready token,
+the ``wsrt tail`` command to try and the console's URL (the token rides in
+its fragment, which a browser never sends to the server). Ctrl-C stops everything; the children are
 also told to die with this process, so nothing is left behind.
 """
 
@@ -59,7 +60,7 @@ def dev(
     partitions: int = typer.Option(3, "--partitions", help="Partitions of each created topic."),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
-    """Start a local broker, the demo feed and the server; print a token and a tail command."""
+    """Start a local broker, the demo feed and the server; print a token and what to try."""
     from wsrt.brokers import BrokerError
 
     if broker not in ("embedded", "apache") or rate < 0 or partitions <= 0:
@@ -73,6 +74,7 @@ def dev(
     topics = list(settings.kafka_topics)
     secret = secrets.token_urlsafe(32)
     url = f"ws://127.0.0.1:{port}/ws"
+    console = f"http://127.0.0.1:{port}/console"
 
     kafka = _start_broker(broker, broker_port, {t: partitions for t in topics})
     env = {
@@ -82,6 +84,7 @@ def dev(
         "WS_KAFKA_BROKERS": kafka.bootstrap,
         "WS_KAFKA_TOPICS": ",".join(topics),
         "WS_REPLICA_ID": "dev",
+        "WS_CONSOLE": "true",
         # The embedded broker answers a fetch only when its wait expires.
         "WS_KAFKA_FETCH_MAX_WAIT_SECONDS": "0.05",
     }
@@ -94,7 +97,7 @@ def dev(
     try:
         if not wait_healthy(f"http://127.0.0.1:{port}", READY_TIMEOUT_SECONDS, server.alive):
             raise BrokerError("wsrt serve did not become ready; see its log above")
-        typer.echo(_banner(url, kafka.bootstrap, topics, secret), err=True)
+        typer.echo(_banner(url, console, kafka.bootstrap, topics, secret), err=True)
         asyncio.run(_feed(settings.replace(kafka_brokers=(kafka.bootstrap,)), topics, rate, server))
     except WsrtError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -120,7 +123,7 @@ def _start_broker(kind: str, port: int, topics: dict[str, int]) -> Broker:
     return kafka
 
 
-def _banner(url: str, bootstrap: str, topics: list[str], secret: str) -> str:
+def _banner(url: str, console: str, bootstrap: str, topics: list[str], secret: str) -> str:
     """What to try next: the URL, a token, and commands that run as printed."""
     token = mint_token(secret, "dev-user", ttl=24 * 3600)
     return "\n".join(
@@ -135,6 +138,8 @@ def _banner(url: str, bootstrap: str, topics: list[str], secret: str) -> str:
             f"    wsrt tail --url {url} --token {token} --channel {topics[0]}",
             "  check it:",
             f"    wsrt check --url {url} --subscribe {topics[-1]} --token {token}",
+            "  or open the console in a browser:",
+            f"    {console}#token={token}&channels={','.join(topics)}",
             "",
             "  Ctrl-C stops everything.",
             "",

@@ -5,6 +5,11 @@
 WebSocket upgrade carrying the verified claims and the ``?channels=`` list.
 ``/ws`` is checked in the documented order: draining (503), Origin (403),
 token (401), all before any upgrade.
+
+Two more paths take the same checks without upgrading (:class:`Target`):
+``/ws/check`` answers a browser why its upgrade would be refused (the
+browser WebSocket API shows any refusal as a bare 1006), and
+``/console/channels`` lists what a token may subscribe to for the console.
 """
 
 from __future__ import annotations
@@ -24,6 +29,20 @@ class Endpoint(enum.Enum):
     METRICS = "/metrics"
 
 
+class Target(enum.Enum):
+    """A path admitted by the checks of a WebSocket upgrade."""
+
+    #: The upgrade itself.
+    UPGRADE = "/ws"
+    #: The same checks, answered in plain HTTP: ``200 ok`` or the refusal.
+    CHECK = "/ws/check"
+    #: The console's channel picker: the served topics this token may use.
+    CHANNELS = "/console/channels"
+
+
+_TARGETS = {t.value: t for t in Target}
+
+
 @dataclass(frozen=True)
 class Reject:
     status: int
@@ -39,6 +58,7 @@ class Reject:
 class Admit:
     claims: Claims
     channels: list[str]
+    target: Target = Target.UPGRADE
 
 
 class _Headers(Protocol):
@@ -73,17 +93,22 @@ def admit(
     for endpoint in Endpoint:
         if path == endpoint.value:
             return endpoint
-    if path != "/ws":
+    kind = _TARGETS.get(path)
+    if kind is None:
         return NOT_FOUND
     if draining:
         return DRAINING
+    params = parse_qs(query)
     origin = headers.get("Origin")
+    if origin is None and kind is Target.CHECK:
+        # A same-origin fetch() carries no Origin header, but the upgrade it
+        # asks about does: the page names its origin so the answer is the same.
+        origin = next(iter(params.get("origin", [])), None)
     if origin is not None and not origin_allowed(origin, allowed_origins):
         return ORIGIN
-    params = parse_qs(query)
     token = bearer(headers) or next(iter(params.get("token", [])), "")
     try:
         claims = verifier.verify(token)
     except AuthError as exc:
         return Reject(401, f"unauthorized: {exc.reason}", exc.reason, "authentication failed")
-    return Admit(claims, channel_list(params.get("channels", [])))
+    return Admit(claims, channel_list(params.get("channels", [])), kind)

@@ -17,14 +17,19 @@ from wsrt import protocol
 from wsrt.auth import Verifier
 from wsrt.config import Settings
 from wsrt.gateway import ws_adapter
-from wsrt.gateway.admission import Admit, Endpoint, Reject, admit
+from wsrt.gateway.admission import NOT_FOUND, Admit, Endpoint, Reject, Target, admit
 from wsrt.gateway.connection import Connections
+from wsrt.gateway.static import Assets
 from wsrt.gateway.ws_adapter import Connection
 from wsrt.health import Liveness, Readiness
 from wsrt.hub import Hub, Record
 from wsrt.kafka.replay import Replayer
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
+
+#: ``/ws/check`` is asked by pages of any origin, with the token in the query
+#: and no cookies: nothing ambient for another origin to borrow.
+_ANY_ORIGIN = (("Access-Control-Allow-Origin", "*"), ("Cache-Control", "no-store"))
 
 
 class Gateway:
@@ -51,6 +56,7 @@ class Gateway:
         self.server: Server | None = None
         self.connections = Connections(settings, hub, verifier, log, stats, replayer)
         self._rejected = RateLimited(log)
+        self.assets = Assets(console=settings.console)
 
     async def start(self) -> Server:
         s = self.settings
@@ -79,6 +85,12 @@ class Gateway:
     # -- HTTP ------------------------------------------------------------------
 
     def _process_request(self, connection: Connection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        asset = self.assets.get(path, request.headers.get("If-None-Match"))
+        if asset is not None:
+            return ws_adapter.response(asset.status, asset.body, None, asset.headers)
+        if path == Target.CHANNELS.value and not self.settings.console:
+            return ws_adapter.text_response(NOT_FOUND.status, NOT_FOUND.body)
         decision = admit(
             request.path,
             request.headers,
@@ -87,9 +99,15 @@ class Gateway:
             verifier=self.verifier,
         )
         if isinstance(decision, Admit):
-            connection.admitted = decision
-            return None
+            if decision.target is Target.UPGRADE:
+                connection.admitted = decision
+                return None
+            return self._answer_without_upgrade(decision)
         if isinstance(decision, Reject):
+            if path != Target.UPGRADE.value:
+                # A question about an upgrade, not one: counted and logged
+                # when the upgrade itself was refused.
+                return ws_adapter.text_response(decision.status, decision.body, _ANY_ORIGIN)
             if decision.reason is not None:
                 self.stats.handshakes_rejected[decision.reason] += 1
             if decision.log is not None:
@@ -113,6 +131,20 @@ class Gateway:
             return ws_adapter.json_response(503, {"status": "stalled", "reason": silent})
         data, content_type = self.metrics()
         return ws_adapter.response(200, data, content_type)
+
+    def _answer_without_upgrade(self, admitted: Admit) -> Response:
+        if admitted.target is Target.CHECK:
+            return ws_adapter.text_response(
+                200, "ok: a WebSocket upgrade with this token and origin would be accepted",
+                _ANY_ORIGIN,
+            )  # fmt: skip
+        # The console's channel picker: only what this token may subscribe to,
+        # so a restricted token learns nothing about other topics (section 4).
+        claims = admitted.claims
+        channels = sorted(t for t in self.hub.topics if claims.allows(t))
+        exact = (p for p in claims.channels or () if ":" in p and not any(c in p for c in "*?["))
+        channels += sorted(c for c in exact if c.partition(":")[0] in self.hub.topics)
+        return ws_adapter.json_response(200, {"channels": channels})
 
     def publish(self, records: Sequence[Record]) -> None:
         """Hand a batch to the hub; the outlets it finished are closed."""

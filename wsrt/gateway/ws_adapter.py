@@ -149,15 +149,31 @@ def remote(connection: ServerConnection) -> str | None:
     return None
 
 
-def response(status: int, body: bytes, content_type: str, **headers: str) -> Response:
+def response(
+    status: int,
+    body: bytes,
+    content_type: str | None,
+    pairs: tuple[tuple[str, str], ...] = (),
+    **headers: str,
+) -> Response:
+    """A response with ``Content-Type`` (unless ``None``), the header ``pairs``, then ``headers``.
+
+    ``Cache_Control="no-store"`` is ``Cache-Control: no-store``. websockets
+    closes the TCP connection after any answer but an upgrade, so the
+    response says so, and how long its body is, as websockets' own
+    ``reject()`` does.
+    """
     import http
 
     phrase = http.HTTPStatus(status).phrase
-    pairs = [
-        ("Content-Type", content_type),
+    all_pairs = [
+        *((("Content-Type", content_type),) if content_type is not None else ()),
+        *pairs,
         *((k.replace("_", "-"), v) for k, v in headers.items()),
+        *((("Content-Length", str(len(body))),) if status != 304 else ()),
+        ("Connection", "close"),
     ]
-    return Response(status, phrase, Headers(pairs), body)
+    return Response(status, phrase, Headers(all_pairs), body)
 
 
 def json_response(status: int, body: dict[str, Any]) -> Response:
@@ -166,5 +182,5 @@ def json_response(status: int, body: dict[str, Any]) -> Response:
     )
 
 
-def text_response(status: int, text: str) -> Response:
-    return response(status, text.encode() + b"\n", "text/plain; charset=utf-8")
+def text_response(status: int, text: str, pairs: tuple[tuple[str, str], ...] = ()) -> Response:
+    return response(status, text.encode() + b"\n", "text/plain; charset=utf-8", pairs)

@@ -1,0 +1,495 @@
+// wsrt browser client: one dependency-free ES module, served by the server at /client.js.
+//
+//   import { connect } from "/client.js";
+//   const client = connect("ws://host:8080/ws", { token, onState: (s) => {} });
+//   const sub = await client.subscribe("order_book", (message) => {}, { rewind: 10 });
+//   await sub.unsubscribe();
+//   client.close();
+//
+// The protocol is docs/protocol.md; this module adds what every browser client
+// otherwise writes by hand: replies matched to requests as promises,
+// reconnects with jittered backoff, and a resume of every channel from the
+// offsets it last saw, so a server restart leaves no gap (design section 10).
+//
+// The browser WebSocket API cannot set headers, so the token travels as
+// ?token= (never logged by the server). The same API shows a refused
+// handshake (401, 403, 503) as a bare close 1006; the client then asks
+// GET /ws/check, which answers the reason the upgrade got.
+
+/**
+ * The envelope of one Kafka record (docs/protocol.md, Messages).
+ * @typedef {object} Message
+ * @property {"message"} type
+ * @property {string} channel the topic, also for a `topic:key` subscription
+ * @property {string|null} key
+ * @property {"base64"} [key_encoding] present when the key is not UTF-8
+ * @property {number} partition
+ * @property {number} offset
+ * @property {number} timestamp Kafka record time, epoch milliseconds
+ * @property {*} data the record's JSON value
+ */
+
+/**
+ * `connecting` (first attempt), `open`, `reconnecting` (after a close the
+ * client recovers from, with its code and reason) and `closed` (for good:
+ * `close()` was called, or a close the client must not retry).
+ * @typedef {"connecting"|"open"|"reconnecting"|"closed"} State
+ */
+
+/**
+ * @typedef {object} StateDetail
+ * @property {number} [code] the close code that led here
+ * @property {string} [reason] the close reason, or the refusal from /ws/check
+ * @property {string} text what happened, in plain words
+ * @property {number} [delay] milliseconds until the next attempt (`reconnecting`)
+ * @property {number} reconnects how many times the connection was opened again
+ */
+
+/**
+ * Something a subscriber should know that is not a message: a `gap` or
+ * `conflated` notice of a slow-consumer policy, history that was no longer
+ * complete on resume, a subscription the server ended, an error no request
+ * waited for.
+ * @typedef {object} Notice
+ * @property {"gap"|"conflated"|"incomplete"|"ended"|"error"} type
+ * @property {string} [channel]
+ * @property {string} text in plain words
+ * @property {object} frame the server's frame as received
+ */
+
+/**
+ * At most one start field (docs/protocol.md, Resume and replay).
+ * @typedef {object} Start
+ * @property {Object<string, number>} [since] partition → next offset
+ * @property {number} [since_time] epoch milliseconds
+ * @property {number} [rewind] the last N messages per partition
+ */
+
+/**
+ * @typedef {object} Options
+ * @property {string} token the JWT
+ * @property {(state: State, detail: StateDetail) => void} [onState]
+ * @property {(notice: Notice) => void} [onNotice]
+ * @property {() => (string|Promise<string>)} [getToken] called for a new token
+ *   when the server closes with `1008 token expired` or refuses the token;
+ *   without it the client stops there (state `closed`)
+ * @property {number} [minDelay=500] first reconnect delay, milliseconds
+ * @property {number} [maxDelay=15000] longest reconnect delay, milliseconds
+ */
+
+/** A refusal the server answered with an error frame; `code` is the protocol's error code. */
+export class WsrtError extends Error {
+  /** @param {string} code @param {string} message @param {string} [channel] */
+  constructor(code, message, channel) {
+    super(channel ? `${channel}: ${code}: ${message}` : `${code}: ${message}`);
+    this.name = "WsrtError";
+    /** @type {string} */
+    this.code = code;
+    /** @type {string|undefined} */
+    this.channel = channel;
+  }
+}
+
+const CLOSE_MEANINGS = {
+  1000: "normal close",
+  1001: "server going away (shutdown or redeploy)",
+  1003: "server refused a binary frame",
+  1006: "connection lost without a close frame",
+  1008: "policy violation",
+  1009: "frame too big",
+  1011: "server error",
+  1012: "server restarting",
+  1013: "server overloaded, try again later",
+};
+const HINTS = {
+  "slow consumer": "this client did not read fast enough (the server's WS_CLIENT_BUFFER)",
+  "token expired": "the token's exp passed; refresh it",
+};
+
+/**
+ * A close code and reason in plain words.
+ * @param {number} code @param {string} [reason]
+ * @returns {string}
+ */
+export function describeClose(code, reason) {
+  const text = `closed by server: ${code} ${reason || CLOSE_MEANINGS[code] || ""}`.trimEnd();
+  const hint = HINTS[reason || ""];
+  return hint ? `${text} — ${hint}` : text;
+}
+
+/**
+ * A `gap` or `conflated` notice in plain words.
+ * @param {object} frame
+ * @returns {string}
+ */
+export function describeNotice(frame) {
+  if (frame.type === "gap") {
+    return (
+      `gap: ${frame.channel} partition ${frame.partition}: ${frame.dropped} messages ` +
+      `(offsets ${frame.from} to ${frame.to}) were dropped because this client read too slowly`
+    );
+  }
+  if (frame.type === "conflated") {
+    return (
+      `conflated: ${frame.channel}: ${frame.dropped} older values were replaced by newer ` +
+      "ones of the same key because this client read too slowly"
+    );
+  }
+  return JSON.stringify(frame);
+}
+
+/** Close codes after which reconnecting would only repeat the refusal. */
+function final(code, reason) {
+  if (code === 1008) return reason !== "slow consumer"; // abuse or an expired token
+  return code === 1000 || code === 1003 || code === 1009 || (code >= 4000 && code < 5000);
+}
+
+/** @param {string} url @param {string} path @param {Object<string,string>} params */
+function withQuery(url, path, params) {
+  const u = new URL(url, typeof location === "undefined" ? undefined : location.href);
+  if (path) u.pathname = u.pathname.replace(/\/?$/, path);
+  for (const [k, v] of Object.entries(params)) u.searchParams.set(k, v);
+  return u;
+}
+
+/** One channel of a client: its handler and where each partition resumes. */
+export class Subscription {
+  /** @param {Client} client @param {string} channel @param {(m: Message) => void} onMessage @param {Start} [start] */
+  constructor(client, channel, onMessage, start) {
+    /** @type {string} */
+    this.channel = channel;
+    const colon = channel.indexOf(":");
+    this.topic = colon < 0 ? channel : channel.slice(0, colon);
+    this.key = colon < 0 ? null : channel.slice(colon + 1);
+    /** @type {Object<string, number>} partition → the next offset to deliver */
+    this.next = {};
+    /** How many messages the handler received. */
+    this.received = 0;
+    this.onMessage = onMessage;
+    this.start = start || {};
+    this.client = client;
+    /** Set while this subscription's first `subscribed` answer is awaited. */
+    this.pending = null;
+  }
+
+  /** The `subscribe` frame: from where it stopped, else as first asked, else live. */
+  request(id) {
+    const known = Object.keys(this.next).length > 0;
+    // An empty `since` starts live and makes the server say where (`positions`),
+    // so a partition with no message yet resumes from there after a reconnect.
+    const start = known ? { since: { ...this.next } } : Object.keys(this.start).length ? this.start : { since: {} };
+    return { type: "subscribe", channel: this.channel, id, ...start };
+  }
+
+  /** Stop receiving this channel; resolves on the server's `unsubscribed`. */
+  unsubscribe() {
+    return this.client._unsubscribe(this);
+  }
+}
+
+/** A connection to a wsrt server that reconnects and resumes by itself. */
+export class Client {
+  /** @param {string} url @param {Options} options */
+  constructor(url, options) {
+    if (!options || typeof options.token !== "string") throw new TypeError("connect(url, { token }) needs a token");
+    this.url = url;
+    this.token = options.token;
+    this.options = { minDelay: 500, maxDelay: 15000, ...options };
+    /** @type {State} */
+    this.state = "connecting";
+    /** How many times the connection was opened again after it had been open. */
+    this.reconnects = 0;
+    /** @type {Map<string, Subscription>} */
+    this.subscriptions = new Map();
+    this._waiting = new Map(); // request id → { resolve, reject, sub? }
+    this._id = 0;
+    this._attempt = 0;
+    this._openedOnce = false;
+    this._closing = false;
+    this._timer = null;
+    this._ws = null;
+    // Reported once the caller holds the client (its onState may use it).
+    queueMicrotask(() => this.state === "connecting" && this._setState("connecting", { text: `connecting to ${url}` }));
+    this._open();
+  }
+
+  /**
+   * Subscribe to `channel`; resolves once the server answers `subscribed`,
+   * rejects with a {@link WsrtError} carrying its code (`unknown_channel`,
+   * `forbidden`, `bad_request` …). `start` asks for history first.
+   * @param {string} channel @param {(message: Message) => void} onMessage @param {Start} [start]
+   * @returns {Promise<Subscription>}
+   */
+  subscribe(channel, onMessage, start) {
+    if (this.subscriptions.has(channel)) {
+      return Promise.reject(new WsrtError("bad_request", "already subscribed by this client", channel));
+    }
+    const sub = new Subscription(this, channel, onMessage, start);
+    this.subscriptions.set(channel, sub);
+    return new Promise((resolve, reject) => {
+      sub.pending = { resolve, reject };
+      if (this.state === "open") this._send(sub.request(this._track({ sub })));
+    });
+  }
+
+  /**
+   * Replace the token: on this connection (resolves with the new `exp`,
+   * rejects with `unauthorized`) and for every reconnect. When the client had
+   * stopped because its token expired, it connects again.
+   * @param {string} token
+   * @returns {Promise<number|null>}
+   */
+  refresh(token) {
+    this.token = token;
+    if (this.state === "closed" && !this._closing) {
+      this._attempt = 0;
+      this._setState(this._openedOnce ? "reconnecting" : "connecting", { text: "connecting with the new token", delay: 0 });
+      this._open();
+      return Promise.resolve(null);
+    }
+    if (this.state !== "open") return Promise.resolve(null);
+    return new Promise((resolve, reject) => {
+      this._send({ type: "refresh", token, id: this._track({ resolve, reject }) });
+    });
+  }
+
+  /** Close for good: no reconnect. */
+  close() {
+    this._closing = true;
+    clearTimeout(this._timer);
+    if (this._ws) this._ws.close(1000);
+    this._ws = null;
+    this._setState("closed", { code: 1000, text: "closed by this client" });
+  }
+
+  // -- internals -------------------------------------------------------------
+
+  _track(waiter) {
+    const id = ++this._id;
+    this._waiting.set(id, waiter);
+    return id;
+  }
+
+  _send(frame) {
+    this._ws.send(JSON.stringify(frame));
+  }
+
+  _setState(state, detail) {
+    this.state = state;
+    if (this.options.onState) this.options.onState(state, { ...detail, reconnects: this.reconnects });
+  }
+
+  _notice(type, channel, text, frame) {
+    if (this.options.onNotice) this.options.onNotice({ type, channel, text, frame });
+  }
+
+  _open() {
+    const ws = new WebSocket(withQuery(this.url, "", { token: this.token }).href);
+    this._ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      this._attempt = 0;
+      if (this._openedOnce) this.reconnects += 1;
+      this._openedOnce = true;
+      this._setState("open", { text: `connected to ${this.url}` });
+      for (const sub of this.subscriptions.values()) this._send(sub.request(this._track({ sub })));
+    };
+    ws.onmessage = (event) => this._receive(JSON.parse(event.data));
+    ws.onclose = (event) => {
+      if (this._ws !== ws) return; // closed by close(), or superseded
+      this._ws = null;
+      this._dropWaiters();
+      if (this._closing) return;
+      if (opened) this._closed(event.code, event.reason);
+      else this._refused();
+    };
+  }
+
+  /** Requests of a connection that ended: subscriptions wait for the next one, the rest fail. */
+  _dropWaiters() {
+    for (const waiter of this._waiting.values()) {
+      if (waiter.reject) waiter.reject(new WsrtError("closed", "the connection closed before the answer"));
+      if (waiter.unsubscribed) waiter.unsubscribed();
+    }
+    this._waiting.clear();
+  }
+
+  /** The server closed an open connection: reconnect unless retrying cannot help. */
+  _closed(code, reason) {
+    const text = describeClose(code, reason);
+    if (code === 1008 && reason === "token expired" && this.options.getToken) {
+      this._retry({ code, reason, text }, true);
+    } else if (final(code, reason)) {
+      this._setState("closed", { code, reason, text });
+    } else {
+      this._retry({ code, reason, text }, false);
+    }
+  }
+
+  /** The handshake failed: ask /ws/check why (a server that is down does not answer). */
+  async _refused() {
+    let status = 0;
+    let body = "";
+    try {
+      const origin = typeof location === "undefined" ? "" : location.origin;
+      const url = withQuery(this.url, "/check", { token: this.token, ...(origin ? { origin } : {}) });
+      url.protocol = { "ws:": "http:", "wss:": "https:" }[url.protocol] || url.protocol;
+      const answer = await fetch(url.href, { cache: "no-store" });
+      status = answer.status;
+      body = (await answer.text()).trim();
+    } catch {
+      // Not reachable: the server is down or restarting; retry.
+    }
+    if (this._closing) return;
+    const refusal = { code: 1006, reason: body, text: `server refused the connection: ${status} ${body}` };
+    if (status === 401 && this.options.getToken) {
+      this._retry(refusal, true);
+    } else if (status === 401 || status === 403) {
+      this._setState("closed", refusal);
+    } else {
+      const text = status ? refusal.text : `cannot connect to ${this.url}`;
+      this._retry({ code: 1006, reason: body, text }, false);
+    }
+  }
+
+  /** Wait a jittered, doubling delay (a new token first, if asked), then open again. */
+  _retry(detail, newToken) {
+    const { minDelay, maxDelay } = this.options;
+    const ceiling = Math.min(maxDelay, minDelay * 2 ** this._attempt);
+    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    this._attempt += 1;
+    this._setState(this._openedOnce ? "reconnecting" : "connecting", { ...detail, delay });
+    this._timer = setTimeout(async () => {
+      if (this._closing) return;
+      if (newToken) {
+        try {
+          this.token = await this.options.getToken();
+        } catch (error) {
+          this._setState("closed", { ...detail, text: `getToken failed: ${error}` });
+          return;
+        }
+      }
+      if (!this._closing) this._open();
+    }, delay);
+  }
+
+  _receive(frame) {
+    switch (frame.type) {
+      case "message":
+        return this._deliver(frame);
+      case "subscribed":
+        return this._subscribed(frame);
+      case "unsubscribed":
+        return this._unsubscribed(frame);
+      case "refreshed":
+        return this._answer(frame.id, frame.exp);
+      case "pong":
+        return this._answer(frame.id, null);
+      case "error":
+        return this._error(frame);
+      case "gap":
+      case "conflated":
+        return this._notice(frame.type, frame.channel, describeNotice(frame), frame);
+      default:
+        return this._notice("error", frame.channel, `unexpected frame: ${JSON.stringify(frame)}`, frame);
+    }
+  }
+
+  _deliver(message) {
+    const partition = String(message.partition);
+    for (const sub of this.subscriptions.values()) {
+      if (sub.topic !== message.channel || (sub.key !== null && sub.key !== message.key)) continue;
+      // Resume asks from `next`, so nothing below it is expected; a re-delivery
+      // (the shared fan-out mode after a rebalance) is not passed on twice.
+      if (message.offset < (sub.next[partition] ?? 0)) continue;
+      sub.next[partition] = message.offset + 1;
+      sub.received += 1;
+      try {
+        sub.onMessage(message);
+      } catch (error) {
+        console.error(`wsrt: the handler of ${sub.channel} threw`, error);
+      }
+    }
+  }
+
+  _subscribed(frame) {
+    const waiter = this._waiting.get(frame.id);
+    this._waiting.delete(frame.id);
+    const sub = waiter && waiter.sub;
+    if (!sub || this.subscriptions.get(sub.channel) !== sub) return;
+    for (const [p, offset] of Object.entries(frame.positions || {})) {
+      if (!(p in sub.next)) sub.next[p] = offset;
+    }
+    if (frame.complete === false) {
+      const where = Object.entries(frame.positions).map(([p, o]) => `${p}=${o}`).join(",");
+      const text = `${sub.channel}: some history is no longer in Kafka or beyond the server's replay limit; it starts at ${where}`;
+      this._notice("incomplete", sub.channel, text, frame);
+    }
+    if (sub.pending) {
+      sub.pending.resolve(sub);
+      sub.pending = null;
+    }
+  }
+
+  _unsubscribed(frame) {
+    if (frame.reason) {
+      // The server ended it: a refreshed token no longer grants the channel.
+      const sub = this.subscriptions.get(frame.channel);
+      if (sub) this.subscriptions.delete(frame.channel);
+      this._notice("ended", frame.channel, `${frame.channel}: unsubscribed by the server: ${frame.reason}`, frame);
+      return;
+    }
+    const waiter = this._waiting.get(frame.id);
+    this._waiting.delete(frame.id);
+    if (waiter && waiter.unsubscribed) waiter.unsubscribed();
+  }
+
+  _answer(id, value) {
+    const waiter = this._waiting.get(id);
+    this._waiting.delete(id);
+    if (waiter && waiter.resolve) waiter.resolve(value);
+  }
+
+  _error(frame) {
+    const error = new WsrtError(frame.code, frame.message, frame.channel);
+    const waiter = this._waiting.get(frame.id);
+    this._waiting.delete(frame.id);
+    if (waiter && waiter.sub) {
+      const sub = waiter.sub;
+      if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
+      if (sub.pending) sub.pending.reject(error);
+      else this._notice("ended", sub.channel, `${sub.channel}: resubscribe refused: ${error.message}`, frame);
+    } else if (waiter && waiter.reject) {
+      waiter.reject(error);
+    } else {
+      this._notice("error", frame.channel, error.message, frame);
+    }
+  }
+
+  _unsubscribe(sub) {
+    if (this.subscriptions.get(sub.channel) !== sub) return Promise.resolve();
+    this.subscriptions.delete(sub.channel);
+    if (sub.pending) {
+      sub.pending.reject(new WsrtError("unsubscribed", "unsubscribed before the server answered", sub.channel));
+      sub.pending = null;
+    }
+    if (this.state !== "open") return Promise.resolve();
+    return new Promise((resolve) => {
+      this._send({ type: "unsubscribe", channel: sub.channel, id: this._track({ unsubscribed: resolve }) });
+    });
+  }
+}
+
+/**
+ * Connect to a wsrt server (`ws://host:8080/ws`). The client connects,
+ * reconnects with jittered backoff after abnormal closes (not after a refusal
+ * or an expired token without `getToken`), and resubscribes every channel
+ * from the last offsets it delivered.
+ * @param {string} url
+ * @param {Options} options
+ * @returns {Client}
+ */
+export function connect(url, options) {
+  return new Client(url, options);
+}
