@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 import venv
 import zipfile
 from pathlib import Path
@@ -30,6 +31,9 @@ async def test_wheel_installs_into_a_fresh_environment_and_serves(bootstrap, tmp
     names = zipfile.ZipFile(wheel).namelist()
     assert "wsrt/load/ws_realtime_k6.js" in names
     assert "wsrt/brokers/kafka/pom.xml" in names
+    # The browser files the server serves (design section 12).
+    for name in ("client.js", "console.html", "console.js", "console.css", "favicon.svg"):
+        assert f"wsrt/web/{name}" in names
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
@@ -62,6 +66,8 @@ async def test_wheel_installs_into_a_fresh_environment_and_serves(bootstrap, tmp
     try:
         check = run(wsrt, "check", "--wait", "60", env=env, cwd=tmp_path)
         assert check.returncode == 0, check.stdout + check.stderr
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/client.js", timeout=10) as answer:
+            assert b"export function connect" in answer.read()
     finally:
         server.terminate()
         _, log = server.communicate(timeout=30)
