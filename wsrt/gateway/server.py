@@ -106,8 +106,9 @@ class Gateway:
         if isinstance(decision, Reject):
             if path != Target.UPGRADE.value:
                 # A question about an upgrade, not one: counted and logged
-                # when the upgrade itself was refused.
-                return ws_adapter.text_response(decision.status, decision.body, _ANY_ORIGIN)
+                # when the upgrade itself was refused. Only /ws/check is for any origin.
+                pairs = _ANY_ORIGIN if path == Target.CHECK.value else ()
+                return ws_adapter.text_response(decision.status, decision.body, pairs)
             if decision.reason is not None:
                 self.stats.handshakes_rejected[decision.reason] += 1
             if decision.log is not None:
