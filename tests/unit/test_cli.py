@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -126,3 +127,118 @@ def test_tail_start_fields() -> None:
     frame = resume.subscribe("order_book:BTC", 2)
     assert '"since":{"0":11,"1":3}' in frame and "rewind" not in frame
     assert '"since":{}' in Resume({}).subscribe("lines", 1)
+
+
+# -- help pages, --version, secrets (issue 16) ----------------------------------
+
+TYPE_LABELS = re.compile(r"<(str|bool|int|float|path|list\[)|\{[a-z_]+\}")
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in [*COMMANDS, "bench"])])
+def test_help_pages_read_like_a_mature_cli(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    # No Python type labels (<bool>, <list[str]>, {secret}): flags have no
+    # metavar, values a word that says what they are.
+    assert not TYPE_LABELS.search(result.output), TYPE_LABELS.search(result.output)
+    # Environment variables are shown by Typer from the binding, never typed by hand.
+    assert not re.search(r"\[WS_[A-Z_]+\]", result.output)
+
+
+def test_settings_flags_show_and_read_their_environment_variable(tmp_path) -> None:
+    help_text = runner.invoke(app, ["tail", "--help"], env={"COLUMNS": "200"}).output
+    for variable in ("WS_URL", "WS_TOKEN", "WS_AUTH_SECRET"):
+        assert f"env var: {variable}" in help_text
+    # The binding reads the variable: a bad WS_URL is named like a bad flag.
+    result = runner.invoke(
+        app,
+        ["tail", "-c", "lines", "--env-file", str(tmp_path / "none")],
+        env={"WS_URL": "http://x"},
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: WS_URL: must be a ws:// or wss:// URL")
+
+
+def test_version_names_wsrt_python_and_the_libraries() -> None:
+    import platform
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    line = result.stdout.strip()
+    assert line.startswith(f"wsrt {version('wsrt')} (")
+    assert f"Python {platform.python_version()}" in line
+    assert f"websockets {version('websockets')}" in line
+    assert f"aiokafka {version('aiokafka')}" in line
+
+
+def _subject(token: str, secret: str) -> str:
+    sub: str = jwt.decode(token.strip(), secret, algorithms=["HS256"])["sub"]
+    return sub
+
+
+def test_token_takes_the_secret_from_a_file_stdin_or_the_environment(tmp_path) -> None:
+    empty = str(tmp_path / "no.env")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")  # the newline an editor adds is not the secret's
+    by_file = runner.invoke(
+        app, ["token", "--secret-file", str(secret_file), "ann", "--env-file", empty]
+    )
+    assert _subject(by_file.stdout, "from-a-file") == "ann"
+    by_stdin = runner.invoke(app, ["token", "--secret-file", "-", "bo"], input="from-stdin")
+    assert _subject(by_stdin.stdout, "from-stdin") == "bo"
+    by_env = runner.invoke(
+        app, ["token", "cy", "--env-file", empty], env={"WS_AUTH_SECRET": "env-s"}
+    )
+    assert _subject(by_env.stdout, "env-s") == "cy"
+    (tmp_path / ".env").write_text("WS_AUTH_SECRET=dotenv-s\n")
+    by_dotenv = runner.invoke(
+        app, ["token", "di", "--env-file", str(tmp_path / ".env")], env={"WS_AUTH_SECRET": None}
+    )
+    assert _subject(by_dotenv.stdout, "dotenv-s") == "di"
+    # The runbook's form still works, and wins.
+    runbook = runner.invoke(app, ["token", "dev-secret", "ed"], env={"WS_AUTH_SECRET": "env-s"})
+    assert _subject(runbook.stdout, "dev-secret") == "ed"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["nobody"], {"WS_AUTH_SECRET": None}, "no secret: set WS_AUTH_SECRET"),
+        (["a", "b", "c"], {}, "at most two arguments"),
+        (["s", "bob", "--secret-file", "-"], {}, "not both"),
+        (["bob", "--secret-file", "/nonexistent/secret"], {}, "cannot read /nonexistent/secret"),
+    ],
+)
+def test_token_secret_mistakes_exit_2_with_one_line(args, env, says, tmp_path) -> None:
+    result = runner.invoke(
+        app, ["token", *args, "--env-file", str(tmp_path / "none")], env=env, input=""
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and says in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_client_commands_read_the_secret_file(tmp_path) -> None:
+    from wsrt.cli.common import client_token, settings_or_exit
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 32 + "\n")
+    from wsrt.cli.common import read_secret
+
+    secret = read_secret(None, str(secret_file))
+    settings = settings_or_exit({"WS_AUTH_SECRET": secret}, None, require_secret=True, warn=False)
+    assert _subject(client_token(settings, "carol"), "s" * 32) == "carol"
+    # Every client command offers it.
+    for command in ("tail", "check", "loadtest"):
+        assert "--secret-file" in runner.invoke(app, [command, "--help"]).output
+
+
+def test_check_colours_ok_and_fail_only_for_a_terminal() -> None:
+    from wsrt.cli.check import Result
+
+    plain = Result("healthz", False, "503").line()
+    assert plain.startswith("FAIL  healthz") and "\x1b[" not in plain
+    coloured = Result("healthz", False, "503").line(color=True)
+    assert "\x1b[31m" in coloured and "FAIL" in coloured
+    assert "\x1b[32m" in Result("livez", True, "200").line(color=True)

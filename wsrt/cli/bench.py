@@ -31,21 +31,27 @@ def bench(
         [],
         "--scenario",
         "-s",
+        metavar="NAME",
         help="fanout, baseline, latency, isolation, connections, replay, policies, "
         "hostile (repeatable; default all).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Small counts, a few seconds per scenario."),
     broker: str = typer.Option(
-        None, "--broker", help="apache or embedded (default: WSRT_TEST_BROKER, else by Java)."
+        None,
+        "--broker",
+        metavar="KIND",
+        help="apache or embedded (default: WSRT_TEST_BROKER, else by Java).",
     ),
     profile: bool = typer.Option(
         False, "--profile", help="Profile the server with py-spy during the fan-out scenarios."
     ),
 ) -> None:
-    """Measure fan-out throughput (against a broadcast() baseline), latency,
+    """Measure fan-out, latency, isolation, connections, replays and policies on a real broker.
+
+    Fan-out throughput (against a broadcast() baseline), latency,
     slow-consumer isolation, idle connections, live latency beside replays and
-    the slow-consumer policies on a real broker, and print a table with the
-    machine, versions and parameters.
+    the slow-consumer policies, printed as tables with the machine, versions
+    and parameters.
 
     Exit 1 when a correctness check fails (a frame missing or out of order, a
     client not dropped or dropped wrongly); timings are reported, never judged.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from wsrt.cli.common import (
     ENV_FILE_OPTION,
     EXIT_USAGE,
+    SECRET_FILE_OPTION,
+    SECRET_OPTION,
     client_token,
     fail,
     quiet_libraries,
+    read_secret,
+    setting,
     settings_or_exit,
 )
 from wsrt.client import connect, describe_refusal, http_get, scrape, wait_healthy
@@ -30,8 +36,12 @@ class Result:
     ok: bool
     detail: str
 
-    def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name:<11} {self.detail}"
+    def line(self, color: bool = False) -> str:
+        """``ok    name  detail``; on a terminal ok is green and FAIL red."""
+        mark = "ok  " if self.ok else "FAIL"
+        if color:
+            mark = typer.style(mark, fg="green" if self.ok else "red", bold=not self.ok)
+        return f"{mark}  {self.name:<11} {self.detail}"
 
 
 def check_http(settings: Settings, path: str, timeout: float) -> Result:
@@ -132,11 +142,17 @@ def check_metrics(settings: Settings, interval: float, timeout: float) -> list[R
 
 
 def check(
-    url: str = typer.Option(
-        None, "--url", help="Server WebSocket URL [WS_URL]; /healthz is beside it."
+    url: str = setting(
+        "WS_URL",
+        "--url",
+        metavar="URL",
+        help="Server WebSocket URL; /healthz and /metrics are beside it.",
     ),
     subscribe: str = typer.Option(
-        None, "--subscribe", help="Also subscribe to this channel and wait for one message."
+        None,
+        "--subscribe",
+        metavar="CHANNEL",
+        help="Also subscribe to this channel and wait for one message.",
     ),
     kafka: bool = typer.Option(
         False, "--kafka", help="Also check the brokers and that every topic exists."
@@ -145,21 +161,27 @@ def check(
         False, "--metrics", help="Also show connections, delivery rate, lag, slow consumers."
     ),
     interval: float = typer.Option(
-        2.0, "--interval", help="Seconds between the two --metrics scrapes."
+        2.0, "--interval", metavar="SECONDS", help="Seconds between the two --metrics scrapes."
     ),
-    timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
+    timeout: float = typer.Option(
+        5.0, "--timeout", metavar="SECONDS", help="Seconds each check may take."
+    ),
     wait: float = typer.Option(
-        0, "--wait", help="First wait up to this many seconds for /healthz to answer 200."
+        0,
+        "--wait",
+        metavar="SECONDS",
+        help="First wait up to this many seconds for /healthz to answer 200.",
     ),
-    token: str = typer.Option(None, "--token", help="JWT for --subscribe [WS_TOKEN]."),
-    secret: str = typer.Option(
-        None, "--secret", help="Mint the token with this secret [WS_AUTH_SECRET]."
+    token: str = setting("WS_TOKEN", "--token", metavar="JWT", help="JWT for --subscribe."),
+    secret: str = SECRET_OPTION,
+    secret_file: str = SECRET_FILE_OPTION,
+    subject: str = typer.Option(
+        "wsrt-check", "--subject", metavar="SUB", help="sub of a minted token."
     ),
-    subject: str = typer.Option("wsrt-check", "--subject", help="sub of a minted token."),
-    brokers: str = typer.Option(
-        None, "--brokers", help="Kafka bootstrap servers [WS_KAFKA_BROKERS]."
+    brokers: str = setting("WS_KAFKA_BROKERS", "--brokers", metavar="HOST:PORT,…"),
+    topics: str = setting(
+        "WS_KAFKA_TOPICS", "--topics", metavar="TOPIC,…", help="Topics --kafka expects."
     ),
-    topics: str = typer.Option(None, "--topics", help="Topics --kafka expects [WS_KAFKA_TOPICS]."),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Probe /healthz and /livez (and optionally a real subscribe, Kafka and the metrics).
@@ -170,7 +192,7 @@ def check(
     if timeout <= 0:
         fail("--timeout must be more than 0", EXIT_USAGE)
     settings = settings_or_exit(
-        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": secret,
+        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": read_secret(secret, secret_file),
          "WS_KAFKA_BROKERS": brokers, "WS_KAFKA_TOPICS": topics},
         env_file, require_secret=False, warn=False,
     )  # fmt: skip
@@ -185,6 +207,7 @@ def check(
         results.append(asyncio.run(check_kafka(settings, timeout)))
     if metrics:
         results += check_metrics(settings, interval, timeout)
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     for result in results:
-        typer.echo(result.line())
+        typer.echo(result.line(color))
     raise typer.Exit(0 if all(r.ok for r in results) else 1)

@@ -49,15 +49,27 @@ def _port_free(port: int) -> bool:
 
 
 def dev(
-    port: int = typer.Option(8080, "--port", help="Port of the WebSocket server on 127.0.0.1."),
-    broker: str = typer.Option("embedded", "--broker", help="embedded (no Java) or apache."),
+    port: int = typer.Option(
+        8080, "--port", metavar="PORT", help="Port of the WebSocket server on 127.0.0.1."
+    ),
+    broker: str = typer.Option(
+        "embedded", "--broker", metavar="KIND", help="embedded (no Java) or apache."
+    ),
     broker_port: int = typer.Option(
-        0, "--broker-port", help="Broker port (default 9092 when free, else any free port)."
+        0,
+        "--broker-port",
+        metavar="PORT",
+        help="Broker port (default 9092 when free, else any free port).",
     ),
     rate: float = typer.Option(
-        5.0, "--rate", help="Sample messages per second per topic; 0: no feed."
+        5.0,
+        "--rate",
+        metavar="PER_SECOND",
+        help="Sample messages per second per topic; 0: no feed.",
     ),
-    partitions: int = typer.Option(3, "--partitions", help="Partitions of each created topic."),
+    partitions: int = typer.Option(
+        3, "--partitions", metavar="N", help="Partitions of each created topic."
+    ),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Start a local broker, the demo feed and the server; print a token and what to try."""

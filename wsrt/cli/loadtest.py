@@ -17,7 +17,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, client_token, fail, settings_or_exit
+from wsrt.cli.common import (
+    ENV_FILE_OPTION,
+    EXIT_USAGE,
+    SECRET_FILE_OPTION,
+    SECRET_OPTION,
+    client_token,
+    fail,
+    read_secret,
+    setting,
+    settings_or_exit,
+)
 from wsrt.protocol import channel_list
 
 #: k6's exit status when a threshold failed.
@@ -81,20 +91,31 @@ def failed_thresholds(summary: dict[str, Any]) -> list[str]:
 
 
 def loadtest(
-    url: str = typer.Option(None, "--url", help="Server WebSocket URL [WS_URL]."),
-    vus: int = typer.Option(10, "--vus", help="Concurrent virtual users (connections)."),
-    duration: str = typer.Option("30s", "--duration", help="Test length, k6 style (30s, 2m)."),
+    url: str = setting("WS_URL", "--url", metavar="URL", help="Server WebSocket URL."),
+    vus: int = typer.Option(
+        10, "--vus", metavar="N", help="Concurrent virtual users (connections)."
+    ),
+    duration: str = typer.Option(
+        "30s", "--duration", metavar="DURATION", help="Test length, k6 style (30s, 2m)."
+    ),
     channel: list[str] = typer.Option(
-        ["order_book"], "--channel", "-c", help="Channel; repeatable."
+        ["order_book"], "--channel", "-c", metavar="CHANNEL", help="Channel; repeatable."
     ),
-    session: float = typer.Option(10, "--session", help="Seconds each connection stays open."),
-    token: str = typer.Option(None, "--token", help="JWT to present [WS_TOKEN]."),
-    secret: str = typer.Option(
-        None, "--secret", help="Mint the token with this secret [WS_AUTH_SECRET]."
+    session: float = typer.Option(
+        10, "--session", metavar="SECONDS", help="Seconds each connection stays open."
     ),
-    subject: str = typer.Option("load-test", "--subject", help="sub of a minted token."),
-    k6: str = typer.Option(None, "--k6", help="k6 binary (default: on PATH or from wsrt[load])."),
-    script: Path = typer.Option(None, "--script", help="k6 script (default: the bundled one)."),
+    token: str = setting("WS_TOKEN", "--token", metavar="JWT", help="JWT to present."),
+    secret: str = SECRET_OPTION,
+    secret_file: str = SECRET_FILE_OPTION,
+    subject: str = typer.Option(
+        "load-test", "--subject", metavar="SUB", help="sub of a minted token."
+    ),
+    k6: str = typer.Option(
+        None, "--k6", metavar="PATH", help="k6 binary (default: on PATH or from wsrt[load])."
+    ),
+    script: Path = typer.Option(
+        None, "--script", metavar="PATH", help="k6 script (default: the bundled one)."
+    ),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Run k6 with the bundled WebSocket script and print a summary.
@@ -105,7 +126,7 @@ def loadtest(
     if vus <= 0 or session <= 0 or not re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h)", duration):
         fail("--vus and --session must be positive; --duration looks like 30s or 2m", EXIT_USAGE)
     settings = settings_or_exit(
-        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": secret},
+        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": read_secret(secret, secret_file)},
         env_file, require_secret=False, warn=False,
     )  # fmt: skip
     binary = find_k6(k6)

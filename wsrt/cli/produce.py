@@ -11,7 +11,14 @@ from pathlib import Path
 import typer
 from aiokafka.errors import KafkaError
 
-from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, fail, quiet_libraries, settings_or_exit
+from wsrt.cli.common import (
+    ENV_FILE_OPTION,
+    EXIT_USAGE,
+    fail,
+    quiet_libraries,
+    setting,
+    settings_or_exit,
+)
 from wsrt.feed import producer, publish, samples
 from wsrt.kafka.options import discover
 from wsrt.protocol import channel_list
@@ -50,23 +57,37 @@ async def _keyed(
 
 def produce(
     topic: list[str] = typer.Option(
-        ..., "--topic", "-t", help="Topic to publish to; repeatable for samples (round-robin)."
+        ...,
+        "--topic",
+        "-t",
+        metavar="TOPIC",
+        help="Topic to publish to; repeatable for samples (round-robin).",
     ),
     file: str = typer.Option(
-        None, "--file", "-f", help="JSON messages, one per line ('-' for stdin). Default: samples."
+        None,
+        "--file",
+        "-f",
+        metavar="PATH",
+        help="JSON messages, one per line ('-' for stdin). Default: samples.",
     ),
     count: int = typer.Option(
-        10, "--count", "-n", help="Sample messages to send; 0 = until Ctrl-C."
+        10, "--count", "-n", metavar="N", help="Sample messages to send; 0 = until Ctrl-C."
     ),
     rate: float = typer.Option(
-        10.0, "--rate", "-r", help="Messages per second; 0 = as fast as possible."
+        10.0,
+        "--rate",
+        "-r",
+        metavar="PER_SECOND",
+        help="Messages per second; 0 = as fast as possible.",
     ),
     key: str = typer.Option(
-        None, "--key", "-k", help="Kafka key for every message (default: per sample)."
+        None,
+        "--key",
+        "-k",
+        metavar="KEY",
+        help="Kafka key for every message (default: per sample).",
     ),
-    brokers: str = typer.Option(
-        None, "--brokers", help="Kafka bootstrap servers [WS_KAFKA_BROKERS]."
-    ),
+    brokers: str = setting("WS_KAFKA_BROKERS", "--brokers", metavar="HOST:PORT,…"),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Publish JSON messages to a topic, to prove the path Kafka → client end to end.

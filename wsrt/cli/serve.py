@@ -6,41 +6,29 @@ from pathlib import Path
 
 import typer
 
-from wsrt.cli.common import ENV_FILE_OPTION, settings_or_exit
+from wsrt.cli.common import ENV_FILE_OPTION, setting, settings_or_exit
 
 
 def serve(
-    bind: str = typer.Option(
-        None, "--bind", help="Listen address host:port or :port [WS_BIND_ADDRESS]."
+    bind: str = setting("WS_BIND_ADDRESS", "--bind", metavar="HOST:PORT"),
+    brokers: str = setting("WS_KAFKA_BROKERS", "--brokers", metavar="HOST:PORT,…"),
+    topics: str = setting("WS_KAFKA_TOPICS", "--topics", metavar="TOPIC,…"),
+    group_id: str = setting("WS_KAFKA_GROUP_ID", "--group-id", metavar="GROUP"),
+    mode: str = setting("WS_FANOUT_MODE", "--mode", metavar="MODE"),
+    replica_id: str = setting("WS_REPLICA_ID", "--replica-id", metavar="ID"),
+    client_buffer: str = setting("WS_CLIENT_BUFFER", "--client-buffer", metavar="MESSAGES"),
+    topic_policies: str = setting(
+        "WS_TOPIC_POLICIES", "--topic-policies", metavar="TOPIC=POLICY,…"
     ),
-    brokers: str = typer.Option(
-        None, "--brokers", help="Kafka bootstrap servers [WS_KAFKA_BROKERS]."
-    ),
-    topics: str = typer.Option(
-        None, "--topics", help="Topics to serve, comma-separated [WS_KAFKA_TOPICS]."
-    ),
-    group_id: str = typer.Option(None, "--group-id", help="Consumer group id [WS_KAFKA_GROUP_ID]."),
-    mode: str = typer.Option(None, "--mode", help="broadcast or shared [WS_FANOUT_MODE]."),
-    replica_id: str = typer.Option(None, "--replica-id", help="Replica identity [WS_REPLICA_ID]."),
-    client_buffer: str = typer.Option(
-        None, "--client-buffer", help="Per-client queue in messages [WS_CLIENT_BUFFER]."
-    ),
-    topic_policies: str = typer.Option(
-        None,
-        "--topic-policies",
-        help="Slow-consumer policy per topic, e.g. order_book=conflate,lines=drop "
-        "[WS_TOPIC_POLICIES].",
-    ),
-    log_format: str = typer.Option(None, "--log-format", help="text or json [WS_LOG_FORMAT]."),
-    log_level: str = typer.Option(
-        None, "--log-level", help="DEBUG, INFO, WARNING, ERROR [WS_LOG_LEVEL]."
-    ),
+    log_format: str = setting("WS_LOG_FORMAT", "--log-format", metavar="FORMAT"),
+    log_level: str = setting("WS_LOG_LEVEL", "--log-level", metavar="LEVEL"),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Run the bridge: consume the Kafka topics and serve them to WebSocket clients on /ws.
 
     Every setting comes from WS_* environment variables (or a .env file); the
-    flags override them. WS_AUTH_SECRET is required. /healthz answers 200 once
+    flags override them. WS_AUTH_SECRET is required: set it in the environment
+    (or .env, or a Kubernetes Secret), never on a command line. /healthz answers 200 once
     the consumer is positioned; SIGTERM drains within WS_SHUTDOWN_TIMEOUT_SECONDS.
     """
     flags = {

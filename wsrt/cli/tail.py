@@ -38,9 +38,13 @@ from wsrt.aio import Backoff
 from wsrt.cli.common import (
     ENV_FILE_OPTION,
     EXIT_USAGE,
+    SECRET_FILE_OPTION,
+    SECRET_OPTION,
     client_token,
     fail,
     quiet_libraries,
+    read_secret,
+    setting,
     settings_or_exit,
 )
 from wsrt.client import connect, describe_close, describe_notice, describe_refusal
@@ -137,7 +141,7 @@ class Plain:
 class LiveView:
     """A rich live view for a terminal."""
 
-    def __init__(self, url: str, channels: list[str]) -> None:
+    def __init__(self, url: str, channels: list[str], console: Console | None = None) -> None:
         self.url = url
         self.channels = channels
         self.state = "connecting"
@@ -146,7 +150,7 @@ class LiveView:
         self.recent: dict[str, deque[float]] = {}
         self.last: deque[dict[str, Any]] = deque(maxlen=10)
         self.events: deque[str] = deque(maxlen=5)
-        self.live = Live(self, console=Console(stderr=False), refresh_per_second=4)
+        self.live = Live(self, console=console or Console(stderr=False), refresh_per_second=4)
 
     def message(self, obj: dict[str, Any], raw: bytes) -> None:
         channel = obj.get("channel", "?")
@@ -172,14 +176,17 @@ class LiveView:
             while recent and recent[0] < now - 5:
                 recent.popleft()
             channels.add_row(channel, str(count), f"{len(recent) / 5:.1f}")
-        last = Table("channel", "key", "partition:offset", "data", box=None)
+        last = Table("channel", "key", "partition:offset", box=None)
+        # The data takes what the terminal has left, on one line each.
+        last.add_column("data", no_wrap=True, overflow="ellipsis")
+        width = self.live.console.width
         for m in self.last:
             data = orjson.dumps(m.get("data")).decode()
             last.add_row(
                 str(m.get("channel")),
                 str(m.get("key")),
                 f"{m.get('partition')}:{m.get('offset')}",
-                data[:80] + ("…" if len(data) > 80 else ""),
+                data[:width] + ("…" if len(data) > width else ""),
             )
         return Group(
             header, channels, Text("last messages", style="bold"), last, *map(Text, self.events)
@@ -301,37 +308,55 @@ async def follow(
 
 def tail(
     channel: list[str] = typer.Option(
-        ..., "--channel", "-c", help="Channel to watch (topic or topic:key); repeatable."
+        ...,
+        "--channel",
+        "-c",
+        metavar="CHANNEL",
+        help="Channel to watch (topic or topic:key); repeatable.",
     ),
-    url: str = typer.Option(None, "--url", help="Server WebSocket URL [WS_URL]."),
-    token: str = typer.Option(None, "--token", help="JWT to present [WS_TOKEN]."),
-    secret: str = typer.Option(
-        None, "--secret", help="Mint a token with this secret [WS_AUTH_SECRET]."
+    url: str = setting("WS_URL", "--url", metavar="URL", help="Server WebSocket URL."),
+    token: str = setting("WS_TOKEN", "--token", metavar="JWT", help="JWT to present."),
+    secret: str = SECRET_OPTION,
+    secret_file: str = SECRET_FILE_OPTION,
+    subject: str = typer.Option(
+        "wsrt-tail", "--subject", metavar="SUB", help="sub of a minted token."
     ),
-    subject: str = typer.Option("wsrt-tail", "--subject", help="sub of a minted token."),
-    count: int = typer.Option(0, "--count", "-n", help="Exit 0 after this many messages."),
+    count: int = typer.Option(
+        0, "--count", "-n", metavar="N", help="Exit 0 after this many messages."
+    ),
     timeout: float = typer.Option(
-        0, "--timeout", help="Seconds to run; with --count, exit 1 if they did not all arrive."
+        0,
+        "--timeout",
+        metavar="SECONDS",
+        help="Seconds to run; with --count, exit 1 if they did not all arrive.",
     ),
     reconnect: bool = typer.Option(
         True, "--reconnect/--no-reconnect", help="Reconnect after drops."
     ),
     retries: int = typer.Option(
-        5, "--retries", help="Failed first connection attempts before giving up."
+        5, "--retries", metavar="N", help="Failed first connection attempts before giving up."
     ),
     output: str = typer.Option(
-        "auto", "--output", "-o", help="auto (live view on a terminal, else json), live or json."
+        "auto",
+        "--output",
+        "-o",
+        metavar="MODE",
+        help="auto (live view on a terminal, else json), live or json.",
     ),
     since: str = typer.Option(
         None,
         "--since",
+        metavar="WHEN",
         help="Start this long ago (30s, 5m, 2h, 1d) or at an ISO time (UTC unless it has a zone).",
     ),
     from_offsets: str = typer.Option(
-        None, "--from-offsets", help="Start at these next offsets per partition: 0=1234,1=88."
+        None,
+        "--from-offsets",
+        metavar="P=OFFSET,…",
+        help="Start at these next offsets per partition: 0=1234,1=88.",
     ),
     rewind: int = typer.Option(
-        None, "--rewind", help="Start with the last N messages of each partition."
+        None, "--rewind", metavar="N", help="Start with the last N messages of each partition."
     ),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
@@ -346,7 +371,7 @@ def tail(
         fail("--count and --timeout must be 0 or more; --output is auto, live or json", EXIT_USAGE)
     start = _start_field(since, from_offsets, rewind)
     settings = settings_or_exit(
-        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": secret},
+        {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": read_secret(secret, secret_file)},
         env_file,
         require_secret=False,
         warn=False,

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
-from wsrt.cli.common import EXIT_USAGE, fail
+from wsrt.cli.common import (
+    ENV_FILE_OPTION,
+    EXIT_USAGE,
+    SECRET_FILE_OPTION,
+    fail,
+    read_secret,
+    settings_or_exit,
+)
 from wsrt.tokens import HMAC_ALGORITHMS, mint_token
 
 
@@ -22,27 +30,62 @@ def _claim(text: str) -> tuple[str, object]:
 
 
 def token(
-    secret: str = typer.Argument(..., help="The HMAC secret (the server's WS_AUTH_SECRET)."),
-    subject: str = typer.Argument(..., help="The sub claim: who the client is."),
+    # Explained in the docstring: a type column would only say "<str>".
+    words: list[str] = typer.Argument(..., metavar="[SECRET] SUBJECT", hidden=True),
+    secret_file: str = SECRET_FILE_OPTION,
     ttl: float = typer.Option(
-        3600, "--ttl", help="Seconds until exp; 0 for a token that never expires."
+        3600,
+        "--ttl",
+        metavar="SECONDS",
+        help="Seconds until exp; 0 for a token that never expires.",
     ),
     aud: str = typer.Option(
-        None, "--aud", help="The aud claim (needed when the server sets WS_AUTH_AUDIENCE)."
+        None,
+        "--aud",
+        metavar="AUDIENCE",
+        help="The aud claim (needed when the server sets WS_AUTH_AUDIENCE).",
     ),
     channels: str = typer.Option(
-        None, "--channels", help="Comma-separated channel patterns the token grants (default: all)."
+        None,
+        "--channels",
+        metavar="PATTERN,…",
+        help="Comma-separated channel patterns the token grants (default: all).",
     ),
     claim: list[str] = typer.Option(
         [],
         "--claim",
+        metavar="NAME=VALUE",
         help="Extra claim NAME=VALUE (VALUE parsed as JSON when it is JSON); repeatable.",
     ),
     algorithm: str = typer.Option(
-        HMAC_ALGORITHMS[0], "--algorithm", help=f"One of {', '.join(HMAC_ALGORITHMS)}."
+        HMAC_ALGORITHMS[0],
+        "--algorithm",
+        metavar="ALG",
+        help=f"One of {', '.join(HMAC_ALGORITHMS)}.",
     ),
+    env_file: Path = ENV_FILE_OPTION,
 ) -> None:
-    """Print a signed JWT, and nothing else, so that $(wsrt token …) works."""
+    """Print a signed JWT for SUBJECT (the sub claim) and nothing else: $(wsrt token …) works.
+
+    The HMAC secret is the server's WS_AUTH_SECRET: read from the environment
+    or .env, from --secret-file, or given before SUBJECT (the runbook's form).
+    Prefer the first two: a secret on the command line stays in shell history
+    and ps.
+    """
+    if len(words) > 2:
+        fail("give [SECRET] SUBJECT: at most two arguments", EXIT_USAGE)
+    *given, subject = words
+    if given and secret_file is not None:
+        fail("give the secret as an argument or --secret-file, not both", EXIT_USAGE)
+    secret = given[0] if given else read_secret(None, secret_file)
+    if secret is None:
+        secret = settings_or_exit({}, env_file, require_secret=False, warn=False).auth_secret
+    if not secret:
+        fail(
+            "no secret: set WS_AUTH_SECRET, pass --secret-file PATH (or - for stdin), "
+            "or give it before the subject",
+            EXIT_USAGE,
+        )
     if ttl < 0:
         fail("--ttl must be 0 or more seconds", EXIT_USAGE)
     if algorithm.upper() not in HMAC_ALGORITHMS:
