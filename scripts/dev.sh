@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine, on the embedded default: its own virtual
-# environment, then `wsrt dev` (embedded Kafka-compatible broker, demo feed on
-# all three topics, and the server). Ctrl-C stops everything.
+# environment (in the checkout), then `wsrt dev` (embedded Kafka-compatible
+# broker, demo feed on all three topics, and the server) in the folder you ran
+# this from, where it leaves a .env for the other commands it prints. Ctrl-C
+# stops everything.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root=$(cd "$(dirname "$0")/.." && pwd)
 
-. scripts/venv.sh
+. "$root/scripts/venv.sh"
 venv_dir=${WSRT_VENV:-.venv}
-venv "$venv_dir" embedded,load
+(cd "$root" && venv "$venv_dir" embedded,load)
+case $venv_dir in /*) ;; *) venv_dir=$root/$venv_dir ;; esac
 exec "$venv_dir/bin/wsrt" dev "$@"

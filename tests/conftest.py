@@ -8,6 +8,8 @@ Kafka where Java (and Maven) are present, else the embedded broker.
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,16 +19,32 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration.harness import SECRET, ServerProcess
 from wsrt.brokers import Broker, create_topics, default_kind, make_broker
+from wsrt.brokers.apache import KAFKA_VERSION
 
 pytestmark = pytest.mark.integration
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """The broker choice, first thing in the run's output."""
+    kind = default_kind()
+    what = {"apache": f"Apache Kafka {KAFKA_VERSION} (KRaft, from Maven Central jars)",
+            "embedded": "the embedded broker of wsrt dev (tansu)"}[kind]  # fmt: skip
+    how = "WSRT_TEST_BROKER" if os.environ.get("WSRT_TEST_BROKER") else "Java and Maven found"
+    if kind == "embedded" and not os.environ.get("WSRT_TEST_BROKER"):
+        how = "no Java or Maven"
+    return f"wsrt: integration and browser tests run on {what} ({how})"
+
+
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Broker]:
+def broker(pytestconfig: pytest.Config) -> Iterator[Broker]:
     kind = default_kind()
     b = make_broker(kind)
-    b.start()
-    print(f"\n[wsrt tests] broker: {b.describe()}")
+    # Shown as it happens, not captured: the first run downloads Kafka's jars.
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        sys.stderr.write("\n")
+        b.start()
+        sys.stderr.write(f"wsrt tests: broker {b.describe()} started\n")
     try:
         yield b
     finally:

@@ -40,13 +40,17 @@ class Readiness:
     def draining(self) -> bool:
         return self.status is Status.DRAINING
 
-    def set(self, status: Status, reason: str = "") -> bool:
-        """Change state (draining is final); True when something changed, which is logged."""
+    def set(self, status: Status, reason: str = "", *, problem: bool = False) -> bool:
+        """Change state (draining is final); True when something changed, which is logged.
+
+        ``problem`` logs a warning even while starting (Kafka cannot be reached).
+        """
         if self.status is Status.DRAINING or (status, reason) == (self.status, self.reason):
             return False
         self.status, self.reason = status, reason
         if self._log is not None:
-            level = logging.INFO if status in (Status.OK, Status.STARTING) else logging.WARNING
+            quiet = status in (Status.OK, Status.STARTING) and not problem
+            level = logging.INFO if quiet else logging.WARNING
             self._log.log(
                 level, "readiness", f"readiness {status}", status=str(status), reason=reason or None
             )

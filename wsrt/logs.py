@@ -13,10 +13,13 @@ reports how many it suppressed. No caller passes a token or a secret here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +28,8 @@ import orjson
 PREFIX = "[ws-realtime]"
 _FIELDS = "wsrt_fields"
 _EVENT = "wsrt_event"
+#: Marks a held library record written when its interval ended.
+_FLUSHED = "wsrt_flushed"
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -80,33 +85,71 @@ class JsonFormatter(logging.Formatter):
         return _ESCAPE.sub(_escape, orjson.dumps(obj, default=str).decode())
 
 
+def _later(delay: float, callback: Callable[[], None]) -> None:
+    """Call ``callback`` in ``delay`` seconds: on the running event loop, else on a timer thread."""
+    try:
+        asyncio.get_running_loop().call_later(delay, callback)
+    except RuntimeError:
+        timer = threading.Timer(delay, callback)
+        timer.daemon = True
+        timer.start()
+
+
+#: Library lines that wsrt says itself, in plain words (readiness names the
+#: broker and why it cannot be reached): dropped, not rate-limited.
+_SAID_BY_WSRT = (("aiokafka", "Unable connect to"),)
+
+
 class LibraryFlood(logging.Filter):
     """At most one record per message template per ``interval`` from the libraries.
 
     aiokafka logs every failed reconnect attempt (ten a second while a broker
     is down); one line per template every few seconds, with the count of what
-    was suppressed, tells the same story.
+    was suppressed, tells the same story. When nothing follows, the last
+    suppressed record is still written when its interval ends, with the count
+    of the others.
     """
 
     def __init__(self, interval: float = 5.0) -> None:
         super().__init__()
         self.interval = interval
         self._next: dict[tuple[str, object], float] = {}
-        self._suppressed: dict[tuple[str, object], int] = {}
+        self._suppressed: dict[tuple[str, object], list[logging.LogRecord]] = {}
+        self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "wsrt" or record.name.startswith("wsrt."):
+        if record.name == "wsrt" or record.name.startswith("wsrt.") or _FLUSHED in vars(record):
             return True
+        if any(
+            record.name.startswith(n) and str(record.msg).startswith(m) for n, m in _SAID_BY_WSRT
+        ):
+            return False
         key = (record.name, record.msg)
         now = time.monotonic()
-        if now < self._next.get(key, 0.0):
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return False
-        self._next[key] = now + self.interval
-        suppressed = self._suppressed.pop(key, 0)
+        with self._lock:
+            if now < self._next.get(key, 0.0):
+                held = self._suppressed.setdefault(key, [])
+                if not held:
+                    _later(self._next[key] - now, lambda: self._flush(key))
+                held.append(record)
+                return False
+            self._next[key] = now + self.interval
+            suppressed = len(self._suppressed.pop(key, ()))
         if suppressed:
-            setattr(record, _FIELDS, {"suppressed": suppressed})
+            setattr(record, _FIELDS, {**getattr(record, _FIELDS, {}), "suppressed": suppressed})
         return True
+
+    def _flush(self, key: tuple[str, object]) -> None:
+        with self._lock:
+            held = self._suppressed.pop(key, [])
+            if not held:
+                return  # a record passed meanwhile and carried the count
+            self._next[key] = time.monotonic() + self.interval
+        last = held[-1]
+        if len(held) > 1:
+            setattr(last, _FIELDS, {**getattr(last, _FIELDS, {}), "suppressed": len(held) - 1})
+        setattr(last, _FLUSHED, True)
+        logging.getLogger(last.name).handle(last)
 
 
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
@@ -155,7 +198,9 @@ class EventLogger:
 class RateLimited:
     """At most ``burst`` lines at once, then one per ``interval`` seconds, for one noisy event.
 
-    What is left out is counted and reported on the next line that passes.
+    What is left out is counted and reported on the next line that passes; when
+    nothing follows, the last line left out is written once a line may pass
+    again, carrying the count of the others.
     """
 
     def __init__(self, log: EventLogger, interval: float = 5.0, burst: int = 1) -> None:
@@ -165,19 +210,36 @@ class RateLimited:
         self._tokens = float(burst)
         self._last = time.monotonic()
         self._suppressed = 0
+        self._held: tuple[int, str, str, dict[str, Any]] | None = None
 
-    def log(self, level: int, event: str, message: str, **fields: Any) -> None:
+    def _refill(self) -> None:
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last) / self._interval)
         self._last = now
+
+    def log(self, level: int, event: str, message: str, **fields: Any) -> None:
+        self._refill()
         if self._tokens < 1.0:
+            if not self._suppressed:
+                _later((1.0 - self._tokens) * self._interval, self._flush)
             self._suppressed += 1
+            self._held = (level, event, message, fields)
             return
         self._tokens -= 1.0
         if self._suppressed:
             fields["suppressed"] = self._suppressed
-            self._suppressed = 0
+            self._suppressed, self._held = 0, None
         self._log.log(level, event, message, **fields)
+
+    def _flush(self) -> None:
+        if self._held is None:
+            return  # a line passed meanwhile and carried the count
+        level, event, message, fields = self._held
+        others = self._suppressed - 1
+        self._suppressed, self._held = 0, None
+        self._refill()
+        self._tokens = max(0.0, self._tokens - 1.0)
+        self._log.log(level, event, message, **fields, **({"suppressed": others} if others else {}))
 
     def warning(self, event: str, message: str, **fields: Any) -> None:
         self.log(logging.WARNING, event, message, **fields)

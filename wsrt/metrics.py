@@ -36,17 +36,23 @@ RECENT_WINDOW_SECONDS = 300.0
 #: Why a Kafka consumer was replaced (the ``reason`` label of the restart counter).
 RESTART_REASONS = ("stalled", "loop_stalled", "error")
 
-CLOSE_REASONS = ("normal", "slow_consumer", "token_expired", "shutdown", "policy", "error")
+CLOSE_REASONS = (
+    "normal", "client_going_away", "slow_consumer", "token_expired", "shutdown", "policy", "error",
+)  # fmt: skip
 
 
-def close_reason(code: int | None, reason: str | None) -> str:
-    """The ``reason`` label of a closed connection."""
+def close_reason(code: int | None, reason: str | None, by_server: bool = True) -> str:
+    """The ``reason`` label of a closed connection (``by_server``: the server closed first).
+
+    1001 from the server is its shutdown; from a client it is a tab closing or
+    a load test ending (``client_going_away``), which says nothing about the server.
+    """
     if reason == protocol.REASON_SLOW_CONSUMER:
         return "slow_consumer"
     if reason == protocol.REASON_TOKEN_EXPIRED:
         return "token_expired"
     if code == protocol.CLOSE_GOING_AWAY:
-        return "shutdown"
+        return "shutdown" if by_server else "client_going_away"
     if code in (protocol.CLOSE_NORMAL, protocol.CLOSE_NO_STATUS):
         return "normal"
     if code in (

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -817,13 +817,20 @@ SCENARIOS = (
 
 
 def run(
-    broker: Broker, scenarios: tuple[str, ...], quick: bool, profile: bool = False
+    broker: Broker,
+    scenarios: tuple[str, ...],
+    quick: bool,
+    profile: bool = False,
+    starting: Callable[[int, str], None] | None = None,
 ) -> list[Result]:
+    """Run ``scenarios`` in order; ``starting(i, name)`` before the i-th (from 1)."""
     scale = Scale.quick() if quick else Scale()
     with tempfile.TemporaryDirectory(prefix="wsrt-bench-") as tmp:
         bench = Bench(broker, scale, Path(tmp), profile)
         results = []
-        for name in scenarios:
+        for number, name in enumerate(scenarios, 1):
+            if starting is not None:
+                starting(number, name)
             if name == "fanout":
                 results.append(bench.fanout(baseline=False))
             elif name == "baseline":

@@ -10,7 +10,10 @@ from wsrt.brokers import Broker
 
 @pytest.mark.timeout(300)
 def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
-    results = run(broker, SCENARIOS, quick=True)
+    started: list[tuple[int, str]] = []
+    results = run(broker, SCENARIOS, quick=True, starting=lambda *step: started.append(step))
+    # wsrt bench says which scenario runs, before it runs.
+    assert started == list(enumerate(SCENARIOS, 1))
     assert [r.scenario for r in results] == [
         "fan-out, wsrt hub",
         "fan-out, websockets.broadcast() per message",

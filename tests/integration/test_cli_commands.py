@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -28,14 +30,41 @@ def wsrt(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **
     )  # fmt: skip
 
 
+def in_terminal(*args: str, timeout: float = 120) -> tuple[int, str]:
+    """Run a wsrt command with a pseudo-terminal as stdout and stderr: its exit status and output."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wsrt", *args], stdin=subprocess.DEVNULL, stdout=terminal,
+        stderr=terminal, env={**os.environ, "TERM": "xterm", "COLUMNS": "160"},
+    )  # fmt: skip
+    os.close(terminal)
+    chunks = []
+    while True:  # until the command exits and the terminal reports the end (EIO)
+        ready, _, _ = select.select([controller], [], [], timeout)
+        if not ready:
+            process.kill()
+            raise AssertionError(f"no output within {timeout}s: {b''.join(chunks)!r}")
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return process.wait(timeout), b"".join(chunks).decode(errors="replace")
+
+
 class Background:
     """A wsrt command running in the background; its stderr lines are watched."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "wsrt", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
         )  # fmt: skip
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -73,11 +102,12 @@ class Background:
 
 
 @pytest.fixture
-def background():
+def background(tmp_path: Path):
+    """Commands in the background, in the test's own folder (wsrt dev leaves a .env there)."""
     started: list[Background] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> Background:
-        started.append(Background(*args, env=env))
+        started.append(Background(*args, env=env, cwd=tmp_path))
         return started[-1]
 
     yield start
@@ -229,11 +259,28 @@ async def test_loadtest_runs_k6_and_summarises(bootstrap, make_topics, servers, 
         "loadtest", "--url", server.url, "--secret", SECRET, "--vus", "3", "--duration", "3s",
         "--session", "1", "--channel", topic,
     )  # fmt: skip
-    feed.stop()
     assert result.returncode == 0, result.stdout + result.stderr
     received = re.search(r"messages received\s*│\s*(\d+)", result.stdout)
     assert received and int(received.group(1)) > 0, result.stdout
     assert re.search(r"connections\s*│\s*\d+ attempted, 0 failed", result.stdout)
+    # Piped, progress is two whole lines: the start and the end.
+    assert result.stderr.splitlines() == [
+        f"wsrt loadtest: running k6 against {server.url} (3 VUs, 3s) …",
+        f"wsrt loadtest: k6 done in {result.stderr.split('k6 done in ')[1].split('s,')[0]}s, "
+        f"{int(received.group(1)):,} messages",
+    ], result.stderr
+    # On a terminal a status line counts seconds, connections and messages as k6 runs.
+    code, shown = in_terminal(
+        "loadtest", "--url", server.url, "--secret", SECRET, "--vus", "3", "--duration", "3s",
+        "--session", "1", "--channel", topic,
+    )  # fmt: skip
+    feed.stop()
+    assert code == 0, shown
+    ticks = re.findall(
+        r"\r\x1b\[2Kwsrt loadtest: (\d+)s / 3s, (\d+) VUs connected, ([\d,]+) messages", shown
+    )
+    assert ticks, shown
+    assert any(int(vus) == 3 and int(n.replace(",", "")) > 0 for _, vus, n in ticks), ticks
     bad = wsrt(
         "loadtest",
         "--url",
@@ -264,7 +311,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def test_dev_serves_all_three_channels_and_stops_cleanly(background) -> None:
+async def test_dev_serves_all_three_channels_and_stops_cleanly(background, tmp_path) -> None:
     port = free_port()
     dev = background("dev", "--port", str(port), "--broker-port", str(free_port()), "--rate", "20")
     token = dev.wait_line(r"token \(24 h\): (\S+)").group(1)
@@ -276,10 +323,26 @@ async def test_dev_serves_all_three_channels_and_stops_cleanly(background) -> No
     ) as ws:
         got = await messages(ws, 30)
     assert {m["channel"] for m in got} == {"lines", "order_book", "analytics"}
+    assert (tmp_path / ".env").read_text().count(f"WS_URL=ws://127.0.0.1:{port}/ws\n") == 1
     dev.process.send_signal(signal.SIGINT)
     assert dev.process.wait(60) == 0
     dev.wait_line(r"wsrt dev: stopped")
     assert not [pid for pid in children if alive(pid)]
+    assert not (tmp_path / ".env").exists()  # it named a secret and a broker now gone
+
+
+async def test_dev_leaves_a_users_own_env_file_alone(background, tmp_path) -> None:
+    mine = "WS_KAFKA_TOPICS=lines,order_book,analytics\n# mine\n"
+    (tmp_path / ".env").write_text(mine)
+    port = free_port()
+    dev = background("dev", "--port", str(port), "--broker-port", str(free_port()), "--rate", "0")
+    dev.wait_line(r"\.env here is not wsrt dev's: left alone")
+    # Then the printed commands carry what .env would have: they still run as printed.
+    tail = dev.wait_line(r"^    (\S+ tail --channel lines --url \S+ --token \S+)$").group(1)
+    assert f"--url ws://127.0.0.1:{port}/ws" in tail
+    dev.process.send_signal(signal.SIGINT)
+    assert dev.process.wait(60) == 0
+    assert (tmp_path / ".env").read_text() == mine
 
 
 def tail_to_file(out: Path, *args: str) -> subprocess.Popen[str]:

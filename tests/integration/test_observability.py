@@ -90,6 +90,16 @@ async def test_metrics_and_logs_follow_a_scenario(make_topics, servers, producer
     assert value(after, "wsrt_kafka_rebalances_total") == 1
     assert value(after, "wsrt_kafka_lag", topic=topic, partition="0") == 0
 
+    # A client that leaves with 1001 (a tab closing, a k6 session ending) is not a shutdown.
+    leaving = await websockets.connect(server.url, additional_headers=auth("leaver"))
+    await leaving.close(1001, "tab closed")
+    await asyncio.to_thread(
+        server.wait_for, "connection_closed", lambda e: e.get("subject") == "leaver"
+    )
+    left = scrape(server)
+    assert value(left, "wsrt_connections_closed_total", reason="client_going_away") == 1
+    assert value(left, "wsrt_connections_closed_total", reason="shutdown") == 0
+
     # Shutdown: the open client is closed 1001 and counted while /metrics still answers.
     stalled = await StalledClient(server.url, auth("staller")).connect()  # keeps the drain open
     mark = server.mark()

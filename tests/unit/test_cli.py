@@ -242,3 +242,52 @@ def test_check_colours_ok_and_fail_only_for_a_terminal() -> None:
     coloured = Result("healthz", False, "503").line(color=True)
     assert "\x1b[31m" in coloured and "FAIL" in coloured
     assert "\x1b[32m" in Result("livez", True, "200").line(color=True)
+
+
+def test_tail_shows_as_much_data_as_the_terminal_is_wide() -> None:
+    import io
+
+    from rich.console import Console
+
+    from wsrt.cli.tail import LiveView
+
+    data = {"pad": "x" * 300}
+    for width in (100, 160):
+        console = Console(file=io.StringIO(), width=width, force_terminal=False)
+        view = LiveView("ws://127.0.0.1:1/ws", ["lines"], console=console)
+        view.message(
+            {"channel": "lines", "key": "k", "partition": 0, "offset": 7, "data": data}, b""
+        )
+        console.print(view)
+        row = next(line for line in console.file.getvalue().splitlines() if "0:7" in line)
+        shown = row.split("0:7", 1)[1].strip()
+        assert len(row) <= width and shown.startswith('{"pad":"xxx') and shown.endswith("…")
+        # The data column takes what the other columns leave: well past 80 on a wide one.
+        assert len(shown) > width - 40, (width, row)
+
+
+def test_dev_leaves_an_env_file_only_where_none_of_the_users_is(tmp_path) -> None:
+    from wsrt.cli.dev import DevEnv
+
+    path = tmp_path / ".env"
+    dev = DevEnv(path)
+    assert dev.write({"WS_URL": "ws://127.0.0.1:8080/ws"})
+    assert path.read_text().splitlines()[1:] == ["WS_URL=ws://127.0.0.1:8080/ws"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    # A crashed run's file is rewritten by the next; removed at exit while unchanged.
+    again = DevEnv(path)
+    assert again.write({"WS_URL": "ws://127.0.0.1:9090/ws"})
+    again.remove()
+    assert not path.exists()
+    # The user's own file is never touched, and not removed.
+    path.write_text("WS_URL=ws://prod.example.com/ws\n")
+    assert not DevEnv(path).write({"WS_URL": "ws://127.0.0.1:8080/ws"})
+    DevEnv(path).remove()
+    assert path.read_text() == "WS_URL=ws://prod.example.com/ws\n"
+    # Edited by hand meanwhile: kept.
+    path.unlink()
+    edited = DevEnv(path)
+    edited.write({"WS_URL": "ws://127.0.0.1:8080/ws"})
+    path.write_text(path.read_text() + "WS_LOG_LEVEL=DEBUG\n")
+    edited.remove()
+    assert path.exists()

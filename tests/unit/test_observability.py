@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import yaml
 
 from wsrt.health import Readiness
 from wsrt.hub import Hub
-from wsrt.logs import EventLogger, JsonFormatter, LibraryFlood, TextFormatter
+from wsrt.logs import EventLogger, JsonFormatter, LibraryFlood, RateLimited, TextFormatter
 from wsrt.metrics import Collector, DelayHistogram, Metrics, Stats, close_reason, parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +74,12 @@ def test_close_reasons(code, reason, label) -> None:
     assert close_reason(code, reason) == label
 
 
+def test_a_client_going_away_is_not_a_server_shutdown() -> None:
+    assert close_reason(1001, "", by_server=False) == "client_going_away"
+    assert close_reason(1001, "server shutting down", by_server=True) == "shutdown"
+    assert close_reason(1000, "", by_server=False) == "normal"
+
+
 def test_delay_histogram_is_cumulative() -> None:
     h = DelayHistogram((0.01, 0.1))
     h.observe_ms(1000.0, [995, 950, 100, 1200])  # 5 ms, 50 ms, 900 ms, clock skew → 0
@@ -131,14 +139,72 @@ def test_no_terminal_control_reaches_a_log_line(kind: str, field: str) -> None:
     assert json.loads(line)[field] == value  # escaped, not altered
 
 
+def library_record(msg: str = "Heartbeat failed for group %s") -> logging.LogRecord:
+    return logging.LogRecord("aiokafka.consumer", logging.ERROR, "", 1, msg, ("g",), None)
+
+
 def test_library_floods_are_cut_with_a_count() -> None:
     flood = LibraryFlood(interval=60)
-    lines = [
-        logging.LogRecord("aiokafka", logging.ERROR, "", 1, "Unable connect to %s", ("x",), None)
-        for _ in range(5)
-    ]
+    lines = [library_record() for _ in range(5)]
     assert [flood.filter(r) for r in lines] == [True, False, False, False, False]
     assert flood.filter(record()) is True  # wsrt's own lines are never cut
+
+
+def test_library_lines_that_readiness_says_in_plain_words_are_dropped() -> None:
+    flood = LibraryFlood(interval=60)
+    refused = library_record('Unable connect to "%s:%s": %s')
+    refused.name = "aiokafka.client"
+    assert flood.filter(refused) is False
+
+
+class Collect(logging.Handler):
+    """Records reaching a handler, with a threading event per arrival."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.arrived = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.arrived.set()
+
+
+def test_a_suppressed_library_line_is_written_when_nothing_follows() -> None:
+    flood, sink = LibraryFlood(interval=0.05), Collect()
+    sink.addFilter(flood)
+    logger = logging.getLogger("aiokafka.flushtest")
+    logger.addHandler(sink)
+    logger.propagate = False
+    try:
+        for n in range(4):
+            logger.error("Heartbeat failed: attempt %s", n)
+        assert [r.args for r in sink.records] == [(0,)]
+        sink.arrived.clear()
+        assert sink.arrived.wait(10), "the held line never came"
+        last = sink.records[-1]
+        assert last.args == (3,) and last.wsrt_fields == {"suppressed": 2}
+    finally:
+        logger.removeHandler(sink)
+
+
+async def test_a_rate_limited_event_is_reported_when_nothing_follows() -> None:
+    sink = Collect()
+    arrived = asyncio.Event()
+    sink.emit = lambda r: (sink.records.append(r), arrived.set())  # type: ignore[method-assign]
+    logger = logging.getLogger("wsrt.flushtest")
+    logger.addHandler(sink)
+    logger.setLevel(logging.INFO)
+    try:
+        limited = RateLimited(EventLogger("wsrt.flushtest"), interval=0.05)
+        for n in range(4):
+            limited.warning("handshake_rejected", "rejected", n=n)
+        assert [r.wsrt_fields for r in sink.records] == [{"n": 0}]
+        arrived.clear()
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert sink.records[-1].wsrt_fields == {"n": 3, "suppressed": 2}
+    finally:
+        logger.removeHandler(sink)
 
 
 def test_event_logger_respects_level(caplog) -> None:

@@ -7,12 +7,15 @@ import fcntl
 import os
 import shutil
 import subprocess
+import time
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
 from wsrt.brokers import Broker, BrokerError, free_port
+from wsrt.progress import Progress
 
 KAFKA_VERSION = "4.1.1"
 #: Where resolved jars are kept between runs (override with WSRT_CACHE_DIR).
@@ -30,11 +33,13 @@ def _resource(name: str) -> Path:
     return Path(str(resources.files("wsrt.brokers").joinpath("kafka", name)))
 
 
-def ensure_jars() -> Path:
+def ensure_jars(progress: Progress | None = None) -> Path:
     """The directory of Kafka's runtime jars, resolved with Maven on first use.
 
     Concurrent runs wait on a file lock; a finished resolution is marked by a
     ``.complete`` file, so an interrupted one is redone rather than trusted.
+    The first resolution downloads about 100 MB: ``progress`` (default: on
+    stderr) says so, and counts the files on a terminal.
     """
     target = cache_dir()
     libs = target / "libs"
@@ -49,22 +54,54 @@ def ensure_jars() -> Path:
         if (target / ".complete").exists():
             return libs
         shutil.rmtree(libs, ignore_errors=True)
-        result = subprocess.run(
+        progress = progress or Progress("wsrt")
+        progress.start(
+            f"fetching Apache Kafka {KAFKA_VERSION} jars with Maven (once; kept in {target}) …"
+        )
+        started = time.monotonic()
+        code, output, files = _maven(
             [
-                mvn, "-q", "-B", "-f", str(_resource("pom.xml")),
+                mvn, "-B", "-f", str(_resource("pom.xml")),
                 "dependency:copy-dependencies", "-DincludeScope=runtime",
                 f"-DoutputDirectory={libs}",
             ],
-            capture_output=True,
-            text=True,
+            lambda got, placed: progress.update(f"{got} files downloaded, {placed} jars in place"),
         )  # fmt: skip
-        if result.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+        if code != 0 or not any(libs.glob("kafka_2.13-*.jar")):
             raise BrokerError(
-                f"mvn could not fetch Apache Kafka {KAFKA_VERSION}:\n"
-                f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
+                f"mvn could not fetch Apache Kafka {KAFKA_VERSION}:\n{''.join(output)[-3000:]}"
             )
+        jars = list(libs.iterdir())
+        size = sum(f.stat().st_size for f in jars) / 1e6
+        progress.finish(
+            f"Apache Kafka {KAFKA_VERSION}: {len(jars)} jars ({size:.0f} MB) in place in "
+            f"{time.monotonic() - started:.0f}s, {files} files downloaded from Maven Central"
+        )
         (target / ".complete").write_text(KAFKA_VERSION + "\n")
     return libs
+
+
+def _maven(argv: list[str], step: Callable[[int, int], None]) -> tuple[int, list[str], int]:
+    """Run Maven in batch mode; ``step(downloaded, copied)`` after each file it fetches or places.
+
+    The exit status, the output's last lines, and the count of files downloaded.
+    """
+    tail: deque[str] = deque(maxlen=200)
+    downloaded = copied = 0
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        tail.append(line)
+        if line.startswith("Downloaded from"):
+            downloaded += 1
+        elif line.startswith("[INFO] Copying "):
+            copied += 1
+        else:
+            continue
+        step(downloaded, copied)
+    return process.wait(), list(tail), downloaded
 
 
 class ApacheKafka(Broker):

@@ -8,6 +8,7 @@ from (``pip install -e .``), and says so when there is none.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wsrt.cli.common import EXIT_USAGE, fail, quiet_libraries
+from wsrt.progress import Progress
 
 
 def _fmt(value: object) -> str:
@@ -81,11 +83,20 @@ def bench(
     console = Console()
     kind = broker or default_kind()
     scale = Scale.quick() if quick else Scale()
+    progress = Progress("wsrt bench")
+    started = time.monotonic()
+
+    def starting(number: int, name: str) -> None:
+        progress.start(
+            f"scenario {number}/{len(chosen)}: {name} ({time.monotonic() - started:.0f}s so far)"
+        )
+
     with make_broker(kind) as kafka:
         info = {**machine(), "broker": kafka.describe()}
         console.print("  ".join(f"[bold]{k}[/] {v}" for k, v in info.items()))
         console.print(f"[bold]parameters[/] {'quick' if quick else 'full'}: {scale}")
-        results = run(kafka, chosen, quick, profile)
+        results = run(kafka, chosen, quick, profile, starting)
+    progress.finish(f"{len(chosen)} scenarios in {time.monotonic() - started:.0f}s")
     failed = _print(console, results)
     if failed:
         fail("correctness checks failed: " + "; ".join(failed))

@@ -89,7 +89,7 @@ async def check_subscribe(settings: Settings, channel: str, token: str, seconds:
 
 
 async def check_kafka(settings: Settings, seconds: float) -> Result:
-    from wsrt.kafka.options import discover, metadata_client
+    from wsrt.kafka.options import discover, explain, metadata_client
 
     where = ",".join(settings.kafka_brokers)
     client = metadata_client(settings.replace(kafka_request_timeout=seconds))
@@ -98,7 +98,7 @@ async def check_kafka(settings: Settings, seconds: float) -> Result:
             await client.bootstrap()
             found, missing = await discover(client, settings.kafka_topics)
     except (KafkaError, OSError, TimeoutError) as exc:
-        return Result("kafka", False, f"cannot reach Kafka at {where}: {exc or type(exc).__name__}")
+        return Result("kafka", False, await explain(exc, settings.kafka_brokers))
     finally:
         await client.close()
     if missing:

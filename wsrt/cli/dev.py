@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -105,20 +107,66 @@ def dev(
         env=env,
         echo=sys.stderr,  # the server's log, as it happens
     ).start()
+    dotenv = DevEnv(Path(".env"))
     code = 0
     try:
         if not wait_healthy(f"http://127.0.0.1:{port}", READY_TIMEOUT_SECONDS, server.alive):
             raise BrokerError("wsrt serve did not become ready; see its log above")
-        typer.echo(_banner(url, console, kafka.bootstrap, topics, secret), err=True)
-        asyncio.run(_feed(settings.replace(kafka_brokers=(kafka.bootstrap,)), topics, rate, server))
+        wrote = dotenv.write(
+            {"WS_URL": url, "WS_AUTH_SECRET": secret, "WS_KAFKA_BROKERS": kafka.bootstrap,
+             "WS_KAFKA_TOPICS": ",".join(topics)}
+        )  # fmt: skip
+        typer.echo(_banner(url, console, kafka, topics, secret, wrote), err=True)
+        ended = asyncio.run(
+            _feed(settings.replace(kafka_brokers=(kafka.bootstrap,)), topics, rate, server, kafka)
+        )
+        if ended:
+            typer.echo(f"error: {ended}; stopping", err=True)
+            code = 1
     except WsrtError as exc:
         typer.echo(f"error: {exc}", err=True)
         code = 1
     finally:
         server.stop(timeout=20)
         kafka.stop()
+        dotenv.remove()
         typer.echo("wsrt dev: stopped", err=True)
     raise typer.Exit(code)
+
+
+class DevEnv:
+    """The ``.env`` that lets the other commands in this folder reach this dev run.
+
+    Written only where no ``.env`` is, or where the one there is a previous dev
+    run's; removed on exit while it is still the one written (it names a secret
+    and a broker that are gone once ``wsrt dev`` stops).
+    """
+
+    MARK = "# written by wsrt dev"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._text: str | None = None
+
+    def write(self, values: dict[str, str]) -> bool:
+        with contextlib.suppress(OSError):
+            if self.path.exists() and not self.path.read_text().startswith(self.MARK):
+                return False  # the user's own: never touched
+            text = (
+                f"{self.MARK} for the other wsrt commands in this folder; "
+                "removed when it stops\n" + "".join(f"{k}={v}\n" for k, v in values.items())
+            )
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a secret
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            self._text = text
+            return True
+        return False
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._text is not None and self.path.read_text() == self._text:
+                self.path.unlink()
 
 
 def _start_broker(kind: str, port: int, topics: dict[str, int]) -> Broker:
@@ -135,32 +183,72 @@ def _start_broker(kind: str, port: int, topics: dict[str, int]) -> Broker:
     return kafka
 
 
-def _banner(url: str, console: str, bootstrap: str, topics: list[str], secret: str) -> str:
-    """What to try next: the URL, a token, and commands that run as printed."""
+def wsrt_command() -> str:
+    """How to run this wsrt from a fresh shell: ``wsrt`` when that is this one on PATH,
+    else its path (relative to this folder when inside it, as ``.venv/bin/wsrt``)."""
+    here = Path(sys.executable).parent / "wsrt"  # the venv's, not the resolved interpreter's
+    found = shutil.which("wsrt")
+    if found and here.exists() and Path(found).resolve() == here.resolve():
+        return "wsrt"
+    if not here.exists():
+        return f"{shlex.quote(sys.executable)} -m wsrt"
+    with contextlib.suppress(ValueError):
+        return str(here.absolute().relative_to(Path.cwd()))
+    return shlex.quote(str(here.absolute()))
+
+
+def _banner(
+    url: str, console: str, kafka: Broker, topics: list[str], secret: str, dotenv: bool
+) -> str:
+    """What to try next: the URL, a token, and commands that run as printed, in this order."""
+    from wsrt.cli.loadtest import find_k6
+
     token = mint_token(secret, "dev-user", ttl=24 * 3600)
-    return "\n".join(
-        [
-            "",
-            f"  wsrt is running: {url}",
-            f"  broker {bootstrap}, topics {', '.join(topics)}",
-            f"  secret: {secret}",
-            f"  token (24 h): {token}",
-            "",
-            "  watch a channel:",
-            f"    wsrt tail --url {url} --token {token} --channel {topics[0]}",
-            "  check it:",
-            f"    wsrt check --url {url} --subscribe {topics[-1]} --token {token}",
-            "  or open the console in a browser:",
-            f"    {console}#token={token}&channels={','.join(topics)}",
-            "",
-            "  Ctrl-C stops everything.",
-            "",
+    wsrt = wsrt_command()
+    # With the .env the commands need no URL or secret; without it they carry a token.
+    reach = "" if dotenv else f" --url {url} --token {token}"
+    lines = [
+        "",
+        f"  wsrt is running: {url}",
+        f"  broker {kafka.describe()}, topics {', '.join(topics)}",
+        f"  token (24 h): {token}",
+        "  .env written here (WS_URL, WS_AUTH_SECRET, WS_KAFKA_BROKERS, WS_KAFKA_TOPICS) for the"
+        if dotenv
+        else f"  secret: {secret}   (.env here is not wsrt dev's: left alone)",
+        *(["  other wsrt commands in this folder; removed when wsrt dev stops"] if dotenv else []),
+        "",
+        f"  in another terminal, in {Path.cwd()}:",
+        "    # watch a channel (Ctrl-C ends it)",
+        f"    {wsrt} tail --channel {topics[0]}{reach}",
+        "    # check the server, a real subscription and Kafka",
+        f"    {wsrt} check --subscribe {topics[-1]}{reach}"
+        + (" --kafka" if dotenv else f" --kafka --brokers {kafka.bootstrap}"),
+        "    # publish your own message",
+        f'    echo \'{{"hello": "wsrt"}}\' | {wsrt} produce --topic {topics[0]} --file -'
+        + ("" if dotenv else f" --brokers {kafka.bootstrap}"),
+    ]
+    if find_k6(None):
+        lines += [
+            "    # a short load test with k6",
+            f"    {wsrt} loadtest --vus 10 --duration 5s --channel {topics[0]}{reach}",
         ]
-    )
+    if wsrt != "wsrt":
+        lines += [f"    # (or once: source {Path(wsrt).parent}/activate, then plain wsrt …)"]
+    lines += [
+        "  or open the console in a browser:",
+        f"    {console}#token={token}&channels={','.join(topics)}",
+        "",
+        "  Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
-async def _feed(settings: Settings, topics: list[str], rate: float, server: Child[str]) -> None:
-    """Publish samples on every topic until Ctrl-C, SIGTERM, or the server exits."""
+async def _feed(
+    settings: Settings, topics: list[str], rate: float, server: Child[str], kafka: Broker
+) -> str | None:
+    """Publish samples on every topic until Ctrl-C or SIGTERM (``None``), or until the
+    server or the broker exits on its own (what happened, in words)."""
     from wsrt.feed import producer, publish, samples
 
     stop = asyncio.Event()
@@ -168,14 +256,24 @@ async def _feed(settings: Settings, topics: list[str], rate: float, server: Chil
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    # The server exiting on its own also stops the feed: its pidfd becomes
+    # A child exiting on its own also stops the feed: its pidfd becomes
     # readable when it exits.
-    pidfd = os.pidfd_open(server.pid)
-    loop.add_reader(pidfd, stop.set)
+    died: list[str] = []
+    pidfds = []
+    for name, child in (("wsrt serve", server), (kafka.describe(), kafka.child)):
+        assert child is not None
+        pidfd = os.pidfd_open(child.pid)
+        pidfds.append(pidfd)
+
+        def exited(name: str = name, child: Child[str] = child) -> None:
+            died.append(f"{name} exited on its own (code {child.poll()})")
+            stop.set()
+
+        loop.add_reader(pidfd, exited)
     if rate > 0:
-        kafka = producer(settings)
-        await kafka.start()
-        feeding = asyncio.create_task(publish(kafka, samples(topics, 0), rate * len(topics)))
+        feed = producer(settings)
+        await feed.start()
+        feeding = asyncio.create_task(publish(feed, samples(topics, 0), rate * len(topics)))
         await stop.wait()
         # A send waiting on a broker that went away must not hold up Ctrl-C.
         feeding.cancel()
@@ -183,7 +281,9 @@ async def _feed(settings: Settings, topics: list[str], rate: float, server: Chil
             await feeding
         with contextlib.suppress(TimeoutError, KafkaError):
             async with asyncio.timeout(5):
-                await kafka.stop()
+                await feed.stop()
     await stop.wait()
-    loop.remove_reader(pidfd)
-    os.close(pidfd)
+    for pidfd in pidfds:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return died[0] if died else None

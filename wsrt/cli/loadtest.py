@@ -9,6 +9,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from wsrt.brokers import free_port
 from wsrt.cli.common import (
     ENV_FILE_OPTION,
     EXIT_USAGE,
@@ -28,6 +32,7 @@ from wsrt.cli.common import (
     setting,
     settings_or_exit,
 )
+from wsrt.progress import Progress
 from wsrt.protocol import channel_list
 
 #: k6's exit status when a threshold failed.
@@ -79,6 +84,43 @@ def summary_table(summary: dict[str, Any], duration: str, vus: int) -> Table:
             f"med {connecting.get('med', 0):.1f} ms, p(99) {connecting.get('p(99)', 0):.1f} ms",
         )
     return table
+
+
+def seconds(duration: str) -> float:
+    """``30s`` / ``2m`` / ``500ms`` / ``1h`` in seconds (the form --duration was checked for)."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration).groups()  # type: ignore[union-attr]
+    return float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def _run_k6(
+    argv: list[str], env: dict[str, str], tick: Callable[[], None]
+) -> subprocess.CompletedProcess[str]:
+    """Run k6 to its end, calling ``tick`` about twice a second meanwhile."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
+        while True:
+            try:
+                code = process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                tick()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, code, out.read(), err.read())
+
+
+def _so_far(address: str, started: float, total: float) -> str:
+    """``12s / 30s, 10 VUs, 4,210 messages``: from k6's REST API while it runs."""
+    elapsed = f"{time.monotonic() - started:.0f}s / {total:g}s"
+    try:
+        with urllib.request.urlopen(f"http://{address}/v1/metrics", timeout=0.3) as response:
+            data = json.load(response)["data"]
+    except (OSError, ValueError, KeyError):
+        return f"{elapsed}, starting k6 …"
+    sample = {m["id"]: m["attributes"]["sample"] for m in data}
+    vus = sample.get("vus", {}).get("value", 0)
+    received = sample.get("ws_messages_received", {}).get("count", 0)
+    return f"{elapsed}, {vus:.0f} VUs connected, {received:,.0f} messages"
 
 
 def failed_thresholds(summary: dict[str, Any]) -> list[str]:
@@ -142,19 +184,24 @@ def loadtest(
         "WS_SESSION_SECONDS": f"{session:g}",
         "K6_NO_USAGE_REPORT": "true",
     }
+    progress = Progress("wsrt loadtest")
     with tempfile.TemporaryDirectory(prefix="wsrt-k6-") as tmp:
         summary_path = Path(tmp) / "summary.json"
-        typer.echo(f"running k6 against {settings.url} ({vus} VUs, {duration}) …", err=True)
-        result = subprocess.run(
-            [binary, "run", "--quiet", "--summary-export", str(summary_path),
+        address = f"127.0.0.1:{free_port()}"  # k6's REST API: the figures so far
+        progress.start(f"running k6 against {settings.url} ({vus} VUs, {duration}) …")
+        started = time.monotonic()
+        result = _run_k6(
+            [binary, "run", "--quiet", "--address", address, "--summary-export", str(summary_path),
              "--summary-trend-stats", "avg,min,med,p(90),p(99),max",
              str(script or bundled_script())],
-            env=env, capture_output=True, text=True,
+            env, lambda: progress.update(_so_far(address, started, seconds(duration))),
         )  # fmt: skip
         if not summary_path.exists():
             output = (result.stdout + result.stderr).strip().splitlines()[-15:]
             fail(f"k6 failed (exit {result.returncode}):\n" + "\n".join(output))
         summary = json.loads(summary_path.read_text())
+        received = summary.get("metrics", {}).get("ws_messages_received", {}).get("count", 0)
+        progress.finish(f"k6 done in {time.monotonic() - started:.0f}s, {received:,} messages")
     Console().print(summary_table(summary, duration, vus))
     if result.returncode == K6_THRESHOLDS_FAILED or failed_thresholds(summary):
         fail("k6 thresholds failed: " + ", ".join(failed_thresholds(summary) or ["(see k6)"]))

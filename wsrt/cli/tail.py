@@ -16,6 +16,7 @@ and no duplicate in the output.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 import time
@@ -118,6 +119,10 @@ def parse_offsets(value: str) -> dict[str, int]:
     return offsets
 
 
+class ReaderGone(Exception):
+    """stdout's reader went away (``wsrt tail | head -3``): stop quietly, as ``cat`` does."""
+
+
 class Plain:
     """Piped output: messages on stdout as JSON lines, status on stderr."""
 
@@ -125,8 +130,11 @@ class Plain:
         self.out = sys.stdout.buffer
 
     def message(self, obj: dict[str, Any], raw: bytes) -> None:
-        self.out.write(raw + b"\n")
-        self.out.flush()
+        try:
+            self.out.write(raw + b"\n")
+            self.out.flush()
+        except BrokenPipeError:
+            raise ReaderGone from None
 
     def status(self, text: str) -> None:
         print(f"wsrt tail: {text}", file=sys.stderr, flush=True)
@@ -176,9 +184,11 @@ class LiveView:
             while recent and recent[0] < now - 5:
                 recent.popleft()
             channels.add_row(channel, str(count), f"{len(recent) / 5:.1f}")
-        last = Table("channel", "key", "partition:offset", box=None)
         # The data takes what the terminal has left, on one line each.
-        last.add_column("data", no_wrap=True, overflow="ellipsis")
+        last = Table(box=None, expand=True)
+        for name in ("channel", "key", "partition:offset"):
+            last.add_column(name, no_wrap=True)
+        last.add_column("data", no_wrap=True, overflow="ellipsis", ratio=1)
         width = self.live.console.width
         for m in self.last:
             data = orjson.dumps(m.get("data")).decode()
@@ -405,6 +415,10 @@ def tail(
         try:
             code = asyncio.run(run())
         except KeyboardInterrupt:
+            code = 0
+        except ReaderGone:
+            # Nothing more may reach the closed pipe, not even at interpreter exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             code = 0
     raise typer.Exit(code)
 

@@ -146,8 +146,8 @@ class Connections:
             outlet.close()
             self.hub.remove(outlet)
             await connection.wait_closed()
-            code, reason = ws_adapter.close_info(connection)
-            self.stats.connections_closed[close_reason(code, reason)] += 1
+            code, reason, by_server = ws_adapter.close_info(connection)
+            self.stats.connections_closed[close_reason(code, reason, by_server)] += 1
             self.log.info(
                 "connection_closed", "connection closed", subject=subject, remote=remote,
                 code=code, reason=reason or None,

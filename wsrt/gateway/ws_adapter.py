@@ -126,8 +126,9 @@ async def start_server(
     )
 
 
-def close_info(connection: ServerConnection) -> tuple[int, str]:
-    """Code and reason of a closed connection, from whichever side closed first.
+def close_info(connection: ServerConnection) -> tuple[int, str, bool]:
+    """Code and reason of a closed connection, from whichever side closed first, and
+    whether that was the server.
 
     websockets' ``close_code`` is the code *received*; when the server closed
     (slow consumer, token expired, shutdown) and the client never answered,
@@ -136,10 +137,10 @@ def close_info(connection: ServerConnection) -> tuple[int, str]:
     p = connection.protocol
     sent, received = p.close_sent, p.close_rcvd
     if sent is not None and (received is None or not p.close_rcvd_then_sent):
-        return sent.code, sent.reason
+        return sent.code, sent.reason, True
     if received is not None:
-        return received.code, received.reason
-    return 1006, ""
+        return received.code, received.reason, False
+    return 1006, "", False
 
 
 def remote(connection: ServerConnection) -> str | None:

@@ -6,6 +6,10 @@ the demo feed) takes its brokers, TLS and SASL from :func:`client_options`.
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import re
+import socket
 from typing import Any
 
 from aiokafka import AIOKafkaClient
@@ -75,3 +79,51 @@ async def discover(
         else:
             missing.append(topic)
     return found, missing
+
+
+#: How long :func:`explain` tries each broker's port.
+PROBE_SECONDS = 1.0
+
+
+async def explain(exc: BaseException, brokers: tuple[str, ...]) -> str:
+    """Why Kafka is unavailable, in plain words for readiness, logs and ``wsrt check``.
+
+    ``cannot reach Kafka at 127.0.0.1:9999: connection refused`` rather than
+    aiokafka's ``Unable to bootstrap from [('127.0.0.1', 9999, <AddressFamily…>)]``:
+    when the client could not connect, each broker's port is tried to say why.
+    """
+    where = ",".join(brokers)
+    if isinstance(exc, Abandoned | TimeoutError):
+        # A hung broker, or a port that is not Kafka's.
+        return f"Kafka at {where} is not answering" + (f" ({exc})" if str(exc) else "")
+    if isinstance(exc, OSError) or type(exc).__name__ == "KafkaConnectionError":
+        causes = await asyncio.gather(*(_tcp_reason(broker) for broker in brokers))
+        if len(set(causes)) == 1:
+            return f"cannot reach Kafka at {where}: {causes[0]}"
+        return "cannot reach Kafka: " + "; ".join(
+            f"{b} {c}" for b, c in zip(brokers, causes, strict=True)
+        )
+    words = re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__.removesuffix("Error")).lower()
+    # aiokafka's text repeats the class: "[Error 15] GroupCoordinatorNotAvailableError: …".
+    detail = str(exc).removeprefix(f"[Error {getattr(exc, 'errno', '')}] ")
+    detail = detail.removeprefix(type(exc).__name__).lstrip(": ").strip()
+    return f"Kafka at {where}: {words}" + (f" ({detail})" if detail else "")
+
+
+async def _tcp_reason(broker: str) -> str:
+    """What a plain TCP connect to ``host:port`` says, in words."""
+    host, _, port = broker.rpartition(":")
+    try:
+        async with asyncio.timeout(PROBE_SECONDS):
+            _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    except TimeoutError:
+        return f"no answer within {PROBE_SECONDS:g}s (a firewall, or the wrong address)"
+    except socket.gaierror:
+        return f"unknown host {host}"
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        return (exc.strerror or str(exc)).lower()
+    writer.close()
+    # The port answers, Kafka's protocol does not: a TLS or SASL mismatch, or not a broker.
+    return "the port answers but not as Kafka (check WS_KAFKA_SECURITY_PROTOCOL)"

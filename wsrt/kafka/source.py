@@ -33,10 +33,10 @@ from wsrt.kafka.assign import Assigner
 from wsrt.kafka.commit import Committer
 from wsrt.kafka.deliver import Batches, Encoder, UndecodableSkipper
 from wsrt.kafka.offsets import Offsets
-from wsrt.kafka.options import UNAVAILABLE, consumer_options, metadata_client
+from wsrt.kafka.options import UNAVAILABLE, consumer_options, explain, metadata_client
 from wsrt.kafka.supervise import Supervisor
 from wsrt.kafka.watch import SourceHealth, Watch
-from wsrt.logs import EventLogger, RateLimited
+from wsrt.logs import EventLogger
 from wsrt.metrics import Stats
 
 
@@ -104,7 +104,6 @@ class KafkaSource:
         #: Set by :meth:`stop`; the loops end when it is.
         self.stopping_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._error_log = RateLimited(log)
 
     def start(self) -> asyncio.Task[None]:
         """Run the supervised consumer in a task until :meth:`stop`."""
@@ -127,12 +126,14 @@ class KafkaSource:
         """One consumer lifetime after another, until stopped (supervised by the caller)."""
         s = self.settings
         backoff = Backoff(s.kafka_backoff_initial, s.kafka_backoff_max)
+        failing = False  # retrying: readiness keeps saying why, not "connecting" each time
         while not self.stopping_event.is_set():
             self.liveness.beat()
             self.link = link = _Link(self)
             try:
-                where = ",".join(s.kafka_brokers)
-                self.health.placed(Status.STARTING, f"connecting to kafka at {where}")
+                if not failing:
+                    where = ",".join(s.kafka_brokers)
+                    self.health.placed(Status.STARTING, f"connecting to Kafka at {where}")
                 await link.open()
                 await self.assigner.join(link.consumer, link.client, link.committer)
                 self.watch = Watch(s.kafka_stall, asyncio.get_running_loop().time())
@@ -142,11 +143,13 @@ class KafkaSource:
                     group=s.group_id, brokers=",".join(s.kafka_brokers),
                 )  # fmt: skip
                 backoff.reset()
+                failing = False
                 await self._consume(link)
             except UNAVAILABLE as exc:
-                delay = backoff.next()
-                self._unavailable(exc, delay)
+                failing = True
+                self._unavailable(await explain(exc, s.kafka_brokers))
                 await link.close(commit=False)
+                delay = backoff.next()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping_event.wait(), delay)
             except BaseException:
@@ -164,14 +167,10 @@ class KafkaSource:
         link.committer.abandon()
         detach(link.close(commit=False))
 
-    def _unavailable(self, exc: BaseException, retry_in: float) -> None:
-        reason = f"kafka unavailable: {type(exc).__name__}: {exc}"
-        self.health.placed(Status.DEGRADED if self.health.ready_once else Status.STARTING, reason)
-        self._error_log.warning(
-            "kafka_error",
-            "kafka error; retrying",
-            error=str(exc)[:300],
-            retry_in_s=round(retry_in, 2),
+    def _unavailable(self, reason: str) -> None:
+        """Readiness says why, in one line per change of reason (not one per retry)."""
+        self.health.placed(
+            Status.DEGRADED if self.health.ready_once else Status.STARTING, reason, problem=True
         )
 
     # -- the loop --------------------------------------------------------------
@@ -227,4 +226,4 @@ class KafkaSource:
         try:
             await self.assigner.refresh(link.consumer, link.client)
         except UNAVAILABLE as exc:
-            self.health.unreachable(f"kafka unavailable: {type(exc).__name__}: {exc}")
+            self.health.unreachable(await explain(exc, self.settings.kafka_brokers))

@@ -18,7 +18,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from wsrt.aio import Backoff, abandon_after
-from wsrt.kafka.options import UNAVAILABLE, discover
+from wsrt.kafka.options import UNAVAILABLE, discover, explain
 
 if TYPE_CHECKING:
     from wsrt.kafka.source import KafkaSource, _Link
@@ -52,7 +52,7 @@ class Supervisor:
                 "kafka_restarted", "the Kafka consumer failed; replacing it", exc_info=exc,
                 reason="error", error=repr(exc)[:300], retry_in_s=round(delay, 2),
             )  # fmt: skip
-            src.health.degrade(f"kafka consumer failed: {type(exc).__name__}: {exc}")
+            src.health.degrade(f"the Kafka consumer failed ({type(exc).__name__}); replacing it")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(src.stopping_event.wait(), delay)
 
@@ -82,13 +82,12 @@ class Supervisor:
         """Can the brokers be reached, and do records wait? ``None``: unreachable."""
         src = self.source
         seconds = src.settings.kafka_request_timeout
-        where = ",".join(src.settings.kafka_brokers)
         try:
             await abandon_after(
                 discover(link.client, src.settings.kafka_topics), seconds, "metadata request"
             )
         except UNAVAILABLE as exc:
-            src.health.unreachable(f"cannot reach Kafka at {where}: {type(exc).__name__}: {exc}")
+            src.health.unreachable(await explain(exc, src.settings.kafka_brokers))
             return None
         src.health.reachable()
         assigned = link.consumer.assignment()

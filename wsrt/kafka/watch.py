@@ -64,9 +64,12 @@ class SourceHealth:
         self.ready_once = False
         self._placement: tuple[Status, str] = (Status.STARTING, "starting up")
         self._unreachable: str | None = None
+        self._problem = False
 
-    def placed(self, status: Status, reason: str) -> None:
+    def placed(self, status: Status, reason: str, *, problem: bool = False) -> None:
+        """Where the assignment stands; ``problem``: a failure to report as a warning."""
         self._placement = (status, reason)
+        self._problem = problem
         if status is Status.OK:
             self.ready_once = True
             self._unreachable = None
@@ -74,6 +77,7 @@ class SourceHealth:
 
     def degrade(self, reason: str) -> None:
         self._placement = (Status.DEGRADED, reason)
+        self._problem = True
         self._apply()
 
     def unreachable(self, reason: str) -> None:
@@ -87,6 +91,6 @@ class SourceHealth:
 
     def _apply(self) -> None:
         if self._unreachable is not None:
-            self.readiness.set(Status.DEGRADED, self._unreachable)
+            self.readiness.set(Status.DEGRADED, self._unreachable, problem=True)
         else:
-            self.readiness.set(*self._placement)
+            self.readiness.set(*self._placement, problem=self._problem)
