@@ -54,6 +54,13 @@ async def test_server_waits_for_kafka_and_then_delivers(broker: Broker, servers)
                 await producer.stop()
             (m,) = await messages(ws, 1)
             assert m["data"] == {"hello": "late"}
+        # Retried for seconds, said once: one readiness line per change, in plain words.
+        reasons = [e.get("reason", "") for e in server.events if e["event"] == "readiness"]
+        assert reasons[0] == f"connecting to Kafka at {late.bootstrap}", reasons
+        assert reasons.count(reasons[0]) == 1, reasons
+        assert reasons.count(body["reason"]) == 1, reasons
+        for line in server.raw:
+            assert "KafkaConnectionError" not in line and "AddressFamily" not in line, line
     finally:
         late.stop()
 
