@@ -116,13 +116,14 @@ def dev(
             {"WS_URL": url, "WS_AUTH_SECRET": secret, "WS_KAFKA_BROKERS": kafka.bootstrap,
              "WS_KAFKA_TOPICS": ",".join(topics)}
         )  # fmt: skip
-        typer.echo(_banner(url, console, kafka, topics, secret, wrote), err=True)
-        ended = asyncio.run(
-            _feed(settings.replace(kafka_brokers=(kafka.bootstrap,)), topics, rate, server, kafka)
-        )
+        banner = _banner(url, console, kafka, topics, secret, wrote)
+        feed_settings = settings.replace(kafka_brokers=(kafka.bootstrap,))
+        ended = asyncio.run(_feed(feed_settings, topics, rate, server, kafka, banner))
         if ended:
             typer.echo(f"error: {ended}; stopping", err=True)
             code = 1
+    except KeyboardInterrupt:  # Ctrl-C while starting
+        code = 130
     except WsrtError as exc:
         typer.echo(f"error: {exc}", err=True)
         code = 1
@@ -245,16 +246,24 @@ def _banner(
 
 
 async def _feed(
-    settings: Settings, topics: list[str], rate: float, server: Child[str], kafka: Broker
+    settings: Settings,
+    topics: list[str],
+    rate: float,
+    server: Child[str],
+    kafka: Broker,
+    banner: str,
 ) -> str | None:
-    """Publish samples on every topic until Ctrl-C or SIGTERM (``None``), or until the
-    server or the broker exits on its own (what happened, in words)."""
+    """Print ``banner``, then publish samples on every topic until Ctrl-C or SIGTERM
+    (``None``), or until the server or the broker exits on its own (what happened, in words).
+    """
     from wsrt.feed import producer, publish, samples
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Only now: Ctrl-C right after reading it is a clean stop.
+    typer.echo(banner, err=True)
 
     # A child exiting on its own also stops the feed: its pidfd becomes
     # readable when it exits.
