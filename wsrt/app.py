@@ -27,6 +27,7 @@ from wsrt.kafka.replay import Replayer
 from wsrt.kafka.source import KafkaSource
 from wsrt.logs import EventLogger
 from wsrt.metrics import Collector, Metrics, Stats
+from wsrt.workers import Siblings, WorkerSpec
 
 
 def _force_exit(log: EventLogger, message: str) -> None:
@@ -50,10 +51,13 @@ def _source_ended(task: asyncio.Task[None], source: KafkaSource, log: EventLogge
     _force_exit(log, "no consumer: exiting so that the orchestrator restarts this process")
 
 
-async def serve(settings: Settings, hub_factory: Callable[..., Hub] = Hub) -> int:
+async def serve(
+    settings: Settings, hub_factory: Callable[..., Hub] = Hub, worker: WorkerSpec | None = None
+) -> int:
     """Serve until SIGTERM or SIGINT, then shut down within the bound; the exit status.
 
     ``hub_factory`` builds the hub (the benchmarks' baseline plugs in its own).
+    ``worker``: this process is one of ``WS_WORKERS`` (:mod:`wsrt.workers`).
     """
     log = EventLogger()
     assert settings.auth_secret is not None
@@ -82,6 +86,9 @@ async def serve(settings: Settings, hub_factory: Callable[..., Hub] = Hub) -> in
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    if worker is not None:
+        gateway.siblings = Siblings(worker, gateway.health, lambda: metrics.render()[0])
+        await gateway.siblings.start()
     await gateway.start()
     log.info(
         "listening", "listening", version=__version__, host=settings.bind_host or "*",
@@ -103,13 +110,17 @@ async def serve(settings: Settings, hub_factory: Callable[..., Hub] = Hub) -> in
             await asyncio.gather(gateway.close_connections(), source.stop())
             await gateway.stop()
             await replayer.close()
+            if gateway.siblings is not None:
+                await gateway.siblings.stop()
     except TimeoutError:
         _force_exit(log, f"shutdown did not finish within {settings.shutdown_timeout}s")
     log.info("shutdown_complete", "shutdown complete")
     return 0
 
 
-def run(settings: Settings, hub_factory: Callable[..., Hub] = Hub) -> int:
+def run(
+    settings: Settings, hub_factory: Callable[..., Hub] = Hub, worker: WorkerSpec | None = None
+) -> int:
     """Run :func:`serve` on uvloop where available."""
     try:
         import uvloop
@@ -118,4 +129,4 @@ def run(settings: Settings, hub_factory: Callable[..., Hub] = Hub) -> int:
     except ImportError:  # pragma: no cover - platforms without uvloop
         runner = asyncio.Runner()
     with runner:
-        return runner.run(serve(settings, hub_factory))
+        return runner.run(serve(settings, hub_factory, worker))

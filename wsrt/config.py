@@ -198,6 +198,15 @@ def _bool(raw: str) -> bool:
     return value in _TRUE
 
 
+def _workers(raw: str) -> int:
+    if raw.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return _positive_int(raw)
+    except ValueError:
+        raise ValueError(f"must be a positive whole number or auto, got {raw!r}") from None
+
+
 def _algorithms(raw: str) -> tuple[str, ...]:
     allowed = HMAC_ALGORITHMS
     algorithms = tuple(a.upper() for a in _csv(raw))
@@ -294,6 +303,9 @@ class Settings:
         "History records per second read by all replays together (protects live latency).", _S)
     ping_interval: float = _var("WS_PING_INTERVAL_SECONDS", "20", _seconds_or_zero,
         "Server keepalive ping interval; 0 disables keepalive.", _S)
+    workers: int = _var("WS_WORKERS", "1", _workers,
+        "Server processes sharing the port (SO_REUSEPORT), each a full consumer; auto: one per "
+        "CPU.", _S)
     console: bool = _var("WS_CONSOLE", "false", _bool,
         "Serve the operator console page at /console (on in wsrt dev).", _S)
     log_format: str = _var("WS_LOG_FORMAT", "text", _choice("text", "json"),

@@ -152,11 +152,28 @@ class LibraryFlood(logging.Filter):
         logging.getLogger(last.name).handle(last)
 
 
-def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
-    """Send wsrt's (and the libraries') log records to stderr in ``fmt``."""
+class _Worker(logging.Filter):
+    """Every line of a worker (WS_WORKERS) says which one: they share one stderr."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, _FIELDS, {**getattr(record, _FIELDS, {}), "worker": self.index})
+        return True
+
+
+def setup_logging(fmt: str = "text", level: str = "INFO", worker: int | None = None) -> None:
+    """Send wsrt's (and the libraries') log records to stderr in ``fmt``.
+
+    ``worker``: this process is that worker of several; each line carries ``worker=``.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(LibraryFlood())
+    if worker is not None:
+        handler.addFilter(_Worker(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -62,6 +62,8 @@ def test_flags_win_over_environment_which_wins_over_env_file(tmp_path) -> None:
         ("WS_AUTH_ALGORITHMS", "RS256"),
         ("WS_LOG_FORMAT", "xml"),
         ("WS_CONSOLE", "maybe"),
+        ("WS_WORKERS", "0"),
+        ("WS_WORKERS", "all"),
         ("WS_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
     ],
 )
@@ -135,3 +137,11 @@ def test_every_variable_is_documented_and_has_the_prefix() -> None:
 )  # fmt: skip
 def test_switches_read_the_usual_words(raw: str, expected: bool) -> None:
     assert load({"WS_CONSOLE": raw}).console is expected
+
+
+def test_workers_auto_is_one_per_cpu() -> None:
+    import os
+
+    assert load({}).workers == 1
+    assert load({"WS_WORKERS": "auto"}).workers == os.cpu_count()
+    assert load({"WS_WORKERS": " 3 "}).workers == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -22,14 +23,19 @@ def serve(
     ),
     log_format: str = setting("WS_LOG_FORMAT", "--log-format", metavar="FORMAT"),
     log_level: str = setting("WS_LOG_LEVEL", "--log-level", metavar="LEVEL"),
+    workers: str = setting("WS_WORKERS", "--workers", metavar="N|auto"),
+    # Set by the parent of WS_WORKERS > 1 on each worker it starts.
+    worker: str = typer.Option(None, "--worker", hidden=True),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Run the bridge: consume the Kafka topics and serve them to WebSocket clients on /ws.
 
     Every setting comes from WS_* environment variables (or a .env file); the
     flags override them. WS_AUTH_SECRET is required: set it in the environment
-    (or .env, or a Kubernetes Secret), never on a command line. /healthz answers 200 once
-    the consumer is positioned; SIGTERM drains within WS_SHUTDOWN_TIMEOUT_SECONDS.
+    (or .env, or a Kubernetes Secret), never on a command line. /healthz
+    answers 200 once the consumer is positioned; SIGTERM drains within
+    WS_SHUTDOWN_TIMEOUT_SECONDS. With --workers N, N processes share the port,
+    each a full consumer, under this one.
     """
     flags = {
         "WS_BIND_ADDRESS": bind,
@@ -42,11 +48,19 @@ def serve(
         "WS_TOPIC_POLICIES": topic_policies,
         "WS_LOG_FORMAT": log_format,
         "WS_LOG_LEVEL": log_level,
+        "WS_WORKERS": workers,
     }
-    settings = settings_or_exit(flags, env_file, require_secret=True)
+    settings = settings_or_exit(flags, env_file, require_secret=True, warn=worker is None)
 
     from wsrt import app  # imported late: the other commands start faster without it
     from wsrt.logs import setup_logging
+    from wsrt.workers import WorkerSpec, supervise
 
-    setup_logging(settings.log_format, settings.log_level)
+    spec = WorkerSpec.parse(worker) if worker is not None else None
+    setup_logging(settings.log_format, settings.log_level, None if spec is None else spec.index)
+    if spec is not None:
+        raise typer.Exit(app.run(spec.settings(settings), worker=spec))
+    if settings.workers > 1:
+        # The workers run this same command line, each with its --worker spec.
+        raise typer.Exit(supervise(settings, [sys.executable, "-m", "wsrt", *sys.argv[1:]]))
     raise typer.Exit(app.run(settings))

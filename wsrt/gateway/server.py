@@ -8,7 +8,7 @@ upgrade; admitted connections are served by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from websockets.asyncio.server import Server
 from websockets.http11 import Request, Response
@@ -26,6 +26,7 @@ from wsrt.hub import Hub, Record
 from wsrt.kafka.replay import Replayer
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
+from wsrt.workers import Siblings
 
 #: ``/ws/check`` is asked by pages of any origin, with the token in the query
 #: and no cookies: nothing ambient for another origin to borrow.
@@ -57,6 +58,8 @@ class Gateway:
         self.connections = Connections(settings, hub, verifier, log, stats, replayer)
         self._rejected = RateLimited(log)
         self.assets = Assets(console=settings.console)
+        #: With WS_WORKERS: the other workers, for /healthz and /metrics of the whole node.
+        self.siblings: Siblings | None = None
 
     async def start(self) -> Server:
         s = self.settings
@@ -69,6 +72,7 @@ class Gateway:
             max_frame_bytes=s.max_frame_bytes,
             ping_interval=s.ping_interval or None,
             close_timeout=s.close_timeout,
+            reuse_port=self.siblings is not None,
         )
         return self.server
 
@@ -84,7 +88,9 @@ class Gateway:
 
     # -- HTTP ------------------------------------------------------------------
 
-    def _process_request(self, connection: Connection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: Connection, request: Request
+    ) -> Response | Awaitable[Response] | None:
         path = request.path.partition("?")[0]
         asset = self.assets.get(path, request.headers.get("If-None-Match"))
         if asset is not None:
@@ -119,19 +125,37 @@ class Gateway:
                 )  # fmt: skip
             return ws_adapter.text_response(decision.status, decision.body)
         if decision is Endpoint.HEALTHZ:
-            r = self.readiness
-            body: dict[str, object] = {"status": str(r.status)}
-            if not r.ready:
-                body["reason"] = r.reason
-            body["connections"] = self.connection_count
-            return ws_adapter.json_response(200 if r.ready else 503, body)
+            if self.siblings is not None:
+                return self._node_health()
+            body = self.health()
+            return ws_adapter.json_response(200 if self.readiness.ready else 503, body)
         if decision is Endpoint.LIVEZ:
             if self.liveness.alive:
                 return ws_adapter.json_response(200, {"status": "ok"})
             silent = f"the Kafka consumer loop has not turned for {self.liveness.silent_for:.0f}s"
             return ws_adapter.json_response(503, {"status": "stalled", "reason": silent})
         data, content_type = self.metrics()
+        if self.siblings is not None:
+            return self._node_metrics(data, content_type)
         return ws_adapter.response(200, data, content_type)
+
+    def health(self) -> dict[str, object]:
+        """This process's ``/healthz`` body."""
+        r = self.readiness
+        body: dict[str, object] = {"status": str(r.status)}
+        if not r.ready:
+            body["reason"] = r.reason
+        body["connections"] = self.connection_count
+        return body
+
+    async def _node_health(self) -> Response:
+        assert self.siblings is not None
+        ready, body = await self.siblings.health(self.health())
+        return ws_adapter.json_response(200 if ready else 503, body)
+
+    async def _node_metrics(self, own: bytes, content_type: str) -> Response:
+        assert self.siblings is not None
+        return ws_adapter.response(200, await self.siblings.metrics(own), content_type)
 
     def _answer_without_upgrade(self, admitted: Admit) -> Response:
         if admitted.target is Target.CHECK:

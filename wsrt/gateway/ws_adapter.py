@@ -95,7 +95,7 @@ class Connection(ServerConnection):
         return write_frames
 
 
-ProcessRequest = Callable[[Connection, Request], Response | None]
+ProcessRequest = Callable[[Connection, Request], Response | Awaitable[Response] | None]
 
 
 async def start_server(
@@ -108,6 +108,7 @@ async def start_server(
     max_frame_bytes: int,
     ping_interval: float | None,
     close_timeout: float,
+    reuse_port: bool = False,
 ) -> Server:
     connection_class = type("Connection", (Connection,), {"send_buffer_bytes": send_buffer_bytes})
     return await serve(
@@ -123,6 +124,8 @@ async def start_server(
         ping_timeout=ping_interval,
         close_timeout=close_timeout,
         server_header=None,
+        # Workers (WS_WORKERS) share the port; the kernel spreads connections over them.
+        reuse_port=reuse_port or None,
     )
 
 
