@@ -27,6 +27,7 @@ from wsrt.kafka.replay import Replayer
 from wsrt.kafka.source import KafkaSource
 from wsrt.logs import EventLogger
 from wsrt.metrics import Collector, Metrics, Stats
+from wsrt.process import raise_open_files
 from wsrt.workers import Siblings, WorkerSpec
 
 
@@ -89,11 +90,12 @@ async def serve(
     if worker is not None:
         gateway.siblings = Siblings(worker, gateway.health, lambda: metrics.render()[0])
         await gateway.siblings.start()
+    open_files = raise_open_files()  # each connection is a file
     await gateway.start()
     log.info(
         "listening", "listening", version=__version__, host=settings.bind_host or "*",
         port=gateway.port, mode=settings.fanout_mode, group=settings.group_id,
-        topics=",".join(settings.kafka_topics),
+        topics=",".join(settings.kafka_topics), open_files=open_files,
     )  # fmt: skip
     source.start().add_done_callback(lambda task: _source_ended(task, source, log))
 

@@ -308,6 +308,9 @@ class Settings:
         "CPU.", _S)
     console: bool = _var("WS_CONSOLE", "false", _bool,
         "Serve the operator console page at /console (on in wsrt dev).", _S)
+    latency_sample_every: int = _var("WS_LATENCY_SAMPLE_EVERY", "0", _non_negative_int,
+        "Log latency_sample (the time at each stage) for records whose offset is a multiple of "
+        "this; 0: off.", _S)
     log_format: str = _var("WS_LOG_FORMAT", "text", _choice("text", "json"),
         "text ([ws-realtime] prefix) or json (one object per line).", _S)
     log_level: str = _var(

@@ -170,3 +170,20 @@ class Child(Generic[_T]):
             terminate(process, timeout)
         if self._reader is not None:
             self._reader.join(timeout=5)
+
+
+def raise_open_files() -> int:
+    """Raise this process's soft open-file limit to the hard one; the limit now.
+
+    Every connection is a file: a server (or load client) for tens of thousands
+    of connections needs more than the usual soft limit of 1,024. The hard
+    limit is the operator's (``ulimit -Hn``, systemd ``LimitNOFILE``, the
+    container runtime's ``nofile``).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -71,7 +71,8 @@ class Session:
         self.replayed: set[str] = set()
         self._tokens = float(control_rate)
         self._last = now
-        self._errors: deque[float] = deque()
+        #: Times of recent errors; made at the first (an empty deque costs ~0.8 KB).
+        self._errors: deque[float] | None = None
 
     def handle(self, text: str, now: float) -> Effects:
         """Answer one client text frame received at monotonic time ``now``."""
@@ -223,6 +224,8 @@ class Session:
     def _fail(self, effects: Effects, error: ProtocolError, now: float, abuse: str) -> None:
         effects.replies.append(error.reply())
         errors = self._errors
+        if errors is None:
+            errors = self._errors = deque()
         errors.append(now)
         while errors and errors[0] <= now - self.error_window:
             errors.popleft()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -46,6 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from wsrt.process import raise_open_files
+
 MARK = b'"type":"message"'
 
 
@@ -55,6 +58,11 @@ class Totals:
     closed: int = 0
     upgraded: int = 0
     failed: list[str] = field(default_factory=list)
+    #: When each connection got its first message frame (epoch s).
+    first_frames: list[float] = field(default_factory=list)
+    #: Set once every one of ``expected`` connections has a message.
+    expected: int = 0
+    everyone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Counter(asyncio.Protocol):
@@ -104,6 +112,11 @@ class Counter(asyncio.Protocol):
         # shorter than the marker, so nothing is counted twice.
         edge = (self.carry + data[: len(MARK) - 1]).count(MARK) if self.carry else 0
         found = data.count(MARK) + edge
+        if found and not self.frames:
+            first = self.totals.first_frames
+            first.append(time.time())
+            if len(first) == self.totals.expected:
+                self.totals.everyone.set()
         self.frames += found
         self.totals.frames += found
         self.carry = data[-(len(MARK) - 1) :]
@@ -132,6 +145,7 @@ async def open_counter(
     *,
     stall: bool = False,
     make: Callable[[bytes, asyncio.Event], Counter] | None = None,
+    source: str | None = None,
 ) -> Counter:
     """A connection once upgraded (or lost); ``make(request, upgraded)`` builds another kind.
 
@@ -143,6 +157,8 @@ async def open_counter(
     sock = socket.socket()
     if stall or make is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if source is not None:  # beyond one address's ~28,000 ephemeral ports
+        sock.bind((source, 0))
     sock.setblocking(False)
     await loop.sock_connect(sock, (parts.hostname, parts.port))
     upgraded = asyncio.Event()
@@ -349,6 +365,10 @@ class Sample:
     #: Receipt time (epoch s) of each delay, for figures over part of a run.
     received_at: list[float] = field(default_factory=list)
     close: tuple[int | None, str | None] | None = None
+    #: Offsets that are multiples of this are probes of the latency budget (0: none).
+    probe_every: int = 0
+    #: (partition, offset, record timestamp ms, received ms) of each probe.
+    probes: list[tuple[int, int, int, float]] = field(default_factory=list)
 
 
 async def sampler(
@@ -380,6 +400,8 @@ async def _read(ws: Any, sample: Sample, last: dict[int, int]) -> None:
         sample.delays_ms.append(now_ms - msg["timestamp"])
         sample.received_at.append(now_ms / 1000)
         partition, offset = msg["partition"], msg["offset"]
+        if sample.probe_every and offset % sample.probe_every == 0:
+            sample.probes.append((partition, offset, msg["timestamp"], now_ms))
         previous = last.get(partition)
         if previous is not None:
             if offset <= previous:
@@ -428,7 +450,7 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
         for _ in range(p.get("slow", 0))
     ]
     stop = asyncio.Event()
-    samples = [Sample() for _ in range(p["samplers"])]
+    samples = [Sample(probe_every=p.get("probe_every", 0)) for _ in range(p["samplers"])]
     readies = [asyncio.Event() for _ in samples]
     tasks = [
         asyncio.ensure_future(sampler(url, p["token"], s, stop, r))
@@ -489,6 +511,7 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
         ]
         if p.get("raw")
         else [],
+        "probes": [probe for s in samples for probe in s.probes],
         "stalled_closed": bool(stalled and stalled.lost.done()),
         "slow": {
             "clients": len(slow),
@@ -554,26 +577,46 @@ async def hoard(p: dict[str, Any]) -> dict[str, Any]:
     return {"event": "result", "still_open": still_open}
 
 
+#: Connections per loopback source address (127.0.0.2, .3, …): ephemeral ports
+#: run out at about 28,000 per source address and destination.
+PER_SOURCE = 20_000
+
+
 async def idle(p: dict[str, Any]) -> dict[str, Any]:
-    """Open ``connections`` idle connections, ``concurrency`` at a time; hold until stdin closes."""
+    """Open ``connections`` idle connections, ``concurrency`` at a time, from as many
+    loopback source addresses as they need; hold them. A line ``live`` on stdin:
+    report when every connection has had a message; stdin closed: end."""
+    raise_open_files()
     url = f"{p['url']}?channels={p['channel']}"
-    totals = Totals()
+    totals = Totals(expected=p["connections"])
     counters: list[Counter] = []
     semaphore = asyncio.Semaphore(p["concurrency"])
 
-    async def one() -> None:
+    async def one(n: int) -> None:
+        source = f"127.0.0.{2 + n // PER_SOURCE}"
         async with semaphore:
-            counters.append(await open_counter(url, p["token"], totals))
+            counters.append(await open_counter(url, p["token"], totals, source=source))
 
     started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(p["connections"])), return_exceptions=True)
+    opened = await asyncio.gather(
+        *(one(n) for n in range(p["connections"])), return_exceptions=True
+    )
     elapsed = time.perf_counter() - started
+    errors = sorted({repr(e)[:120] for e in opened if isinstance(e, BaseException)})
     emit({
         "event": "ready", "upgraded": totals.upgraded, "seconds": elapsed,
         "handshakes_per_s": totals.upgraded / elapsed if elapsed else 0.0,
-        "failed": len(totals.failed) + p["connections"] - len(counters),
+        "failed": p["connections"] - totals.upgraded, "errors": errors[:5] + totals.failed[:5],
     })  # fmt: skip
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    loop = asyncio.get_running_loop()
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "live":
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(totals.everyone.wait(), 120)
+        emit({
+            "event": "live", "received": len(totals.first_frames),
+            "first": min(totals.first_frames, default=0.0),
+            "last": max(totals.first_frames, default=0.0),
+        })  # fmt: skip
     still_open = sum(1 for c in counters if not c.lost.done())
     for c in counters:
         if c.transport is not None:

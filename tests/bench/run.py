@@ -29,7 +29,7 @@ from typing import Any
 
 from tests.support.server import ServerProcess
 from wsrt.brokers import Broker, create_topics
-from wsrt.client import scrape
+from wsrt.client import scrape, wait_healthy
 from wsrt.config import load_settings
 from wsrt.metrics import total
 from wsrt.tokens import mint_token
@@ -55,11 +55,13 @@ class Scale:
     latency_clients: int = 1000
     latency_rate: float = 100.0
     latency_seconds: float = 60.0
+    #: The workers scenario: messages/s to 1,000 clients that one process cannot keep up with.
+    workers_rate: float = 500.0
     isolation_seconds: float = 30.0
     samplers: int = 20
     #: WS_CLIENT_BUFFER of the isolation scenario.
     isolation_buffer: int = 256
-    idle_connections: int = 10_000
+    idle_connections: int = 100_000
     handshake_concurrency: int = 200
     #: Replay isolation: clients each replaying this many messages beside the live ones.
     replay_clients: int = 20
@@ -83,6 +85,7 @@ class Scale:
         return cls(
             fanout_clients=20, fanout_messages=300, fanout_window=30.0, latency_clients=20,
             latency_rate=50.0, latency_seconds=2.0, isolation_seconds=10.0, samplers=5,
+            workers_rate=50.0,
             isolation_buffer=16,
             idle_connections=200, handshake_concurrency=50,
             replay_clients=3, replay_messages=2_000, replay_seconds=4.0,
@@ -118,16 +121,34 @@ def top_functions(collapsed: Path, count: int = 15) -> list[tuple[float, str]]:
     return [(n / samples, name) for name, n in ranked] if samples else []
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its children (the workers of a ``WS_WORKERS`` server)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += [int(c) for c in (task / "children").read_text().split()]
+    return [pid, *children]
+
+
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the server process and its workers."""
+    ticks = 0
+    for one in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Resident bytes of the server process and its workers."""
+    total = 0
+    for one in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
 
 
 def machine() -> dict[str, str]:
@@ -170,6 +191,9 @@ class Bench:
             command=[sys.executable, "-m", "tests.bench.baseline"] if baseline else None,
         )  # fmt: skip
         server.start()
+        # Every worker positioned before the clients come (/healthz is the node's).
+        if env.get("WS_WORKERS", "1") != "1" and not wait_healthy(server.http, 60):
+            raise RuntimeError("the workers did not become ready within 60 s")
         try:
             yield server
         finally:
@@ -232,6 +256,23 @@ class Bench:
 
         return asyncio.run(run())
 
+    def produce_one(self, topic: str) -> float:
+        """Produce one record with a producer already connected; when it was sent (epoch s)."""
+        from aiokafka import AIOKafkaProducer
+
+        async def run() -> float:
+            producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, linger_ms=0)
+            await producer.start()
+            try:
+                await producer.partitions_for(topic)  # metadata before the clock starts
+                sent = time.time()
+                await producer.send_and_wait(topic, VALUE % 0)
+                return sent
+            finally:
+                await producer.stop()
+
+        return asyncio.run(run())
+
     def paced(
         self, topic: str, count: int, rate: float, keys: int = 8, value: bytes | None = None
     ) -> None:
@@ -265,8 +306,15 @@ class Bench:
     def new_topic(self, name: str, create: bool = True) -> str:
         topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
         if create:
-            asyncio.run(create_topics(self.broker.bootstrap, {topic: 1}))
+            # The broker stamps each record when it appends it (the latency budget's
+            # first stage); the embedded broker keeps the producer's time.
+            configs = {"message.timestamp.type": "LogAppendTime"} if self.log_append else {}
+            asyncio.run(create_topics(self.broker.bootstrap, {topic: 1}, configs))
         return topic
+
+    @property
+    def log_append(self) -> bool:
+        return self.broker.kind == "apache"
 
     # -- scenarios -------------------------------------------------------------
 
@@ -354,44 +402,56 @@ class Bench:
             checks,
         )
 
-    def latency(self, stalled: bool) -> Result:
-        """N clients, a steady rate from a separate producer; delay produce → receipt."""
+    def latency(
+        self, stalled: bool, workers: int = 1, rate: float | None = None, name: str | None = None
+    ) -> Result:
+        """N clients, a steady rate from a separate producer; delay produce → receipt.
+
+        ``workers``: WS_WORKERS of the server; ``rate``: messages/s (default the scale's).
+        """
         s = self.scale
         seconds = s.isolation_seconds if stalled else s.latency_seconds
-        name = "isolation: 1 stalled client" if stalled else "latency"
+        name = name or ("isolation: 1 stalled client" if stalled else "latency")
+        rate = rate or s.latency_rate
         topic = self.new_topic("latency")
-        count = int(s.latency_rate * seconds)
-        env = {"WS_CLIENT_BUFFER": str(s.isolation_buffer)}
+        count = int(rate * seconds)
+        every = max(1, count // PROBES)  # about PROBES records carry the latency budget
+        env = {
+            "WS_CLIENT_BUFFER": str(s.isolation_buffer), "WS_WORKERS": str(workers),
+            "WS_LATENCY_SAMPLE_EVERY": str(every),
+        }  # fmt: skip
         with self.server(topic, env) as server:
             samplers = min(s.samplers, s.latency_clients - 1)
             params = {
                 "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
                 "counters": s.latency_clients - samplers - (1 if stalled else 0),
                 "samplers": samplers, "messages": count, "window": seconds + 30,
-                "timeout": seconds + 60, "stalled": stalled,
+                "timeout": seconds + 60, "stalled": stalled, "probe_every": every,
             }  # fmt: skip
             with self.client(params) as client:
                 ready = self.line(client, 120)
                 cpu = CpuSampler(server.pid)
                 spy = self._profiler(server.pid, seconds) if self.profile else None
-                self.paced(topic, count, s.latency_rate)
+                self.paced(topic, count, rate)
                 result = self.line(client, seconds + 120)
                 cpu.stop()
                 after = self.metrics(server)
+                stages = [e for e in server.events if e.get("event") == "latency_sample"]
         if spy is not None:
             spy.wait(60)
         delay = result["delay_ms"]
-        rate, window = steady_rate(result["series"])
+        delivered, window = steady_rate(result["series"])
         figures = {
             "clients": result["connections"] + (1 if stalled else 0),
-            "frames/s": rate,
-            "msg/s": s.latency_rate,
+            "frames/s": delivered,
+            "msg/s": rate,
             "p50 ms": delay.get("p50"),
             "p90 ms": delay.get("p90"),
             "p99 ms": delay.get("p99"),
             "max ms": delay.get("max"),
             "server CPU": cpu.percent(window),
         }
+        figures.update(budget(stages, result["probes"], self.log_append))
         upgraded = ready["upgraded"] + samplers
         checks = {
             "all upgraded": upgraded == result["connections"] + (1 if stalled else 0),
@@ -408,6 +468,14 @@ class Bench:
         if spy is not None:
             outcome.profile = top_functions(self._spy_output)
         return outcome
+
+    def workers(self) -> list[Result]:
+        """One server process, then two (WS_WORKERS=2), at a rate that saturates one."""
+        s = self.scale
+        return [
+            self.latency(False, workers, s.workers_rate, f"workers: {workers} at saturation")
+            for workers in (1, 2)
+        ]
 
     def replay(self) -> list[Result]:
         """Live clients at a steady rate, without and then with replays of history beside them.
@@ -716,36 +784,55 @@ class Bench:
             time.sleep(0.2)  # sampling a metric, not synchronisation
 
     def connections(self) -> Result:
-        """Idle authenticated connections held by one server: handshakes/s and memory."""
+        """Idle authenticated connections held by one server: handshakes/s, memory, and the
+        time until the last of them has a live message."""
+        import resource
+
         s = self.scale
+        # Every connection is a file in the server and in the load client: as many
+        # as the hard open-file limit allows, with room for everything else.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        count = min(s.idle_connections, hard - 2000)
         topic = self.new_topic("idle")
         with self.server(topic, {}) as server:
             pid = server.pid
             before = _rss_bytes(pid)
             params = {
                 "mode": "idle", "url": server.url, "token": self.token, "channel": topic,
-                "connections": s.idle_connections, "concurrency": s.handshake_concurrency,
+                "connections": count, "concurrency": s.handshake_concurrency,
             }  # fmt: skip
             with self.client(params) as client:
-                ready = self.line(client, 300)
+                ready = self.line(client, 900)
                 held = total(self.metrics(server), "wsrt_connections")
                 after = _rss_bytes(pid)
                 assert client.stdin is not None
+                client.stdin.write("live\n")
+                client.stdin.flush()
+                sent = self.produce_one(topic)
+                live = self.line(client, 180)
                 client.stdin.close()
                 result = self.line(client, 60)
         per_connection = (after - before) / max(1, ready["upgraded"])
+        figures = {
+            "connections": ready["upgraded"],
+            "handshakes/s": ready["handshakes_per_s"],
+            "RSS per conn KB": per_connection / 1024,
+            "server RSS MB": after / 2**20,
+            "live message: first has it, ms": (live["first"] - sent) * 1000,
+            "live message: last has it, ms": (live["last"] - sent) * 1000,
+        }
+        if count < s.idle_connections:
+            figures["asked"] = f"{s.idle_connections:,}: the open-file hard limit is {hard:,}"
+        if ready["failed"]:
+            figures["failed handshakes"] = f"{ready['failed']}: {'; '.join(ready['errors'])}"
         return Result(
             "idle connections",
+            figures,
             {
-                "connections": ready["upgraded"],
-                "handshakes/s": ready["handshakes_per_s"],
-                "RSS per conn KB": per_connection / 1024,
-                "server RSS MB": after / 2**20,
-            },
-            {
-                "all upgraded": ready["upgraded"] == s.idle_connections and ready["failed"] == 0,
-                "server holds them all": held == s.idle_connections,
-                "all still open": result["still_open"] == s.idle_connections,
+                "all upgraded": ready["upgraded"] == count and ready["failed"] == 0,
+                "server holds them all": held == count,
+                "every one got the live message": live["received"] == count,
+                "all still open": result["still_open"] == count,
             },
         )
 
@@ -804,6 +891,50 @@ class CpuSampler:
         return 100 * (c1 - c0) / (t1 - t0) if t1 > t0 else None
 
 
+#: Records per latency run that carry the latency budget (WS_LATENCY_SAMPLE_EVERY).
+PROBES = 300
+
+
+def budget(
+    stages: list[dict[str, Any]], probes: list[list[float]], log_append: bool
+) -> dict[str, str]:
+    """Median / p99 ms of each stage of a probe record's way, Kafka append to the client.
+
+    ``stages``: the server's ``latency_sample`` events; ``probes``: (partition,
+    offset, record timestamp, received ms) from the sampling clients. A record
+    reaches 20 samplers, written at different places of the fan-out loop, so
+    "written" is when the last of all clients' sockets was.
+    """
+    server = {(e["partition"], e["offset"]): e for e in stages}
+    steps: dict[str, list[float]] = {}
+    append = "Kafka append (LogAppendTime)" if log_append else "produce (CreateTime)"
+    names = (
+        f"{append} → fetch returned to wsrt",
+        "fetch returned → hub publish started",
+        "hub publish → last client's socket written",
+        "last socket written → sample client received",
+        f"total: {append} → sample client received",
+    )
+    for partition, offset, _timestamp, received in probes:
+        e = server.get((partition, offset))
+        if e is None:
+            continue
+        times = (e["appended_ms"], e["fetched_ms"], e["published_ms"], e["written_ms"], received)
+        for index, name in enumerate(names[:4]):
+            steps.setdefault(name, []).append(times[index + 1] - times[index])
+        steps.setdefault(names[4], []).append(received - e["appended_ms"])
+    out = {}
+    for name in names:
+        values = steps.get(name)
+        if values:
+            out[f"budget: {name}, p50 / p99 ms"] = (
+                f"{percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}"
+            )
+    if steps:
+        out["budget: probes (records x sampling clients)"] = str(len(steps[names[4]]))
+    return out
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -813,6 +944,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 SCENARIOS = (
     "fanout", "baseline", "latency", "isolation", "connections", "replay", "policies", "hostile",
+    "workers",
 )  # fmt: skip
 
 
@@ -843,6 +975,8 @@ def run(
                 results.append(bench.connections())
             elif name == "replay":
                 results.extend(bench.replay())
+            elif name == "workers":
+                results.extend(bench.workers())
             elif name == "policies":
                 results.extend(bench.policies())
             elif name == "hostile":

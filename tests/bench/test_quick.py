@@ -35,6 +35,8 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "policies: drop, 4 slow clients, WS_SEND_BUFFER_BYTES=16384",
         "policies: the others alone, last",
         "hostile: connections at every limit",
+        "workers: 1 at saturation",
+        "workers: 2 at saturation",
     ]
     for result in results:
         assert result.checks, result.scenario

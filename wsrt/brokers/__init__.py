@@ -212,8 +212,11 @@ def make_broker(kind: str, port: int | None = None) -> Broker:
     raise BrokerError(f"unknown broker kind {kind!r} (choose {', '.join(KINDS)})")
 
 
-async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create topics with the given partition counts (existing ones are left alone)."""
+async def create_topics(
+    bootstrap: str, topics: dict[str, int], configs: dict[str, str] | None = None
+) -> None:
+    """Create topics with the given partition counts (existing ones are left alone),
+    each with ``configs`` (topic configuration, such as ``message.timestamp.type``)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -222,6 +225,8 @@ async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     try:
         for name, partitions in topics.items():
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, partitions, 1)])
+                await admin.create_topics(
+                    [NewTopic(name, partitions, 1, topic_configs=configs or {})]
+                )
     finally:
         await admin.close()

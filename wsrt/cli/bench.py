@@ -35,7 +35,7 @@ def bench(
         "-s",
         metavar="NAME",
         help="fanout, baseline, latency, isolation, connections, replay, policies, "
-        "hostile (repeatable; default all).",
+        "hostile, workers (repeatable; default all).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Small counts, a few seconds per scenario."),
     broker: str = typer.Option(
@@ -136,6 +136,11 @@ def _print(console: Console, results: list[Any]) -> list[str]:
                 f"[bold]policy cost[/] fan-out frames/s, {policy} topic / disconnect topic = "
                 f"{other / plain:.2f}x (every client keeps up)"
             )
+    one, two = (by_name.get(f"workers: {n} at saturation", {}) for n in (1, 2))
+    if one.get("frames/s") and two.get("frames/s"):
+        ratio = two["frames/s"] / one["frames/s"]
+        p99 = f", p99 {two['p99 ms'] / one['p99 ms']:.2f}x" if one.get("p99 ms") else ""
+        console.print(f"[bold]workers[/] 2 / 1 at saturation: frames/s {ratio:.2f}x{p99}")
     alone = by_name.get("live, no replays", {})
     beside: dict[str, Any] = next(
         (f for name, f in by_name.items() if name.startswith("live beside")), {}

@@ -100,7 +100,7 @@ def dev(
         "WS_REPLICA_ID": "dev",
         "WS_CONSOLE": "true",
         # The embedded broker answers a fetch only when its wait expires.
-        "WS_KAFKA_FETCH_MAX_WAIT_SECONDS": "0.05",
+        "WS_KAFKA_FETCH_MAX_WAIT_SECONDS": "0.02",
     }
     server: Child[str] = Child(
         [sys.executable, "-m", "wsrt", "serve", "--env-file", str(env_file)],

@@ -99,6 +99,9 @@ class Connections:
     async def handle(self, connection: Connection) -> None:
         admitted = connection.admitted
         assert admitted is not None
+        # Held for the connection's life otherwise: the handshake's headers (~2.5 KB).
+        # (The request itself must stay: websockets tells the handshake by it.)
+        ws_adapter.forget_handshake_headers(connection)
         loop = asyncio.get_running_loop()
         s = self.settings
         session = Session(
@@ -185,6 +188,9 @@ class Connections:
             if not outlet.send(text_frame(reply)):
                 self._finished(outlet)
                 return True
+        # orjson's bytes keep a 4 KB buffer: the handler holds its last effects
+        # while it waits for the next message, so they must not hold the replies.
+        effects.replies.clear()
         if effects.close is not None:
             code, reason = effects.close
             self.log.warning(

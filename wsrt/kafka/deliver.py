@@ -43,15 +43,22 @@ class Encoder:
         offsets: Offsets,
         stats: Stats,
         log: EventLogger,
+        sample_every: int = 0,
     ) -> None:
         self.publish = publish
         self.offsets = offsets
         self.stats = stats
         self.log = log
+        #: WS_LATENCY_SAMPLE_EVERY: records whose offset is a multiple of it are probes.
+        self.sample_every = sample_every
         #: One rate-limited log line per skip reason: each is a different problem.
         self._skip_logs: dict[str, RateLimited] = {}
 
-    def deliver(self, consumer: AIOKafkaConsumer, batches: Batches) -> None:
+    def deliver(
+        self, consumer: AIOKafkaConsumer, batches: Batches, fetched: float | None = None
+    ) -> None:
+        """Encode a fetched batch, hand it to the hub, count it; ``fetched``: when
+        the fetch returned (epoch seconds), for the latency probes."""
         records: list[Record] = []
         timestamps: list[int] = []
         skips: list[tuple[str, int, int, str]] = []
@@ -68,13 +75,35 @@ class Encoder:
                     continue
                 records.append(Record(topic, m.key, frame, m.partition, m.offset))
                 timestamps.append(m.timestamp)
+        published = time.time()
         self.publish(records)
+        if self.sample_every:
+            self._probes(records, timestamps, fetched or published, published, time.time())
         for where in skips:  # counted once: a batch re-read after an exception is not yet taken
             self.skipped(*where)
         for tp, messages in batches.items():
             self.offsets.taken(tp, messages[-1].offset + 1, consumer.highwater(tp))
             stats.kafka_messages[tp.topic] += len(messages)
         stats.delay.observe_ms(time.time() * 1000, timestamps)
+
+    def _probes(
+        self,
+        records: list[Record],
+        timestamps: list[int],
+        fetched: float,
+        published: float,
+        written: float,
+    ) -> None:
+        """One ``latency_sample`` line per probe record: where its time went, in ms."""
+        every = self.sample_every
+        for record, appended in zip(records, timestamps, strict=True):
+            if record.offset % every == 0:
+                self.log.info(
+                    "latency_sample", "latency sample", topic=record.topic,
+                    partition=record.partition, offset=record.offset, appended_ms=appended,
+                    fetched_ms=round(fetched * 1000, 3), published_ms=round(published * 1000, 3),
+                    written_ms=round(written * 1000, 3), batch=len(records),
+                )  # fmt: skip
 
     def skipped(
         self, topic: str, partition: int, offset: int, reason: str, error: str | None = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
@@ -93,7 +94,7 @@ class KafkaSource:
         #: Where the live stream stands; replays read it to hand over (design section 10).
         self.offsets = offsets if offsets is not None else Offsets()
         stats.kafka_lag = self.offsets.lag
-        self.encoder = Encoder(publish, self.offsets, stats, log)
+        self.encoder = Encoder(publish, self.offsets, stats, log, settings.latency_sample_every)
         self.health = SourceHealth(readiness)
         #: ``on_positioned`` hears, in the step that positioned them, that positions are known.
         self.assigner = Assigner(
@@ -204,6 +205,7 @@ class KafkaSource:
                 if not fetch.done():
                     fetch.cancel()
                     break
+                fetched = time.time()
                 try:
                     batches: Batches = fetch.result()
                 except Exception as exc:
@@ -213,7 +215,7 @@ class KafkaSource:
                     continue
                 skipper.clear()
                 if batches:
-                    self.encoder.deliver(consumer, batches)
+                    self.encoder.deliver(consumer, batches, fetched)
                     self.watch.delivered(loop.time())
                     self.health.reachable()  # a fetch answered: the brokers are there
                     link.committer.kick()  # the hub took the batch: commit its offsets
