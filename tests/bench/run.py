@@ -792,7 +792,7 @@ class Bench:
         # Every connection is a file in the server and in the load client: as many
         # as the hard open-file limit allows, with room for everything else.
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        count = min(s.idle_connections, hard - 2000)
+        count = min(s.idle_connections, hard - min(2000, hard // 10))
         topic = self.new_topic("idle")
         with self.server(topic, {}) as server:
             pid = server.pid
@@ -968,6 +968,8 @@ def run(
             elif name == "baseline":
                 results.append(bench.fanout(baseline=True))
             elif name == "latency":
+                half = scale.latency_rate / 2
+                results.append(bench.latency(False, rate=half, name=f"latency, {half:g} msg/s"))
                 results.append(bench.latency(stalled=False))
             elif name == "isolation":
                 results.append(bench.latency(stalled=True))

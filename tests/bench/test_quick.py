@@ -17,6 +17,7 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
     assert [r.scenario for r in results] == [
         "fan-out, wsrt hub",
         "fan-out, websockets.broadcast() per message",
+        "latency, 25 msg/s",
         "latency",
         "isolation: 1 stalled client",
         "idle connections",
