@@ -113,7 +113,11 @@ class _Parent:
             # and a random default replica id is drawn once (a restarted worker
             # rejoins its commit group).
             argv = [*self.argv, "--bind", bind, "--replica-id", s.replica_id, "--worker", str(spec)]
-            self.workers[index] = subprocess.Popen(argv, preexec_fn=die_with_parent)
+            # Their own session: a terminal's Ctrl-C reaches the parent alone, which
+            # forwards one SIGTERM (a second signal would make a worker skip its drain).
+            self.workers[index] = subprocess.Popen(
+                argv, preexec_fn=die_with_parent, start_new_session=True
+            )
             pidfd = os.pidfd_open(self.workers[index].pid)
             loop.add_reader(pidfd, lambda: exited(index, pidfd))
 

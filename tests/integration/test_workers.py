@@ -142,3 +142,10 @@ async def test_a_node_with_an_unready_worker_is_not_ready(make_topics, servers) 
     finally:
         os.kill(pids[1], signal.SIGCONT)
     assert get(f"{server.http}/healthz")[0] == 200
+    # Ctrl-C in a terminal signals the whole foreground group: only the parent
+    # may get it, or the workers would take its SIGTERM as a second signal.
+    mark = server.mark()
+    os.killpg(server.pid, signal.SIGINT)
+    assert await asyncio.to_thread(server.wait_exit) == 0
+    assert server.wait_for("workers_stopped", start=mark)["codes"] == "0,0"
+    assert not [e for e in server.events[mark:] if e["event"] == "shutdown_forced"]
