@@ -50,6 +50,8 @@ from urllib.parse import urlsplit
 from wsrt.process import raise_open_files
 
 MARK = b'"type":"message"'
+#: Linux's IP_BIND_ADDRESS_NO_PORT (not named by Python's socket module before 3.12).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 @dataclass
@@ -158,6 +160,9 @@ async def open_counter(
     if stall or make is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     if source is not None:  # beyond one address's ~28,000 ephemeral ports
+        # The port is chosen at connect, per destination: TIME_WAIT sockets of
+        # an earlier run to another server port do not use it up.
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind((source, 0))
     sock.setblocking(False)
     await loop.sock_connect(sock, (parts.hostname, parts.port))

@@ -794,7 +794,8 @@ class Bench:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         count = min(s.idle_connections, hard - min(2000, hard // 10))
         topic = self.new_topic("idle")
-        with self.server(topic, {}) as server:
+        # Idle connections as in production: with the default keepalive.
+        with self.server(topic, {"WS_PING_INTERVAL_SECONDS": "20"}) as server:
             pid = server.pid
             before = _rss_bytes(pid)
             params = {

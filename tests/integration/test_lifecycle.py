@@ -154,3 +154,32 @@ async def test_broker_restart_keeps_clients_connected(broker: Broker, servers) -
         assert server.poll() is None
     finally:
         own.stop()
+
+
+async def test_keepalive_closes_a_silent_client_and_keeps_the_others(make_topics, servers) -> None:
+    """One keepalive task pings every connection; a client that never answers is closed 1011."""
+    (topic,) = await make_topics("lines")
+    server = servers([topic], {"WS_PING_INTERVAL_SECONDS": "0.5"})
+    alive = [
+        await websockets.connect(f"{server.url}?channels={topic}", additional_headers=auth(f"a{i}"))
+        for i in range(3)
+    ]
+    for ws in alive:
+        assert (await next_json(ws))["type"] == "subscribed"
+    silent = await StalledClient(server.url, auth("silent")).connect()  # reads, so answers, nothing
+    closed = await asyncio.to_thread(
+        server.wait_for, "connection_closed", lambda e: e.get("subject") == "silent"
+    )
+    assert (closed["code"], closed["reason"]) == (1011, "keepalive ping timeout")
+    # The others answered every ping meanwhile (two rounds at least) and are open.
+    assert closed["duration_ms"] >= 1000
+    for ws in alive:
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 10)
+        assert ws.close_code is None
+    assert not [
+        e for e in server.events if e["event"] == "connection_closed" and e["subject"] != "silent"
+    ]
+    silent.close()
+    for ws in alive:
+        await ws.close()

@@ -16,7 +16,7 @@ def test_installed_websockets_is_a_supported_version() -> None:
 
 
 def test_the_internals_used_exist() -> None:
-    for name in ("pause_writing", "resume_writing", "connection_made"):
+    for name in ("pause_writing", "resume_writing", "connection_made", "send_context", "ping"):
         assert callable(getattr(ServerConnection, name))
     assert issubclass(Connection, ServerConnection)
     assert State.OPEN.name == "OPEN"
@@ -26,3 +26,4 @@ def test_the_internals_used_exist() -> None:
     p: Protocol = ServerProtocol()
     for name in ("close_sent", "close_rcvd", "close_rcvd_then_sent", "state"):
         assert hasattr(p, name), name
+    assert callable(p.fail)

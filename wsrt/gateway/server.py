@@ -60,6 +60,7 @@ class Gateway:
         self.assets = Assets(console=settings.console)
         #: With WS_WORKERS: the other workers, for /healthz and /metrics of the whole node.
         self.siblings: Siblings | None = None
+        self._keepalive: asyncio.Task[None] | None = None
 
     async def start(self) -> Server:
         s = self.settings
@@ -70,10 +71,12 @@ class Gateway:
             port=s.bind_port,
             send_buffer_bytes=s.send_buffer_bytes,
             max_frame_bytes=s.max_frame_bytes,
-            ping_interval=s.ping_interval or None,
             close_timeout=s.close_timeout,
             reuse_port=self.siblings is not None,
         )
+        if s.ping_interval:
+            keepalive = ws_adapter.Keepalive(self.server, s.ping_interval)
+            self._keepalive = asyncio.create_task(keepalive.run(), name="wsrt-keepalive")
         return self.server
 
     @property
@@ -190,6 +193,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop listening and wait for every handler to finish."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()

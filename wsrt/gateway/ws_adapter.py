@@ -10,15 +10,19 @@ used here against the installed version). What wsrt relies on:
   ``connection.protocol.state`` so nothing follows a close frame;
 * ``protocol.close_sent`` / ``close_rcvd`` / ``close_rcvd_then_sent`` to tell
   which side closed first;
-* ``create_connection`` to plug in the connection class.
+* ``create_connection`` to plug in the connection class;
+* ``connection.send_context()`` and ``protocol.fail()`` to close a connection
+  whose keepalive ping went unanswered, as websockets' own keepalive does
+  (:class:`Keepalive` replaces that task per connection with one for all).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -114,7 +118,6 @@ async def start_server(
     port: int,
     send_buffer_bytes: int,
     max_frame_bytes: int,
-    ping_interval: float | None,
     close_timeout: float,
     reuse_port: bool = False,
 ) -> Server:
@@ -128,8 +131,8 @@ async def start_server(
         # Pre-built frames are shared by every client: no per-client deflate.
         compression=None,
         max_size=max_frame_bytes,
-        ping_interval=ping_interval,
-        ping_timeout=ping_interval,
+        # One Keepalive task for all connections instead of websockets' one each.
+        ping_interval=None,
         close_timeout=close_timeout,
         server_header=None,
         # Workers (WS_WORKERS) share the port; the kernel spreads connections over them.
@@ -138,6 +141,61 @@ async def start_server(
         # not see its SYNs dropped and retried seconds later: asyncio's default is 100.
         backlog=LISTEN_BACKLOG,
     )
+
+
+class Keepalive:
+    """Ping every open connection each ``interval`` seconds from one task, and close
+    (1011 ``keepalive ping timeout``) one whose previous ping is still unanswered.
+
+    What websockets' ``ping_interval`` does with a task and a timer per
+    connection (about 1.6 KB each), done for all of them by one. A round
+    yields to the event loop every :attr:`SLICE` connections, so live
+    delivery is never held up by thousands of pings at once.
+    """
+
+    SLICE = 256
+
+    def __init__(self, server: Server, interval: float) -> None:
+        self.server = server
+        self.interval = interval
+        #: The pong each connection owes for its last ping (a closed one is forgotten).
+        self._owed: weakref.WeakKeyDictionary[ServerConnection, asyncio.Future[float]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            open_now = list(self.server.connections)
+            owed, self._owed = self._owed, weakref.WeakKeyDictionary()
+            for index, connection in enumerate(open_now):
+                if connection.protocol.state is not State.OPEN:
+                    continue
+                pong = owed.get(connection)
+                if pong is not None and not pong.done():
+                    _detach(self._fail(connection))
+                    continue
+                try:
+                    self._owed[connection] = cast(asyncio.Future[float], await connection.ping())
+                except Exception:  # closing meanwhile: nothing to keep alive
+                    continue
+                if index % self.SLICE == self.SLICE - 1:
+                    await asyncio.sleep(0)
+
+    @staticmethod
+    async def _fail(connection: ServerConnection) -> None:
+        async with connection.send_context():
+            connection.protocol.fail(1011, "keepalive ping timeout")
+
+
+#: Tasks nobody waits for, referenced until they end.
+_background: set[asyncio.Task[None]] = set()
+
+
+def _detach(work: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def close_info(connection: ServerConnection) -> tuple[int, str, bool]:
