@@ -30,6 +30,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from wsrt.aio import detach
 from wsrt.gateway.admission import Admit
 from wsrt.hub import Outlet
 
@@ -173,7 +174,7 @@ class Keepalive:
                     continue
                 pong = owed.get(connection)
                 if pong is not None and not pong.done():
-                    _detach(self._fail(connection))
+                    detach(self._fail(connection))
                     continue
                 try:
                     self._owed[connection] = cast(asyncio.Future[float], await connection.ping())
@@ -186,16 +187,6 @@ class Keepalive:
     async def _fail(connection: ServerConnection) -> None:
         async with connection.send_context():
             connection.protocol.fail(1011, "keepalive ping timeout")
-
-
-#: Tasks nobody waits for, referenced until they end.
-_background: set[asyncio.Task[None]] = set()
-
-
-def _detach(work: Awaitable[None]) -> None:
-    task = asyncio.ensure_future(work)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
 
 
 def close_info(connection: ServerConnection) -> tuple[int, str, bool]:

@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from aiokafka import AIOKafkaClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from wsrt.aio import Abandoned
@@ -96,7 +96,7 @@ async def explain(exc: BaseException, brokers: tuple[str, ...]) -> str:
     if isinstance(exc, Abandoned | TimeoutError):
         # A hung broker, or a port that is not Kafka's.
         return f"Kafka at {where} is not answering" + (f" ({exc})" if str(exc) else "")
-    if isinstance(exc, OSError) or type(exc).__name__ == "KafkaConnectionError":
+    if isinstance(exc, OSError | KafkaConnectionError):
         causes = await asyncio.gather(*(_tcp_reason(broker) for broker in brokers))
         if len(set(causes)) == 1:
             return f"cannot reach Kafka at {where}: {causes[0]}"
