@@ -75,9 +75,11 @@ class Encoder:
                     continue
                 records.append(Record(topic, m.key, frame, m.partition, m.offset))
                 timestamps.append(m.timestamp)
-        published = time.time()
-        self.publish(records)
-        if self.sample_every:
+        if not self.sample_every:
+            self.publish(records)
+        else:
+            published = time.time()
+            self.publish(records)
             self._probes(records, timestamps, fetched or published, published, time.time())
         for where in skips:  # counted once: a batch re-read after an exception is not yet taken
             self.skipped(*where)

@@ -205,7 +205,7 @@ class KafkaSource:
                 if not fetch.done():
                     fetch.cancel()
                     break
-                fetched = time.time()
+                fetched = time.time() if self.encoder.sample_every else None  # latency probes
                 try:
                     batches: Batches = fetch.result()
                 except Exception as exc:
