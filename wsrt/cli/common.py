@@ -45,6 +45,9 @@ SECRET_HELP = (
 SECRET_FILE_HELP = "Read the HMAC secret from this file ('-': standard input)."
 
 
+#: ``--url`` and ``--token`` of the client commands that connect as a client (tail, loadtest).
+URL_OPTION = setting("WS_URL", "--url", metavar="URL", help="Server WebSocket URL.")
+TOKEN_OPTION = setting("WS_TOKEN", "--token", metavar="JWT", help="JWT to present.")
 #: ``--secret`` (bound to WS_AUTH_SECRET) and ``--secret-file``, for the client commands.
 SECRET_OPTION = setting("WS_AUTH_SECRET", "--secret", metavar="SECRET", help=SECRET_HELP)
 SECRET_FILE_OPTION = typer.Option(None, "--secret-file", metavar="PATH", help=SECRET_FILE_HELP)

@@ -26,10 +26,11 @@ from wsrt.cli.common import (
     EXIT_USAGE,
     SECRET_FILE_OPTION,
     SECRET_OPTION,
+    TOKEN_OPTION,
+    URL_OPTION,
     client_token,
     fail,
     read_secret,
-    setting,
     settings_or_exit,
 )
 from wsrt.progress import Progress
@@ -133,7 +134,7 @@ def failed_thresholds(summary: dict[str, Any]) -> list[str]:
 
 
 def loadtest(
-    url: str = setting("WS_URL", "--url", metavar="URL", help="Server WebSocket URL."),
+    url: str = URL_OPTION,
     vus: int = typer.Option(
         10, "--vus", metavar="N", help="Concurrent virtual users (connections)."
     ),
@@ -146,7 +147,7 @@ def loadtest(
     session: float = typer.Option(
         10, "--session", metavar="SECONDS", help="Seconds each connection stays open."
     ),
-    token: str = setting("WS_TOKEN", "--token", metavar="JWT", help="JWT to present."),
+    token: str = TOKEN_OPTION,
     secret: str = SECRET_OPTION,
     secret_file: str = SECRET_FILE_OPTION,
     subject: str = typer.Option(

@@ -41,11 +41,12 @@ from wsrt.cli.common import (
     EXIT_USAGE,
     SECRET_FILE_OPTION,
     SECRET_OPTION,
+    TOKEN_OPTION,
+    URL_OPTION,
     client_token,
     fail,
     quiet_libraries,
     read_secret,
-    setting,
     settings_or_exit,
 )
 from wsrt.client import connect, describe_close, describe_notice, describe_refusal
@@ -324,8 +325,8 @@ def tail(
         metavar="CHANNEL",
         help="Channel to watch (topic or topic:key); repeatable.",
     ),
-    url: str = setting("WS_URL", "--url", metavar="URL", help="Server WebSocket URL."),
-    token: str = setting("WS_TOKEN", "--token", metavar="JWT", help="JWT to present."),
+    url: str = URL_OPTION,
+    token: str = TOKEN_OPTION,
     secret: str = SECRET_OPTION,
     secret_file: str = SECRET_FILE_OPTION,
     subject: str = typer.Option(
