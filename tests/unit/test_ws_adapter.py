@@ -16,13 +16,22 @@ def test_installed_websockets_is_a_supported_version() -> None:
 
 
 def test_the_internals_used_exist() -> None:
-    for name in ("pause_writing", "resume_writing", "connection_made", "send_context", "ping"):
+    for name in (
+        "pause_writing",
+        "resume_writing",
+        "connection_made",
+        "send_context",
+        "ping",
+        "drain",
+    ):
         assert callable(getattr(ServerConnection, name))
     assert issubclass(Connection, ServerConnection)
     assert State.OPEN.name == "OPEN"
     # Set in Protocol.__init__: check on a real instance.
+    from websockets.asyncio.server import Server
     from websockets.server import ServerProtocol
 
+    assert "all_connections" in Server.__init__.__code__.co_names
     p: Protocol = ServerProtocol()
     for name in ("close_sent", "close_rcvd", "close_rcvd_then_sent", "state"):
         assert hasattr(p, name), name

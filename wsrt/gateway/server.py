@@ -87,7 +87,7 @@ class Gateway:
 
     @property
     def connection_count(self) -> int:
-        return len(self.server.connections) if self.server is not None else 0
+        return len(ws_adapter.established(self.server)) if self.server is not None else 0
 
     # -- HTTP ------------------------------------------------------------------
 

@@ -13,7 +13,10 @@ used here against the installed version). What wsrt relies on:
 * ``create_connection`` to plug in the connection class;
 * ``connection.send_context()`` and ``protocol.fail()`` to close a connection
   whose keepalive ping went unanswered, as websockets' own keepalive does
-  (:class:`Keepalive` replaces that task per connection with one for all).
+  (:class:`Keepalive` replaces that task per connection with one for all);
+* ``connection.drain()``, overridden so that no library write waits on a
+  client's socket (see :meth:`Connection.drain`);
+* ``server.all_connections`` to count connections that are still closing.
 """
 
 from __future__ import annotations
@@ -73,11 +76,29 @@ class Connection(ServerConnection):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self._writable is not None:
-            self._writable.set()
+        # Live frames that waited go first; their write may pause the transport
+        # again, and a replay woken by the event checks that before it writes.
         outlet = self.outlet
         if outlet is not None and not outlet.resume() and self.on_outlet_failed is not None:
             self.on_outlet_failed(outlet)
+        if self._writable is not None and not self.paused:
+            self._writable.set()
+
+    async def drain(self) -> None:
+        """Never wait for this client's socket to take data.
+
+        websockets calls this after each of its own writes (ping, pong, close)
+        and waits while the transport is paused. A client that stops reading
+        but keeps TCP open never unpauses it, so a ping would hold up the one
+        :class:`Keepalive` task for every connection, and a ``close()`` would
+        never reach its close timeout: the socket stayed open for good.
+        Backpressure is the outlet's business (``WS_CLIENT_BUFFER``); the
+        library's own frames are a few bytes, so they go to the transport's
+        buffer, and a close that the client does not answer ends in
+        ``transport.abort()`` after ``WS_CLOSE_TIMEOUT_SECONDS``.
+        """
+        if self.transport.is_closing():  # as the library does: let connection_lost run
+            await asyncio.sleep(0)
 
     def attach(self, outlet: Outlet, on_failed: Callable[[Outlet], None]) -> None:
         """Let ``outlet`` follow this transport's pause state from now on."""
@@ -86,7 +107,11 @@ class Connection(ServerConnection):
         self.on_outlet_failed = on_failed
 
     async def writable(self) -> None:
-        """Return once the transport takes data (at once when it is not paused)."""
+        """Return once the transport takes data (at once when it is not paused).
+
+        It may have paused again by the time the caller runs: callers check
+        ``outlet.paused`` in the step in which they write.
+        """
         if self._writable is not None:
             await self._writable.wait()
 
@@ -187,6 +212,16 @@ class Keepalive:
     async def _fail(connection: ServerConnection) -> None:
         async with connection.send_context():
             connection.protocol.fail(1011, "keepalive ping timeout")
+
+
+def established(server: Server) -> list[ServerConnection]:
+    """Connections past the handshake that are not closed yet: open, or closing.
+
+    websockets' ``server.connections`` leaves out those in their closing
+    handshake, and a client that reads nothing can stay there for the whole
+    close timeout, holding a socket and memory: it still counts.
+    """
+    return [c for c in server.all_connections if c.protocol.state in (State.OPEN, State.CLOSING)]
 
 
 def close_info(connection: ServerConnection) -> tuple[int, str, bool]:
