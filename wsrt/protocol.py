@@ -154,6 +154,8 @@ def parse_control(text: str | bytes) -> Control:
 
 #: Largest integer every JSON parser holds exactly (JavaScript's Number.MAX_SAFE_INTEGER).
 MAX_SAFE_INTEGER = 2**53 - 1
+#: Kafka's offsets and timestamps are signed 64-bit: the bound of every start field.
+MAX_INT64 = 2**63 - 1
 #: Longest string ``id``: it is echoed in every answer.
 MAX_ID_CHARS = 256
 
@@ -172,8 +174,8 @@ def _echoable(value: object) -> bool:
 
 
 def _count(value: object) -> bool:
-    """A JSON integer ≥ 0 (not a boolean, not a float such as ``1.0``)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A JSON integer from 0 to 2^63 - 1 (not a boolean, not a float such as ``1.0``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64
 
 
 def _start(obj: dict[str, Any], request_id: RequestId, channel: str) -> Start | None:
@@ -198,11 +200,13 @@ def _start(obj: dict[str, Any], request_id: RequestId, channel: str) -> Start | 
             if not canonical or str(int(partition)) != partition:
                 raise bad(f"'since' partition {partition[:20]!r} is not a partition number")
             if not _count(offset):
-                raise bad(f"'since' offset of partition {partition} must be an integer ≥ 0")
+                raise bad(
+                    f"'since' offset of partition {partition} must be an integer from 0 to 2^63-1"
+                )
             offsets[int(partition)] = offset
         return Since(offsets)
     if not _count(value):
-        raise bad(f"'{name}' must be an integer ≥ 0")
+        raise bad(f"'{name}' must be an integer from 0 to 2^63-1")
     return SinceTime(value) if name == "since_time" else Rewind(value)
 
 
@@ -264,6 +268,30 @@ def unsubscribed_reply(channel: str, request_id: RequestId, reason: str | None =
     if reason is not None:
         obj["reason"] = reason
     return _reply(obj, request_id)
+
+
+def revoked_notice(channel: str, partition: int, next_offset: int) -> bytes:
+    """Shared mode: ``partition`` is served by another replica now; resume it there
+    from ``next`` (every earlier record was sent here)."""
+    return orjson.dumps(
+        {"type": "revoked", "channel": channel, "partition": partition, "next": next_offset}
+    )
+
+
+def assigned_notice(channel: str, partition: int, start: int) -> bytes:
+    """Shared mode: ``partition`` is served here now, from offset ``from``; a client
+    whose own position differs resumes it with ``since``."""
+    return orjson.dumps(
+        {"type": "assigned", "channel": channel, "partition": partition, "from": start}
+    )
+
+
+def gap_notice(channel: str, partition: int, first: int, last: int, reason: str) -> bytes:
+    """Offsets ``first`` to ``last`` (inclusive) of ``partition`` will not come, and why."""
+    return orjson.dumps({
+        "type": "gap", "channel": channel, "partition": partition, "from": first, "to": last,
+        "dropped": last - first + 1, "reason": reason,
+    })  # fmt: skip
 
 
 def pong_reply(request_id: RequestId) -> bytes:

@@ -592,7 +592,11 @@ class Bench:
                     now = total(self.metrics(server), "wsrt_replay_messages_total")
                     still, replayed = (still + 1 if now == replayed else 0), now
                 held = _rss_bytes(server.pid)
-                running = total(self.metrics(server), "wsrt_replays_running")
+                scrape = self.metrics(server)
+                running = total(scrape, "wsrt_replays_running")
+                ended = total(scrape, "wsrt_replays_completed_total") + total(
+                    scrape, "wsrt_replays_cancelled_total"
+                )
                 assert client.stdin is not None
                 client.stdin.close()
                 self.line(client, 30)
@@ -603,7 +607,8 @@ class Bench:
                 "delivered before it stalled": replayed,
                 "server RSS growth MB": (held - before) / 2**20,
             },
-            {"paused, still running": replayed < s.replay_messages and running == 1},
+            # Paused with its slot given back: a client that stops reading holds none.
+            {"paused, slot free": replayed < s.replay_messages and running == 0 and ended == 0},
         )
 
     def policies(self) -> list[Result]:

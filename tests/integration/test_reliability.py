@@ -201,3 +201,40 @@ async def test_a_stalled_consumer_is_replaced_without_a_gap(
     assert sample(server, "wsrt_kafka_consumer_restarts_total", reason=reason) == 1
     server.wait_for("readiness", lambda e: e.get("status") == "ok", start=mark)
     assert http_get(f"{server.http}/healthz", 5)[0] == 200
+
+
+async def test_a_replay_steps_over_undecodable_records_and_loses_no_other_partition(
+    bootstrap, make_topics, servers, producer, tmp_path
+) -> None:
+    """History with records the server cannot decode (lz4 without its codec) in one
+    partition and plain records in another: every readable record of both, once, in
+    order, then live; only the undecodable offsets are missing."""
+    hidden = tmp_path / "no-codecs" / "cramjam"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ImportError("cramjam hidden by the test")\n')
+    (topic,) = await make_topics("lines", partitions=2)
+    plan = [(None, b'{"n":0}'), ("lz4", b'{"n":1}'), ("lz4", b'{"n":2}'), (None, b'{"n":3}'),
+            ("lz4", b'{"n":4}'), (None, b'{"n":5}')]  # fmt: skip
+    sent = await produce_compressed(bootstrap, topic, plan)  # partition 0
+    other = [(await producer.send_and_wait(topic, b'{"m":%d}' % n, partition=1)).offset
+             for n in range(30)]  # fmt: skip
+    server = servers([topic], {"PYTHONPATH": str(hidden.parent)})
+    readable = [o for (o, _), (codec, _) in zip(sent, plan, strict=True) if codec != "lz4"]
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        await ws.send(json.dumps(
+            {"type": "subscribe", "channel": topic, "id": 1, "since": {"0": 0, "1": 0}}
+        ))  # fmt: skip
+        reply = await next_json(ws)
+        assert reply["positions"] == {"0": 0, "1": 0}, reply
+        got: dict[int, list[int]] = {}
+
+        async def until(last: dict[int, int]) -> None:
+            while not all(got.get(p) and got[p][-1] >= o for p, o in last.items()):
+                frame = await next_json(ws)
+                assert frame["type"] == "message", frame
+                got.setdefault(frame["partition"], []).append(frame["offset"])
+
+        await asyncio.wait_for(until({0: readable[-1], 1: other[-1]}), 60)
+        live = (await producer.send_and_wait(topic, b'{"live":1}', partition=0)).offset
+        await asyncio.wait_for(until({0: live}), 60)
+    assert got == {0: [*readable, live], 1: other}

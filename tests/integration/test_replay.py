@@ -292,6 +292,10 @@ async def test_history_over_the_replay_budget_is_cut_and_incomplete(
         ({"since_time": "yesterday"}, "integer"),
         ({"rewind": True}, "integer"),
         ({"rewind": 5, "since_time": 0}, "at most one"),
+        # Past Kafka's 64-bit offsets and timestamps: refused, not a crash (1011).
+        ({"since_time": 2**63}, "2^63-1"),
+        ({"rewind": 2**63}, "2^63-1"),
+        ({"since": {"0": 2**63}}, "2^63-1"),
     ],
 )
 async def test_bad_start_fields_are_bad_requests(
@@ -371,3 +375,44 @@ async def test_replay_metrics_count_what_happened(make_topics, servers, producer
     assert samples[("wsrt_replays_running", ())] == 0
     assert samples[("wsrt_replays_waiting", ())] == 0
     assert samples[("wsrt_replays_incomplete_total", ())] == 0
+
+
+async def test_a_replay_across_transaction_markers_hands_over_to_live(
+    broker, bootstrap, make_topics, servers, producer
+) -> None:
+    """A log that ends in a commit marker: the marker takes an offset and is no record.
+
+    A replay that advanced only from returned records would never reach the
+    live stream's position past it: the gate would hold the partition for
+    good (no live message), and a keyed rewind's scan would never end.
+    """
+    import uuid
+
+    needs_apache(broker, "transactions")
+    (topic,) = await make_topics("lines", partitions=1)
+    tx = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"wsrt-test-{uuid.uuid4().hex[:8]}"
+    )
+    await tx.start()
+    try:
+        async with tx.transaction():
+            sent = [await tx.send(topic, b'{"n":%d}' % n, key=b"k") for n in range(5)]
+        history = [(await s).offset for s in sent]
+    finally:
+        await tx.stop()
+    assert history == [0, 1, 2, 3, 4]  # and the commit marker at 5
+    server = servers([topic])
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        reply = await subscribe(ws, topic, "1", rewind=6)  # offsets: the marker counts
+        assert reply["positions"] == {"0": 0}, reply
+        got = await receive_until(ws, {0: 4})
+        # Handed over with nothing more produced: its slot is free, live flows.
+        await asyncio.to_thread(server.wait_for, "replay_caught_up", timeout=30)
+        live = await produce(producer, topic, 2, 1)
+        await receive_until(ws, {0: live[0][-1]}, got)
+    assert got == {0: history + live[0]}
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        reply = await subscribe(ws, f"{topic}:k", "2", rewind=2)
+        assert reply["positions"] == {"0": 3}, reply
+        got = await receive_until(ws, {0: 4})
+    assert got == {0: [3, 4]}

@@ -35,6 +35,10 @@ from wsrt.wire import UNDECODABLE, Skipped, record_frame
 
 Batches = dict[TopicPartition, list[Any]]
 
+#: What aiokafka raises for a batch it cannot decode: a codec that is not
+#: installed, a corrupt batch. Live and replay both skip the record there.
+DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
+
 
 class Encoder:
     def __init__(
@@ -121,9 +125,6 @@ class Encoder:
 
 
 class UndecodableSkipper:
-    #: Errors aiokafka raises for a batch it cannot decode.
-    DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
-
     def __init__(
         self, consumer: AIOKafkaConsumer, offsets: Offsets, encoder: Encoder, settings: Settings
     ) -> None:
@@ -143,7 +144,7 @@ class UndecodableSkipper:
         broker errors are, and are left to the reconnect logic. Two searches in
         a row that find no culprit mean it was not a record after all.
         """
-        decoding = isinstance(exc, self.DECODE_ERRORS) or not isinstance(exc, KafkaError | OSError)
+        decoding = isinstance(exc, DECODE_ERRORS) or not isinstance(exc, KafkaError | OSError)
         return decoding and self._fruitless < 2
 
     def clear(self) -> None:

@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
 
 from wsrt import protocol
 from wsrt.aio import Backoff, abandon_after, detach
 from wsrt.config import Settings
 from wsrt.hub import Gate, Outlet
+from wsrt.kafka.deliver import DECODE_ERRORS
 from wsrt.kafka.options import UNAVAILABLE, consumer_options, discover, metadata_client
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
@@ -114,6 +114,8 @@ class ReplayJob:
     pending: dict[int, int] = field(default_factory=dict)
     replied: bool = False
     messages: int = 0
+    #: Holds one of the ``WS_REPLAY_CONCURRENCY`` slots now.
+    slot: bool = False
 
 
 class Replayer:
@@ -168,38 +170,37 @@ class Replayer:
         self._unplaced.clear()
         self._placed.set()
 
+    def live_unplaced(self) -> None:
+        """Shared mode: the group revoked partitions; where the live stream stands is
+        unknown until it assigns again. Replays hand nothing over meanwhile, and a
+        new one waits, its gate holding every partition, as at start."""
+        self._placed.clear()
+
     async def run(self, job: ReplayJob) -> None:
         """Replay ``job`` until it has handed over to the live stream.
 
         Raises :class:`ProtocolError` for a request Kafka shows to be wrong (an
         unknown partition) before anything was sent. Kafka errors are retried
-        with backoff from where the replay stood.
+        with backoff from where the replay stood. While the client's transport
+        is paused the job gives its slot and consumer back: a client that stops
+        reading mid-replay holds neither.
         """
         stats = self.stats
         try:
             await self._placed.wait()  # at once, but while a restarted server starts
         finally:
             self._unplaced.discard(job)
-        if self._slots.locked():
-            self.log.debug(
-                "replay_waiting", "replay waiting for a slot", subject=job.subject,
-                channel=job.channel.name, running=self.settings.replay_concurrency,
-            )  # fmt: skip
-        stats.replays_waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            stats.replays_waiting -= 1
-        stats.replays_running += 1
         started = time.monotonic()
         backoff = Backoff(self.settings.kafka_backoff_initial, self.settings.kafka_backoff_max)
         try:
             while True:
+                await self._take_slot(job)
                 consumer = await self._consumer()
                 try:
-                    await self._run(consumer, job)
+                    paused = await self._run(consumer, job)
                 except UNAVAILABLE as exc:
                     self._discard(consumer)
+                    self._give_slot(job)
                     delay = backoff.next()
                     self.log.warning(
                         "replay_kafka_error", "kafka error during a replay; retrying",
@@ -211,13 +212,16 @@ class Replayer:
                     self._discard(consumer)
                     raise
                 self._release(consumer)
-                break
+                self._give_slot(job)
+                if not paused:
+                    break
+                while job.outlet.paused and not job.outlet.closed:
+                    await job.writable()
         except BaseException:
             stats.replays_cancelled += 1
             raise
         finally:
-            stats.replays_running -= 1
-            self._slots.release()
+            self._give_slot(job)
         if job.pending or not job.replied or job.outlet.closed:
             stats.replays_cancelled += 1  # the client went away before the handover
             return
@@ -228,6 +232,27 @@ class Replayer:
             channel=job.channel.name, messages=job.messages, duration_ms=round(seconds * 1000),
             rate=round(job.messages / seconds) if seconds > 0 else None,
         )  # fmt: skip
+
+    async def _take_slot(self, job: ReplayJob) -> None:
+        """Wait for one of ``WS_REPLAY_CONCURRENCY`` slots (counted as waiting meanwhile)."""
+        if self._slots.locked():
+            self.log.debug(
+                "replay_waiting", "replay waiting for a slot", subject=job.subject,
+                channel=job.channel.name, running=self.settings.replay_concurrency,
+            )  # fmt: skip
+        self.stats.replays_waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.stats.replays_waiting -= 1
+        job.slot = True
+        self.stats.replays_running += 1
+
+    def _give_slot(self, job: ReplayJob) -> None:
+        if job.slot:
+            job.slot = False
+            self.stats.replays_running -= 1
+            self._slots.release()
 
     async def close(self) -> None:
         """Close the pooled consumers and the metadata client (bounded)."""
@@ -243,7 +268,9 @@ class Replayer:
 
     # -- one attempt -------------------------------------------------------------
 
-    async def _run(self, consumer: AIOKafkaConsumer, job: ReplayJob) -> None:
+    async def _run(self, consumer: AIOKafkaConsumer, job: ReplayJob) -> bool:
+        """Plan and reply (the first time), then read; ``True`` when it stopped for a
+        paused transport and must go on once the client takes data."""
         if not job.replied:
             planned = await self._plan(consumer, job)
             job.pending = dict(planned.starts)
@@ -260,12 +287,12 @@ class Replayer:
                 job.channel.name, job.request_id, planned.starts, planned.complete
             )
             if not job.reply(reply):
-                return
+                return False
             self.log.debug(
                 "replay_started", "replay started", subject=job.subject, channel=job.channel.name,
                 positions=_positions(planned.starts), complete=planned.complete,
             )  # fmt: skip
-        await self._read(consumer, job)
+        return await self._read(consumer, job)
 
     async def _plan(self, consumer: AIOKafkaConsumer, job: ReplayJob) -> Plan:
         s = self.settings
@@ -313,31 +340,38 @@ class Replayer:
         reading = {p: o for p, o in window.starts.items() if o < ends[p]}
         topic = job.channel.topic
         while reading:
-            batches = await self._fetch(consumer, topic, reading)
+            batches, reached = await self._fetch(consumer, topic, reading)
             for tp, messages in batches.items():
                 p = tp.partition
                 for m in messages:
                     if m.offset < ends[p] and m.key == key:
                         scan.matched(p, m.offset)
-                reading[p] = messages[-1].offset + 1
+            reading.update(reached)
             reading = {p: o for p, o in reading.items() if o < ends[p]}
         consumer.assign([])  # the replay proper positions it afresh
         return scan.plan()
 
     # -- reading -----------------------------------------------------------------
 
-    async def _read(self, consumer: AIOKafkaConsumer, job: ReplayJob) -> None:
+    async def _read(self, consumer: AIOKafkaConsumer, job: ReplayJob) -> bool:
+        """Deliver history until the handover; ``True`` when the transport paused first.
+
+        Paced by the client: history is written only while its transport takes
+        data (checked in the same step as the write), so it never waits in the
+        outlet and never counts as live backlog.
+        """
         topic = job.channel.topic
         key = job.gate.key
         outlet = job.outlet
         while True:
             self._join_caught_up(job)
             if not job.pending or outlet.closed:
-                return
-            batches = await self._fetch(consumer, topic, job.pending)
+                return False
+            if outlet.paused:
+                return True
+            batches, reached = await self._fetch(consumer, topic, job.pending)
             frames: list[bytes] = []
-            reached: dict[int, int] = {}
-            for tp, messages in batches.items():
+            for messages in batches.values():
                 for m in messages:
                     if key is not None and m.key != key:
                         continue
@@ -347,14 +381,12 @@ class Replayer:
                         )
                     except Skipped:
                         continue  # invalid records are the only ones missing (section 9)
-                reached[tp.partition] = messages[-1].offset + 1
-            # Paced by the client: write only while its transport takes data, so
-            # history never waits in the outlet and never counts as live backlog.
-            await job.writable()
             if outlet.closed:
-                return
+                return False
+            if outlet.paused:
+                return True  # read again from the same positions once it takes data
             if frames and not outlet.deliver(b"".join(frames), len(frames)):
-                return  # the write raised: the gateway closes the connection
+                return False  # the write raised: the gateway closes the connection
             job.pending.update(reached)
             job.messages += len(frames)
             self.stats.replay_messages += len(frames)
@@ -363,21 +395,39 @@ class Replayer:
                 await asyncio.sleep(0)
 
     def _join_caught_up(self, job: ReplayJob) -> None:
-        """Hand each partition whose replay reached the live stream over to it."""
+        """Hand each partition whose replay reached the live stream over to it.
+
+        While a shared-mode rebalance is under way nothing is handed over: the
+        replay reads on, and a partition that comes back continues where the
+        live stream stood. One that went to another member ends here, and the
+        client is told where to resume it (``revoked``).
+        """
+        if not self.placed:
+            return
         topic = job.channel.topic
         for p, replayed in list(job.pending.items()):
             live = self.live.get((topic, p))
-            if live is None or replayed >= live:
-                # live is None: no longer served here (a shared-mode revoke); it ends.
-                job.gate.join(p, replayed if live is not None and replayed > live else None)
+            if live is None:
+                job.gate.join(p, None)
+                del job.pending[p]
+                if job.replied:
+                    job.reply(protocol.revoked_notice(job.channel.name, p, replayed))
+            elif replayed >= live:
+                job.gate.join(p, replayed if replayed > live else None)
                 del job.pending[p]
         if not job.pending and job.gate.settled:
             job.settle()
 
     async def _fetch(
         self, consumer: AIOKafkaConsumer, topic: str, positions: dict[int, int]
-    ) -> dict[TopicPartition, list[Any]]:
-        """One read of ``positions``' partitions (assigned and positioned as needed)."""
+    ) -> tuple[dict[TopicPartition, list[Any]], dict[int, int]]:
+        """One read of ``positions``' partitions (assigned and positioned as needed).
+
+        Returns the records per partition and where each partition stands after
+        them. That is the consumer's position, not the last record's offset plus
+        one: a transaction's commit marker takes an offset and is no record, so
+        a log that ends in one would never be read to its end otherwise.
+        """
         tps = {TopicPartition(topic, p) for p in positions}
         if consumer.assignment() != tps:
             # Positioned only when the assignment changes: a seek to the
@@ -391,38 +441,53 @@ class Replayer:
             if allowed:
                 break
             await asyncio.sleep(wait)  # pacing under WS_REPLAY_RATE
+        fetch_ms = int(s.kafka_fetch_max_wait * 1000)
         try:
             batches: dict[TopicPartition, list[Any]] = await abandon_after(
-                consumer.getmany(
-                    *tps, timeout_ms=int(s.kafka_fetch_max_wait * 1000), max_records=allowed
-                ),
+                consumer.getmany(*tps, timeout_ms=fetch_ms, max_records=allowed),
                 s.kafka_request_timeout,
                 "replay fetch",
             )
-        except (UnsupportedCodecError, CorruptRecordException):
+        except DECODE_ERRORS:
             return await self._past_undecodable(consumer, tps, positions)
         self.rate.took(sum(len(messages) for messages in batches.values()))
-        return {tp: messages for tp, messages in batches.items() if messages}
+        reached = {tp.partition: await consumer.position(tp) for tp in tps}
+        return {tp: messages for tp, messages in batches.items() if messages}, reached
 
     async def _past_undecodable(
         self,
         consumer: AIOKafkaConsumer,
         tps: set[TopicPartition],
         positions: dict[int, int],
-    ) -> dict[TopicPartition, list[Any]]:
-        """A batch the library cannot decode: read one record at a time; step over what raises."""
-        seconds = self.settings.kafka_request_timeout
-        for tp in sorted(tps):
+    ) -> tuple[dict[TopicPartition, list[Any]], dict[int, int]]:
+        """A read raised while decoding: find the partition, and step over its record.
+
+        aiokafka dropped the whole answer, so every partition is first put
+        back where the replay stands. Then each is read on its own, one
+        record: the first that raises has its record skipped (one offset,
+        as the live stream does, :mod:`wsrt.kafka.deliver`); the first that
+        returns a record returns it.
+        """
+        s = self.settings
+        fetch_ms = int(s.kafka_fetch_max_wait * 1000) + 100
+        for tp in tps:
             consumer.seek(tp, positions[tp.partition])
+        reached = dict(positions)
+        for tp in sorted(tps):
             try:
-                one = await abandon_after(consumer.getmany(tp, max_records=1), seconds, "replay")
-            except (UnsupportedCodecError, CorruptRecordException):
-                positions[tp.partition] += 1  # skipped as undecodable, as the live stream does
-                consumer.seek(tp, positions[tp.partition])
-                continue
+                one = await abandon_after(
+                    consumer.getmany(tp, timeout_ms=fetch_ms, max_records=1),
+                    s.kafka_request_timeout,
+                    "replay fetch",
+                )
+            except DECODE_ERRORS:
+                reached[tp.partition] = positions[tp.partition] + 1
+                consumer.seek(tp, reached[tp.partition])
+                return {}, reached
             if one.get(tp):
-                return {tp: one[tp]}
-        return {}
+                reached[tp.partition] = await consumer.position(tp)
+                return {tp: one[tp]}, reached
+        return {}, reached
 
     # -- the consumer pool -----------------------------------------------------
 
