@@ -80,8 +80,9 @@ async def serve(
         settings, hub, verifier, readiness, liveness, log, stats, metrics.render, replayer
     )
     source = KafkaSource(
-        settings, gateway.publish, readiness, log, stats, liveness, offsets, replayer.live_placed
-    )
+        settings, gateway.publish, readiness, log, stats, liveness, offsets,
+        replayer.live_placed, replayer.live_unplaced, gateway.connections,
+    )  # fmt: skip
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -583,6 +583,28 @@ class Hub:
                 finished.append(outlet)
         return finished
 
+    def tell(
+        self, topic: str, partition: int, notice: Callable[[str, int | None], bytes]
+    ) -> list[Outlet]:
+        """Send every subscriber of ``topic`` a notice about ``partition``; the outlets finished.
+
+        ``notice(channel, floor)`` builds the frame for a channel name; ``floor``
+        is where a replayed subscription's gate starts that partition, if it
+        does. A subscription still replaying ``partition`` is left out: its
+        replay tells it itself.
+        """
+        told: list[tuple[Outlet, str, int | None]] = [
+            (o, topic, None) for o in self._whole.get(topic, ())
+        ]
+        for raw, outlets in self._keyed.get(topic, {}).items():
+            told += [(o, f"{topic}:{raw.decode()}", None) for o in outlets]
+        for (outlet, key), gate in self._gated.get(topic, {}).items():
+            if gate.held is None or partition in gate.held:
+                continue
+            channel = topic if key is None else f"{topic}:{key}"
+            told.append((outlet, channel, gate.floors.get(partition)))
+        return [o for o, channel, floor in told if not o.send(notice(channel, floor))]
+
     def _lost(self, outlet: Outlet, topic: str, finished: list[Outlet]) -> None:
         """``outlet`` failed on a record of ``topic``: report it, and count a disconnect."""
         finished.append(outlet)

@@ -68,6 +68,39 @@ class Connections:
         for outlet in self.hub.publish(records):
             self._finished(outlet)
 
+    # -- partitions that move (shared mode) ---------------------------------------
+
+    def revoked(self, partition: tuple[str, int], next_offset: int) -> None:
+        """Tell the subscribers that ``partition`` is served by another replica now."""
+        topic, p = partition
+
+        def notice(channel: str, floor: int | None) -> bytes:
+            at = next_offset if floor is None else max(next_offset, floor)
+            return text_frame(protocol.revoked_notice(channel, p, at))
+
+        for outlet in self.hub.tell(topic, p, notice):
+            self._finished(outlet)
+
+    def assigned(self, partition: tuple[str, int], start: int) -> None:
+        """Tell the subscribers that ``partition`` is served here now, from ``start``."""
+        topic, p = partition
+
+        def notice(channel: str, floor: int | None) -> bytes:
+            return text_frame(protocol.assigned_notice(channel, p, start))
+
+        for outlet in self.hub.tell(topic, p, notice):
+            self._finished(outlet)
+
+    def gap(self, partition: tuple[str, int], first: int, last: int, reason: str) -> None:
+        """Tell the subscribers that ``first``..``last`` of ``partition`` will not come."""
+        topic, p = partition
+
+        def notice(channel: str, floor: int | None) -> bytes:
+            return text_frame(protocol.gap_notice(channel, p, first, last, reason))
+
+        for outlet in self.hub.tell(topic, p, notice):
+            self._finished(outlet)
+
     def _finished(self, outlet: Outlet) -> None:
         self.hub.remove(outlet)
         connection = outlet.peer

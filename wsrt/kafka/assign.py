@@ -6,9 +6,20 @@
   the replica starts begin at their end (live data); partitions that appear
   later are read from their beginning (all of them is new); partitions the
   replica already read resume where it stopped, so a reconnect leaves no gap.
-* ``shared``: :class:`GroupListener` follows the group's assignment: commit
-  on revoke, resolve each new partition's position (committed offset, or the
-  reset policy) before reporting ready.
+* ``shared``: :class:`GroupListener` follows the group's assignment. On
+  revoke it commits, releases the partitions (where they stood is kept) and
+  says ``rebalancing`` (not ready: the replica holds nothing until the group
+  assigns again). On assign, a partition this process delivered before
+  resumes where its clients stand (not at the committed offset, which
+  another member may have moved on: that would skip records for the clients
+  connected here, or send them some twice); one it never delivered starts at
+  the committed offset (or the reset policy) and is announced as
+  ``assigned`` with that offset, so a client can resume it from its own
+  position. History that retention removed meanwhile is announced as a
+  ``gap``; a partition that went to another member is announced as
+  ``revoked`` with the next offset, once. aiokafka
+  swallows what the listener raises, so a failure is kept and raised by the
+  consume loop (:meth:`GroupListener.check`), which replaces the consumer.
 
 :class:`Assigner` does either for one consumer and reports readiness.
 """
@@ -16,6 +27,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
@@ -23,7 +35,7 @@ from wsrt.aio import abandon_after
 from wsrt.config import Settings
 from wsrt.health import Status
 from wsrt.kafka.commit import Committer
-from wsrt.kafka.offsets import Offsets, describe, describe_partitions
+from wsrt.kafka.offsets import Offsets, Partition, describe, describe_partitions
 from wsrt.kafka.options import discover
 from wsrt.logs import EventLogger
 from wsrt.metrics import Stats
@@ -72,6 +84,30 @@ async def resolve_positions(
         )
 
 
+class Notices(Protocol):
+    """What the clients are told about partitions that move (shared mode)."""
+
+    def revoked(self, partition: Partition, next_offset: int) -> None:
+        """``partition`` is served elsewhere now; its subscribers had everything before."""
+
+    def gap(self, partition: Partition, first: int, last: int, reason: str) -> None:
+        """Offsets ``first`` to ``last`` of ``partition`` will not come (retention)."""
+
+    def assigned(self, partition: Partition, start: int) -> None:
+        """``partition`` is served here now, from ``start`` (where the group stands)."""
+
+
+class NoNotices:
+    def revoked(self, partition: Partition, next_offset: int) -> None:
+        pass
+
+    def gap(self, partition: Partition, first: int, last: int, reason: str) -> None:
+        pass
+
+    def assigned(self, partition: Partition, start: int) -> None:
+        pass
+
+
 class Assigner:
     """Joins a consumer to its partitions and reports readiness (``report``) as they are placed."""
 
@@ -83,6 +119,8 @@ class Assigner:
         stats: Stats,
         report: Callable[[Status, str], None],
         on_positioned: Callable[[], None] = lambda: None,
+        on_unplaced: Callable[[], None] = lambda: None,
+        notices: Notices | None = None,
     ) -> None:
         self.settings = settings
         self.offsets = offsets
@@ -91,8 +129,15 @@ class Assigner:
         self.report = report
         #: Told, in the step that positioned partitions, that positions are known.
         self.on_positioned = on_positioned
+        #: Told, in the step that revoked partitions, that positions are unknown until assigned.
+        self.on_unplaced = on_unplaced
+        self.notices = notices or NoNotices()
         #: Partitions known at the first assignment start live; later ones from their beginning.
         self._live = True
+        #: Shared mode: the current consumer's listener (a replaced one must not act).
+        self.listener: GroupListener | None = None
+        #: Released partitions whose subscribers were told they moved.
+        self.announced: set[Partition] = set()
 
     async def join(
         self, consumer: AIOKafkaConsumer, client: AIOKafkaClient, committer: Committer
@@ -100,9 +145,10 @@ class Assigner:
         """Shared: subscribe in the group (it assigns later); broadcast: assign every partition."""
         s = self.settings
         if s.fanout_mode == "shared":
-            consumer.subscribe(
-                list(s.kafka_topics), listener=GroupListener(self, consumer, committer)
-            )
+            if self.listener is not None:
+                self.listener.retired = True
+            self.listener = GroupListener(self, consumer, committer)
+            consumer.subscribe(list(s.kafka_topics), listener=self.listener)
             self.report(Status.STARTING, f"joining consumer group {s.group_id}")
         else:
             await self.refresh(consumer, client)
@@ -136,7 +182,7 @@ class Assigner:
 
 
 class GroupListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Shared mode: commit on revoke; position new partitions before saying ready."""
+    """Shared mode: commit and release on revoke; place new partitions before saying ready."""
 
     def __init__(
         self, assigner: Assigner, consumer: AIOKafkaConsumer, committer: Committer
@@ -144,20 +190,71 @@ class GroupListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.assigner = assigner
         self.consumer = consumer
         self.committer = committer
+        #: The consumer was replaced: its late callbacks must not touch shared state.
+        self.retired = False
+        #: What a callback raised (aiokafka would only log it).
+        self.failed: BaseException | None = None
+
+    def check(self) -> None:
+        """Raise, in the consume loop, what a callback failed with."""
+        failed, self.failed = self.failed, None
+        if failed is not None:
+            raise failed
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        if self.retired:
+            return
         partitions = set(revoked)
-        await self.committer.flush()
-        self.assigner.offsets.forget(partitions)
-        self.assigner.log.info(
+        a = self.assigner
+        try:
+            await self.committer.flush()
+        finally:
+            a.offsets.release(partitions)
+            if partitions:
+                a.on_unplaced()  # in this step: no replay hands over to a position now unknown
+                a.report(
+                    Status.STARTING,
+                    "rebalancing: waiting for the consumer group to assign partitions",
+                )
+        a.log.info(
             "kafka_revoked", "partitions revoked", partitions=describe_partitions(partitions)
         )
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        partitions = set(assigned)
+        if self.retired:
+            return
+        try:
+            await self._place(set(assigned))
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
+    async def _place(self, partitions: set[TopicPartition]) -> None:
         a = self.assigner
-        await resolve_positions(
-            self.consumer, partitions, a.offsets, a.settings.kafka_start_timeout
-        )
+        seconds = a.settings.kafka_start_timeout
+        offsets = a.offsets
+        # Back within this rebalance: the live stream goes on where the clients stand.
+        resume = {tp: at for tp in partitions if (at := offsets.resume_at(tp)) is not None}
+        resume = {
+            tp: at for tp, at in resume.items() if (tp.topic, tp.partition) not in a.announced
+        }
+        if resume:
+            earliest = await abandon_after(
+                self.consumer.beginning_offsets(list(resume)), seconds, "log start"
+            )
+            for tp, at in resume.items():
+                if earliest[tp] > at:  # retention removed what our clients were waiting for
+                    a.notices.gap((tp.topic, tp.partition), at, earliest[tp] - 1, "retention")
+                    at = earliest[tp]
+                self.consumer.seek(tp, at)
+        await resolve_positions(self.consumer, partitions, offsets, seconds)
+        # New here, or back after its subscribers were told it moved (they may have
+        # resumed it elsewhere): it starts where the group stands, and they are told.
+        for tp in sorted(partitions - set(resume)):
+            a.notices.assigned((tp.topic, tp.partition), offsets.positions[tp])
+        for tp in sorted(set(offsets.released) - a.announced):  # went to another member
+            a.notices.revoked(tp, offsets.released[tp])
+            a.announced.add(tp)
+        a.announced -= {(tp.topic, tp.partition) for tp in partitions}
         a.assigned(partitions, [])
         a.report(Status.OK, "")

@@ -8,8 +8,10 @@ are unit-tested as plain calls:
 * a commit carries ``last taken offset + 1`` per partition, only for
   partitions still assigned, and only what was not committed yet;
 * a failed commit hands its offsets back unless newer ones were taken since;
-* a revoked partition is forgotten (its new owner resumes from the last
-  successful commit).
+* a revoked partition is released: nothing of it is committed or reported,
+  but where this process's clients stand in it is kept (:attr:`Offsets.released`),
+  so that if the partition comes back the live stream resumes there, not at
+  the group's committed offset (which another member may have moved on).
 
 Partitions are ``(topic, partition)`` tuples; aiokafka's ``TopicPartition`` is one.
 """
@@ -30,10 +32,27 @@ class Offsets:
         #: Messages behind the high watermark per partition, as last seen.
         self.lag: dict[Partition, int] = {}
         self._uncommitted: dict[Partition, int] = {}
+        #: Revoked partitions → the next offset this process's clients would have got.
+        self.released: dict[Partition, int] = {}
 
     def positioned(self, partition: Partition, offset: int) -> None:
         """The consumer will read ``partition`` from ``offset``."""
         self.positions[partition] = offset
+        self.released.pop(partition, None)
+
+    def release(self, partitions: Iterable[Partition]) -> None:
+        """``partitions`` were revoked (shared mode): keep where they stood, forget the rest."""
+        for tp in partitions:
+            position = self.positions.get(tp)
+            if position is not None:
+                self.released[tp] = position
+        self.forget(partitions)
+
+    def resume_at(self, partition: Partition) -> int | None:
+        """Where the live stream must go on in ``partition`` for the clients connected now
+        (``None``: this process never delivered it; the committed offset is right)."""
+        position = self.positions.get(partition)
+        return position if position is not None else self.released.get(partition)
 
     def taken(self, partition: Partition, next_offset: int, highwater: int | None) -> None:
         """The hub took every record of ``partition`` before ``next_offset``."""

@@ -30,7 +30,7 @@ from wsrt.aio import Backoff, abandon_after, detach
 from wsrt.config import Settings
 from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Record
-from wsrt.kafka.assign import Assigner
+from wsrt.kafka.assign import Assigner, Notices
 from wsrt.kafka.commit import Committer
 from wsrt.kafka.deliver import Batches, Encoder, UndecodableSkipper
 from wsrt.kafka.offsets import Offsets
@@ -85,6 +85,8 @@ class KafkaSource:
         liveness: Liveness,
         offsets: Offsets | None = None,
         on_positioned: Callable[[], None] = lambda: None,
+        on_unplaced: Callable[[], None] = lambda: None,
+        notices: Notices | None = None,
     ) -> None:
         self.settings = settings
         self.readiness = readiness
@@ -98,8 +100,9 @@ class KafkaSource:
         self.health = SourceHealth(readiness)
         #: ``on_positioned`` hears, in the step that positioned them, that positions are known.
         self.assigner = Assigner(
-            settings, self.offsets, log, stats, self.health.placed, on_positioned
-        )
+            settings, self.offsets, log, stats, self.health.placed, on_positioned, on_unplaced,
+            notices,
+        )  # fmt: skip
         self.watch = Watch(settings.kafka_stall, asyncio.get_running_loop().time())
         self.link: _Link | None = None
         #: Set by :meth:`stop`; the loops end when it is.
@@ -187,6 +190,8 @@ class KafkaSource:
             while not self.stopping_event.is_set():
                 self.liveness.beat()
                 self.watch.turned(loop.time())
+                if self.assigner.listener is not None:
+                    self.assigner.listener.check()  # a rebalance callback that failed
                 if s.fanout_mode == "broadcast" and (
                     loop.time() >= next_refresh or not consumer.assignment()
                 ):
