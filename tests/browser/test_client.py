@@ -285,3 +285,104 @@ async def test_the_example_in_the_protocol_docs_runs(
     assert shown == sorted((p, o) for p, offsets in sent.items() for o in offsets)
     assert "open connected to" in " ".join(logged)
     assert watched.problems() == []
+
+
+async def test_a_hundred_channels_resume_through_five_server_restarts(
+    make_topics, servers, producer, watched: Watched
+) -> None:
+    """Every channel comes back after each reconnect, paced under WS_CONTROL_RATE, with no gap.
+
+    100 ``topic:key`` channels resubscribe at once on each reconnect: five
+    times the server's control burst. The client paces itself and retries a
+    ``rate_limited`` answer, so none ends and no message is missing.
+    """
+    (topic,) = await make_topics("lines", partitions=2)
+    keys = [f"k{i}" for i in range(100)]
+    env = {"WS_BIND_ADDRESS": f"127.0.0.1:{free_port()}", "WS_LOG_LEVEL": "INFO"}
+    server = servers([topic], env)
+    page = watched.page
+    await harness(page, server.http)
+    await page.evaluate("([url, tok]) => t.open('a', url, tok)", [server.url, token()])
+    for key in keys:  # one by one: the first subscribes go at the client's pace too
+        assert await page.evaluate("(c) => t.subscribe('a', c)", f"{topic}:{key}") == {"ok": True}
+
+    produced: dict[str, Offsets] = {key: {} for key in keys}
+
+    async def produce_all() -> None:
+        sent = [
+            await producer.send(topic, b'{"k":"%s"}' % k.encode(), key=k.encode()) for k in keys
+        ]
+        for key, future in zip(keys, sent, strict=True):
+            md = await future
+            produced[key].setdefault(md.partition, []).append(md.offset)
+
+    await produce_all()
+    for restart in range(1, 6):
+        server.stop()  # 1001 to the page
+        await produce_all()  # while no server runs: resumed with `since`
+        server = servers([topic], env)
+        await until(
+            page, "(n) => t.last('a').state === 'open' && t.last('a').reconnects === n", restart
+        )
+        await produce_all()
+        await until(
+            page,
+            "([topic, keys, n]) => keys.every((k) => (t.got[`a ${topic}:${k}`] || []).length >= n)",
+            [topic, keys, 2 * restart + 1],
+            timeout=120,
+        )
+        # The server heard no more than its burst at a time: nothing refused for good.
+        assert not [e for e in server.events if e.get("event") == "connection_abuse"]
+    for key in keys:
+        assert await received(page, "a", f"{topic}:{key}") == produced[key], key
+    assert await page.evaluate("t.clients.a.subscriptions.size") == 100
+    notices = await page.evaluate("t.notices.a")
+    assert not [n for n in notices if "ended" in n or "refused" in n], notices[:5]
+    assert watched.problems(network_ok=True) == []
+
+
+async def test_server_positions_below_the_clients_win_and_subscribe_on_a_closed_client_rejects(
+    make_topics, servers, producer, bootstrap, watched: Watched
+) -> None:
+    """A topic recreated under the client: its offsets start again below the client's.
+
+    The client resumes from offset 10; the new log ends at 3, so the server
+    answers ``positions`` 3, and from there every new record must be passed
+    on (the client's own, higher position must not hide them).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from wsrt.brokers import create_topics
+
+    (topic,) = await make_topics("lines")
+    env = {"WS_BIND_ADDRESS": f"127.0.0.1:{free_port()}"}
+    server = servers([topic], env)
+    page = watched.page
+    await harness(page, server.http)
+    await page.evaluate("([url, tok]) => t.open('a', url, tok)", [server.url, token()])
+    assert await page.evaluate("(c) => t.subscribe('a', c)", topic) == {"ok": True}
+    before: Offsets = {}
+    await produce(producer, topic, 10, 1, before)
+    await until(page, "(k) => t.got[k].length === 10", f"a {topic}")
+
+    server.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    await create_topics(bootstrap, {topic: 1})
+    await produce(producer, topic, 3, 1, {})  # offsets 0..2 of the new log
+    server = servers([topic], env)
+    await until(page, "() => t.last('a').state === 'open' && t.last('a').reconnects === 1")
+    await until(page, "() => t.clients.a.subscriptions.values().next().value.next['0'] === 3")
+    after: Offsets = {}
+    await produce(producer, topic, 5, 1, after)
+    assert after == {0: [3, 4, 5, 6, 7]}
+    await until(page, "(k) => t.got[k].length === 15", f"a {topic}")
+    assert await received(page, "a", topic) == {0: before[0] + after[0]}
+
+    await page.evaluate("t.clients.a.close()")
+    late = await page.evaluate("(c) => t.subscribe('a', c + ':x')", topic)
+    assert late["code"] == "closed" and late["typed"]

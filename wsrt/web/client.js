@@ -75,6 +75,10 @@
  *   without it the client stops there (state `closed`)
  * @property {number} [minDelay=500] first reconnect delay, milliseconds
  * @property {number} [maxDelay=15000] longest reconnect delay, milliseconds
+ * @property {number} [controlRate=16] control messages per second the client
+ *   sends at most (burst the same), below the server's `WS_CONTROL_RATE`
+ *   (default 20): a reconnect resubscribes every channel at this pace, and a
+ *   `rate_limited` answer slows it down and sends that request again
  */
 
 /** A refusal the server answered with an error frame; `code` is the protocol's error code. */
@@ -194,7 +198,7 @@ export class Client {
     if (!options || typeof options.token !== "string") throw new TypeError("connect(url, { token }) needs a token");
     this.url = url;
     this.token = options.token;
-    this.options = { minDelay: 500, maxDelay: 15000, ...options };
+    this.options = { minDelay: 500, maxDelay: 15000, controlRate: 16, ...options };
     /** @type {State} */
     this.state = "connecting";
     /** How many times the connection was opened again after it had been open. */
@@ -208,6 +212,14 @@ export class Client {
     this._closing = false;
     this._timer = null;
     this._ws = null;
+    // Control messages wait here and leave at most `controlRate` a second:
+    // each is { make(id) → frame, waiter }, its id given when it is sent.
+    this._outbox = [];
+    this._rate = this.options.controlRate;
+    this._tokens = this._rate;
+    this._refilled = 0;
+    this._holdUntil = 0;
+    this._pumpTimer = null;
     // Reported once the caller holds the client (its onState may use it).
     queueMicrotask(() => this.state === "connecting" && this._setState("connecting", { text: `connecting to ${url}` }));
     this._open();
@@ -221,6 +233,9 @@ export class Client {
    * @returns {Promise<Subscription>}
    */
   subscribe(channel, onMessage, start) {
+    if (this.state === "closed") {
+      return Promise.reject(new WsrtError("closed", "the client is closed; connect again", channel));
+    }
     if (this.subscriptions.has(channel)) {
       return Promise.reject(new WsrtError("bad_request", "already subscribed by this client", channel));
     }
@@ -228,7 +243,7 @@ export class Client {
     this.subscriptions.set(channel, sub);
     return new Promise((resolve, reject) => {
       sub.pending = { resolve, reject };
-      if (this.state === "open") this._send(sub.request(this._track({ sub })));
+      if (this.state === "open") this._queueSubscribe(sub);
     });
   }
 
@@ -249,7 +264,7 @@ export class Client {
     }
     if (this.state !== "open") return Promise.resolve(null);
     return new Promise((resolve, reject) => {
-      this._send({ type: "refresh", token, id: this._track({ resolve, reject }) });
+      this._queue((id) => ({ type: "refresh", token, id }), { resolve, reject });
     });
   }
 
@@ -257,6 +272,11 @@ export class Client {
   close() {
     this._closing = true;
     clearTimeout(this._timer);
+    this._clearOutbox();
+    for (const sub of this.subscriptions.values()) {
+      if (sub.pending) sub.pending.reject(new WsrtError("closed", "the client was closed", sub.channel));
+      sub.pending = null;
+    }
     if (this._ws) this._ws.close(1000);
     this._ws = null;
     this._setState("closed", { code: 1000, text: "closed by this client" });
@@ -270,8 +290,52 @@ export class Client {
     return id;
   }
 
-  _send(frame) {
-    this._ws.send(JSON.stringify(frame));
+  /** Send a control message when the pace allows; `waiter` answers its reply. */
+  _queue(make, waiter) {
+    this._outbox.push({ make, waiter });
+    this._pump();
+  }
+
+  _queueSubscribe(sub) {
+    this._queue((id) => sub.request(id), { sub });
+  }
+
+  /** Send what the token bucket allows now; come back when the next token is there. */
+  _pump() {
+    if (this._pumpTimer !== null || !this._ws || this._ws.readyState !== WebSocket.OPEN) return;
+    const now = Date.now();
+    this._tokens = Math.min(this._rate, this._tokens + ((now - this._refilled) / 1000) * this._rate);
+    this._refilled = now;
+    while (this._outbox.length && now >= this._holdUntil && this._tokens >= 1) {
+      const { make, waiter } = this._outbox.shift();
+      if (waiter.sub && this.subscriptions.get(waiter.sub.channel) !== waiter.sub) continue; // unsubscribed meanwhile
+      this._tokens -= 1;
+      waiter.make = make; // sent again as it was if the server says rate_limited
+      this._ws.send(JSON.stringify(make(this._track(waiter))));
+    }
+    if (!this._outbox.length) return;
+    const wait = Math.max(this._holdUntil - now, ((1 - this._tokens) / this._rate) * 1000, 1);
+    this._pumpTimer = setTimeout(() => {
+      this._pumpTimer = null;
+      this._pump();
+    }, wait);
+  }
+
+  /** The server said `rate_limited`: slow down, and send the refused request again first. */
+  _rateLimited(waiter) {
+    this._rate = Math.max(1, this._rate / 2);
+    this._tokens = 0;
+    this._holdUntil = Date.now() + 1000; // the server's bucket holds a second's worth
+    this._outbox.unshift({ make: waiter.make, waiter });
+    clearTimeout(this._pumpTimer);
+    this._pumpTimer = null;
+    this._pump();
+  }
+
+  _clearOutbox() {
+    this._outbox = [];
+    clearTimeout(this._pumpTimer);
+    this._pumpTimer = null;
   }
 
   _setState(state, detail) {
@@ -293,12 +357,19 @@ export class Client {
       if (this._openedOnce) this.reconnects += 1;
       this._openedOnce = true;
       this._setState("open", { text: `connected to ${this.url}` });
-      for (const sub of this.subscriptions.values()) this._send(sub.request(this._track({ sub })));
+      // A new connection: the server's bucket is full again, at its own rate.
+      this._clearOutbox();
+      this._rate = this.options.controlRate;
+      this._tokens = this._rate;
+      this._refilled = Date.now();
+      this._holdUntil = 0;
+      for (const sub of this.subscriptions.values()) this._queueSubscribe(sub);
     };
     ws.onmessage = (event) => this._receive(JSON.parse(event.data));
     ws.onclose = (event) => {
       if (this._ws !== ws) return; // closed by close(), or superseded
       this._ws = null;
+      this._clearOutbox(); // what was not sent goes with the next connection's resubscribe
       this._dropWaiters();
       if (this._closing) return;
       if (opened) this._closed(event.code, event.reason);
@@ -418,9 +489,10 @@ export class Client {
     this._waiting.delete(frame.id);
     const sub = waiter && waiter.sub;
     if (!sub || this.subscriptions.get(sub.channel) !== sub) return;
-    for (const [p, offset] of Object.entries(frame.positions || {})) {
-      if (!(p in sub.next)) sub.next[p] = offset;
-    }
+    // The server's positions are where delivery starts, per partition: what it
+    // asked for, later where history is gone, earlier where the topic was
+    // recreated or its log truncated (its offsets start again below ours).
+    for (const [p, offset] of Object.entries(frame.positions || {})) sub.next[p] = offset;
     if (frame.complete === false) {
       const where = Object.entries(frame.positions).map(([p, o]) => `${p}=${o}`).join(",");
       const text = `${sub.channel}: some history is no longer in Kafka or beyond the server's replay limit; it starts at ${where}`;
@@ -455,6 +527,7 @@ export class Client {
     const error = new WsrtError(frame.code, frame.message, frame.channel);
     const waiter = this._waiting.get(frame.id);
     this._waiting.delete(frame.id);
+    if (waiter && frame.code === "rate_limited" && waiter.make) return this._rateLimited(waiter);
     if (waiter && waiter.sub) {
       const sub = waiter.sub;
       if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
@@ -476,7 +549,7 @@ export class Client {
     }
     if (this.state !== "open") return Promise.resolve();
     return new Promise((resolve) => {
-      this._send({ type: "unsubscribe", channel: sub.channel, id: this._track({ unsubscribed: resolve }) });
+      this._queue((id) => ({ type: "unsubscribe", channel: sub.channel, id }), { unsubscribed: resolve });
     });
   }
 }
