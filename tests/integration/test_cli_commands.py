@@ -412,3 +412,33 @@ async def test_tail_rewind_and_the_incomplete_warning(
     assert f"subscribed {topic} from 0={offsets[-2]}" in err
     warning = next(line for line in err.splitlines() if "warning:" in line)
     assert "no longer in Kafka" in warning and f"0={offsets[-2]}" in warning
+
+
+async def test_tail_stops_on_ctrl_c_even_when_started_with_sigint_ignored(
+    make_topics, servers, producer, tmp_path
+) -> None:
+    """A non-interactive shell's background job (a CI runner's too) starts with SIGINT
+    ignored; ``wsrt tail``'s documented stop is still Ctrl-C to its process group."""
+    (topic,) = await make_topics("lines")
+    server = servers([topic])
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "wsrt", "tail", "--channel", topic, "--url", server.url,
+         "--secret", SECRET, "--output", "json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert tail.stdout is not None and tail.stderr is not None
+        while "subscribed" not in tail.stderr.readline():
+            pass
+        await producer.send_and_wait(topic, b'{"n":1}')
+        first = json.loads(tail.stdout.readline())
+        assert first["type"] == "message" and first["data"] == {"n": 1}
+        os.killpg(tail.pid, signal.SIGINT)
+        _, err = tail.communicate(timeout=30)
+        assert tail.returncode == 0, err
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()

@@ -121,12 +121,28 @@ def test_tail_start_fields() -> None:
     assert parse_offsets("0=1234, 1=88") == {"0": 1234, "1": 88}
     resume = Resume({"rewind": 5})
     assert '"rewind":5' in resume.subscribe("order_book:BTC", 1)
-    resume.positioned("order_book", {"0": 10, "1": 3})
-    resume.received("order_book", 0, 10)
+    resume.positioned("order_book:BTC", {"0": 10, "1": 3})
+    resume.received({"channel": "order_book", "key": "BTC", "partition": 0, "offset": 10})
     # After a reconnect: from the next offset of every partition, seen or only positioned.
     frame = resume.subscribe("order_book:BTC", 2)
     assert '"since":{"0":11,"1":3}' in frame and "rewind" not in frame
     assert '"since":{}' in Resume({}).subscribe("lines", 1)
+
+
+def test_tail_resumes_each_channel_of_one_topic_from_its_own_offsets() -> None:
+    """``-c lines:A -c lines:B``: B's last offset shown is not A's."""
+    from wsrt.cli.tail import Resume
+
+    resume = Resume({})
+    resume.positioned("lines:A", {"0": 0})
+    resume.positioned("lines:B", {"0": 0})
+    resume.received({"channel": "lines", "key": "B", "partition": 0, "offset": 7})
+    resume.received({"channel": "lines", "key": "A", "partition": 0, "offset": 3})
+    assert '"since":{"0":4}' in resume.subscribe("lines:A", 3)
+    assert '"since":{"0":8}' in resume.subscribe("lines:B", 4)
+    # The server's positions win, also below what was shown (a recreated topic).
+    resume.positioned("lines:B", {"0": 2})
+    assert '"since":{"0":2}' in resume.subscribe("lines:B", 5)
 
 
 # -- help pages, --version, secrets (issue 16) ----------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
 import time
 from collections import deque
@@ -50,11 +51,16 @@ from wsrt.cli.common import (
     settings_or_exit,
 )
 from wsrt.client import connect, describe_close, describe_notice, describe_refusal
-from wsrt.protocol import channel_list, split_channel
+from wsrt.protocol import channel_list
 
 
 class Resume:
-    """Where each topic's partitions stand for this client: the next offset to show."""
+    """Where each channel's partitions stand for this client: the next offset to show.
+
+    Per channel, not per topic: ``-c lines:A -c lines:B`` are two streams of
+    one topic, and a partition's last offset shown for ``A`` says nothing
+    about ``B``'s records, which may lie before it.
+    """
 
     def __init__(self, start: dict[str, Any]) -> None:
         #: The start field asked for on the command line (``{}``: live).
@@ -63,28 +69,39 @@ class Resume:
 
     def subscribe(self, channel: str, request_id: int) -> str:
         """The ``subscribe`` frame for ``channel``: where it stopped, else as asked."""
-        topic, _ = split_channel(channel)
-        known = self.next.get(topic)
+        known = self.next.get(channel)
         start: dict[str, Any] = (
             {"since": {str(p): o for p, o in sorted(known.items())}} if known else self.start
         ) or {"since": {}}
         frame = {"type": "subscribe", "channel": channel, "id": request_id, **start}
         return orjson.dumps(frame).decode()
 
-    def positioned(self, topic: str, positions: dict[str, int]) -> None:
-        """A ``subscribed`` answer: partitions not seen yet continue from its positions."""
-        partitions = self.next.setdefault(topic, {})
-        for p, offset in positions.items():
-            partitions.setdefault(int(p), offset)
+    def positioned(self, channel: str, positions: dict[str, int]) -> None:
+        """A ``subscribed`` answer: each partition continues from its position.
 
-    def received(self, topic: str, partition: int, offset: int) -> None:
-        """A message was shown: its partition resumes after it.
+        The server's word wins, also below what was shown: a topic recreated
+        (or a log truncated) starts its offsets again.
+        """
+        partitions = self.next.setdefault(channel, {})
+        for p, offset in positions.items():
+            partitions[int(p)] = offset
+
+    def received(self, message: dict[str, Any]) -> None:
+        """A message was shown: its partition resumes after it, in each channel it is of.
 
         Nothing is filtered here: tail prints what the server sends, so a
         duplicate would show (and fail the resume test) instead of being hidden.
         """
-        self.next.setdefault(topic, {})[partition] = offset + 1
+        topic, key = message["channel"], message.get("key")
+        partition, after = message["partition"], message["offset"] + 1
+        for channel in (topic, None if key is None else f"{topic}:{key}"):
+            partitions = self.next.get(channel) if channel is not None else None
+            if partitions is not None:
+                partitions[partition] = after
 
+
+#: After Ctrl-C, how long tail waits for its connection to close before it exits.
+STOP_SECONDS = 3.0
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -232,7 +249,7 @@ async def _receive(
         obj = orjson.loads(raw)
         kind = obj.get("type")
         if kind == "message":
-            resume.received(obj["channel"], obj["partition"], obj["offset"])
+            resume.received(obj)
             view.message(obj, raw)
             progress.received += 1
             if progress.count and progress.received >= progress.count:
@@ -240,7 +257,7 @@ async def _receive(
         elif kind == "subscribed":
             channel = str(obj.get("channel"))
             positions = obj.get("positions") or {}
-            resume.positioned(split_channel(channel)[0], positions)
+            resume.positioned(channel, positions)
             where = ",".join(f"{p}={o}" for p, o in positions.items())
             view.status(f"subscribed {channel}" + (f" from {where}" if where else ""))
             if obj.get("complete") is False:
@@ -396,7 +413,7 @@ def tail(
     live = output == "live" or (output == "auto" and sys.stdout.isatty())
     view: Plain | LiveView = LiveView(settings.url, channels) if live else Plain()
 
-    async def run() -> int:
+    async def bounded() -> int:
         work = follow(
             settings.url, channels, mint(), view, count=count, reconnect=reconnect,
             retries=retries, remint=None if settings.token else mint, start=start,
@@ -412,10 +429,30 @@ def tail(
                 return 1
             return 0
 
+    async def run() -> int:
+        # Ctrl-C (and SIGTERM) through the loop, as `wsrt dev` and `produce` do, not
+        # through asyncio.run's own SIGINT handler: that one is installed only when
+        # SIGINT has Python's default handler, and a process started from a
+        # non-interactive shell's background job or a CI runner inherits SIGINT
+        # *ignored*, so Ctrl-C to its process group did nothing at all.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        work = asyncio.ensure_future(bounded())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            stopped.cancel()
+            return work.result()
+        work.cancel()  # closes the connection (1000), bounded by its close timeout
+        await asyncio.wait({work}, timeout=STOP_SECONDS)
+        return 0
+
     with view:
         try:
             code = asyncio.run(run())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # before the loop's handlers were installed
             code = 0
         except ReaderGone:
             # Nothing more may reach the closed pipe, not even at interpreter exit.
