@@ -40,6 +40,40 @@ from wsrt.process import die_with_parent
 SIBLING_TIMEOUT_SECONDS = 1.0
 #: Added to WS_SHUTDOWN_TIMEOUT_SECONDS before the parent kills what is left.
 SHUTDOWN_MARGIN_SECONDS = 5.0
+#: A worker that ran this long before it died was healthy: its backoff starts again.
+STABLE_SECONDS = 60.0
+#: Deaths in a row, each within STABLE_SECONDS of its start, after which the parent gives up.
+MAX_QUICK_EXITS = 5
+
+
+class Restarts:
+    """When to start a dead worker again, and when to stop trying; the clock passed in.
+
+    A worker that dies soon after it started is crash-looping (a bad setting,
+    a port, a bug at start): after :data:`MAX_QUICK_EXITS` such deaths in a
+    row the parent gives up and exits non-zero, so the orchestrator sees a
+    failed process instead of a node whose ``/healthz`` says 503 for ever.
+    A worker that ran :data:`STABLE_SECONDS` or more was healthy: the count
+    and the backoff start again.
+    """
+
+    def __init__(self, initial: float = 0.5, most: float = 10.0) -> None:
+        self.backoff = Backoff(initial, most)
+        self.quick_exits = 0
+        self.started_at = 0.0
+
+    def started(self, now: float) -> None:
+        self.started_at = now
+
+    def exited(self, now: float) -> float | None:
+        """The delay before the next start, or ``None``: give up."""
+        if now - self.started_at >= STABLE_SECONDS:
+            self.quick_exits = 0
+            self.backoff.reset()
+        self.quick_exits += 1
+        if self.quick_exits >= MAX_QUICK_EXITS:
+            return None
+        return self.backoff.next()
 
 
 @dataclass(frozen=True)
@@ -118,10 +152,13 @@ class _Parent:
             self.workers[index] = subprocess.Popen(
                 argv, preexec_fn=die_with_parent, start_new_session=True
             )
+            restarts[index].started(loop.time())
             pidfd = os.pidfd_open(self.workers[index].pid)
             loop.add_reader(pidfd, lambda: exited(index, pidfd))
 
-        backoffs = {i: Backoff(0.5, 10.0) for i in range(s.workers)}
+        restarts = {i: Restarts() for i in range(s.workers)}
+        #: Set when a worker crash-loops: the message the node stops with.
+        given_up: list[str] = []
 
         def exited(index: int, pidfd: int) -> None:
             loop.remove_reader(pidfd)
@@ -129,7 +166,15 @@ class _Parent:
             code = self.workers[index].wait()
             if self.stopping:
                 return
-            delay = backoffs[index].next()
+            delay = restarts[index].exited(loop.time())
+            if delay is None:
+                given_up.append(
+                    f"worker {index} exited {MAX_QUICK_EXITS} times in a row within "
+                    f"{STABLE_SECONDS:g}s of starting (last exit code {code}); "
+                    "stopping: see its log lines above for why"
+                )
+                stop.set()
+                return
             self.log.error(
                 "worker_exited", "a worker exited; starting another", worker=index, code=code,
                 retry_in_s=round(delay, 2),
@@ -139,6 +184,10 @@ class _Parent:
         def restart(index: int) -> None:
             if not self.stopping:
                 start(index)
+                self.log.info(
+                    "worker_started", "worker started again", worker=index,
+                    pid=self.workers[index].pid,
+                )  # fmt: skip
 
         for index in range(s.workers):
             start(index)
@@ -148,6 +197,10 @@ class _Parent:
         )  # fmt: skip
         try:
             await stop.wait()
+            if given_up:
+                self.log.error("workers_crash_looping", given_up[0])
+                await self._shutdown(loop)
+                return 1
             return await self._shutdown(loop)
         finally:
             holder.close()

@@ -149,3 +149,29 @@ async def test_a_node_with_an_unready_worker_is_not_ready(make_topics, servers) 
     assert await asyncio.to_thread(server.wait_exit) == 0
     assert server.wait_for("workers_stopped", start=mark)["codes"] == "0,0"
     assert not [e for e in server.events[mark:] if e["event"] == "shutdown_forced"]
+
+
+async def test_a_crash_looping_worker_stops_the_node_with_a_plain_reason(
+    make_topics, servers
+) -> None:
+    """A worker that keeps dying right after its start is not restarted for ever."""
+    from wsrt.workers import MAX_QUICK_EXITS
+
+    (topic,) = await make_topics("lines")
+    server = servers([topic], {"WS_WORKERS": "2"}, ready=False)
+    wait_workers_ready(server, {0, 1})
+    pid = int(server.wait_for("workers_started")["pids"].split(",")[0])
+    for death in range(MAX_QUICK_EXITS):
+        mark = server.mark()
+        os.kill(pid, signal.SIGKILL)  # as an OOM killer would, each time it comes back
+        if death < MAX_QUICK_EXITS - 1:
+            started = await asyncio.to_thread(
+                server.wait_for, "worker_started", lambda e: e["worker"] == 0, start=mark
+            )
+            pid = started["pid"]
+    assert await asyncio.to_thread(server.wait_exit) == 1
+    looping = server.wait_for("workers_crash_looping")
+    assert looping["message"].startswith(f"worker 0 exited {MAX_QUICK_EXITS} times in a row")
+    assert "last exit code -9" in looping["message"]
+    # The healthy worker was drained, not left behind.
+    assert server.wait_for("workers_stopped")["codes"].split(",")[1] == "0"

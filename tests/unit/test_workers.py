@@ -6,7 +6,7 @@ from pathlib import Path
 
 from wsrt.config import load_settings
 from wsrt.metrics import parse
-from wsrt.workers import WorkerSpec, merge_metrics
+from wsrt.workers import MAX_QUICK_EXITS, STABLE_SECONDS, Restarts, WorkerSpec, merge_metrics
 
 ONE = b"""# HELP wsrt_connections Open connections.
 # TYPE wsrt_connections gauge
@@ -43,3 +43,30 @@ def test_a_worker_rejoins_its_own_commit_group(tmp_path: Path) -> None:
     )
     mine = spec.settings(settings)
     assert mine.workers == 1 and mine.group_id == "ws-realtime-node-a-w1"
+
+
+def test_a_worker_that_dies_soon_after_each_start_is_given_up_on() -> None:
+    restarts = Restarts(initial=1.0, most=8.0)
+    delays = []
+    now = 0.0
+    for _ in range(MAX_QUICK_EXITS - 1):
+        restarts.started(now)
+        now += 2.0
+        delay = restarts.exited(now)
+        assert delay is not None
+        delays.append(delay)
+        now += delay
+    assert delays == sorted(delays) and delays[-1] > delays[0]  # backing off
+    restarts.started(now)
+    assert restarts.exited(now + 1.0) is None
+
+
+def test_a_worker_that_ran_long_enough_starts_the_count_and_backoff_again() -> None:
+    restarts = Restarts(initial=1.0, most=8.0)
+    for _ in range(MAX_QUICK_EXITS - 1):
+        restarts.started(0.0)
+        assert restarts.exited(1.0) is not None
+    restarts.started(10.0)
+    first = restarts.exited(10.0 + STABLE_SECONDS)  # it had been healthy
+    assert first is not None and first <= 1.0
+    assert restarts.quick_exits == 1
