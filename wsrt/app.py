@@ -19,7 +19,7 @@ from collections.abc import Callable
 from wsrt import __version__
 from wsrt.auth import Verifier
 from wsrt.config import Settings
-from wsrt.gateway import Gateway
+from wsrt.gateway.server import Gateway
 from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Hub
 from wsrt.kafka.offsets import Offsets

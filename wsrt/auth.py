@@ -3,7 +3,7 @@
 :class:`Verifier` turns a token into :class:`Claims` or raises
 :class:`AuthError` with a short, loggable reason (never the token itself).
 :meth:`Claims.allows` answers "may this connection use this channel?" with
-the grant rules of section 4 of the design. Tokens are minted by
+the grant rules of docs/design.md, "Authentication". Tokens are minted by
 :func:`wsrt.tokens.mint_token`, which is stdlib-only (re-exported here).
 """
 

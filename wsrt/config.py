@@ -28,7 +28,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from wsrt.errors import ConfigError
-from wsrt.hub import POLICIES
+from wsrt.outlet import POLICIES
 from wsrt.tokens import HMAC_ALGORITHMS
 
 #: Secrets shorter than this are accepted with a warning (the runbook's own
@@ -387,7 +387,10 @@ class Settings:
 
     @property
     def topic_policies(self) -> dict[str, str]:
-        """Every served topic's slow-consumer policy (design section 11)."""
+        """Every served topic's slow-consumer policy.
+
+        See docs/design.md, "A slow client harms nobody".
+        """
         named = dict(self.topic_policy_overrides)
         return {t: named.get(t, self.slow_consumer_policy) for t in self.kafka_topics}
 
@@ -402,7 +405,10 @@ class Settings:
 
     @property
     def group_id(self) -> str:
-        """The consumer group this replica joins (section 6 of the design)."""
+        """The consumer group this replica joins.
+
+        See docs/design.md, "Delivery: once, in order, or told".
+        """
         if self.fanout_mode == "broadcast":
             return f"{self.kafka_group_id}-{self.replica_id}"
         return self.kafka_group_id
@@ -425,6 +431,22 @@ VARIABLES: tuple[Variable, ...] = tuple(
     if "setting" in f.metadata
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
+
+
+def tool_setting(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """A variable of the tools around the server (``WSRT_TEST_BROKER``, ``WSRT_CACHE_DIR``,
+    ``XDG_CACHE_HOME``, ``TERM``, ``NO_COLOR``), stripped; ``""`` when unset.
+
+    Not :class:`Settings`: no command takes them as flags. Read here so that
+    this module stays the one reader of the environment.
+    """
+    env = os.environ if environ is None else environ
+    return env.get(name, "").strip()
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment with ``extra``, for a child process (k6, the server)."""
+    return {**os.environ, **extra}
 
 
 def load_settings(

@@ -58,7 +58,7 @@ class Readiness:
 
 
 class Liveness:
-    """``/livez``: the consumer loop has turned within ``limit`` seconds (design section 9).
+    """``/livez``: the consumer loop turned within ``limit`` s (docs/design.md, "Never silent").
 
     The loop calls :meth:`beat` every turn; a wedged loop stops beating and the
     orchestrator restarts the process. ``clock`` is the event loop's time.

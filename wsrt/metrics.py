@@ -1,7 +1,7 @@
 """Prometheus metrics, cheap enough to leave on.
 
 The hot path only bumps plain integers on :class:`Stats` (and on the hub's
-:class:`~wsrt.hub.DeliveryStats`); nothing is labelled per message or per
+:class:`~wsrt.outlet.DeliveryStats`); nothing is labelled per message or per
 client. At scrape time :class:`Collector` turns those numbers, the hub's
 subscription index and the readiness state into metric families.
 """
@@ -25,7 +25,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from wsrt import __version__, protocol
 from wsrt.health import Readiness
-from wsrt.hub import DeliveryStats, Hub
+from wsrt.hub import Hub
+from wsrt.outlet import DeliveryStats
 from wsrt.wire import SKIP_REASONS
 
 #: Upper bounds (seconds) of the delivery-delay histogram buckets.
@@ -104,7 +105,7 @@ class Stats:
     connections_closed: Counter[str] = field(default_factory=Counter)
     handshakes_rejected: Counter[str] = field(default_factory=Counter)
     kafka_messages: Counter[str] = field(default_factory=Counter)
-    #: Records not delivered, by (topic, reason) (design section 9).
+    #: Records not delivered, by (topic, reason) (docs/design.md, "Never silent").
     kafka_skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Consumers replaced by the watchdog or the supervisor, by reason.
     kafka_restarts: Counter[str] = field(default_factory=Counter)
@@ -115,7 +116,7 @@ class Stats:
     slow_consumers: int = 0
     slow_recent: deque[float] = field(default_factory=deque)
     delivery: DeliveryStats = field(default_factory=DeliveryStats)
-    #: Replays (design section 10): reading now, waiting for a slot, and how they ended.
+    #: Replays (docs/design.md, "Resume and replay"): reading, waiting for a slot, how they ended.
     replays_running: int = 0
     replays_waiting: int = 0
     replays_completed: int = 0
@@ -237,7 +238,7 @@ class Collector:
         yield subscriptions
 
     def _policies(self) -> Iterator[Metric]:
-        """Slow-consumer policy outcomes by topic (design section 11)."""
+        """Slow-consumer policy outcomes by topic (docs/design.md, "A slow client harms nobody")."""
         d = self.delivery
         families = (
             (d.disconnects, "wsrt_slow_consumer_closes",

@@ -15,7 +15,7 @@ import orjson
 
 from wsrt.errors import WsrtError
 
-# Error codes of section 5 of the design.
+# Error codes (docs/design.md, "The wire protocol").
 BAD_REQUEST = "bad_request"
 UNKNOWN_CHANNEL = "unknown_channel"
 FORBIDDEN = "forbidden"
@@ -64,7 +64,10 @@ class ProtocolError(WsrtError):
 
 @dataclass(frozen=True, slots=True)
 class Since:
-    """``since``: per partition, the next offset the client wants (design section 10)."""
+    """``since``: per partition, the next offset the client wants.
+
+    See docs/design.md, "Resume and replay".
+    """
 
     offsets: dict[int, int]
 
@@ -179,7 +182,7 @@ def _count(value: object) -> bool:
 
 
 def _start(obj: dict[str, Any], request_id: RequestId, channel: str) -> Start | None:
-    """The one start field of a ``subscribe``, checked (design section 10)."""
+    """The one start field of a ``subscribe``, checked (docs/design.md, "Resume and replay")."""
     given = [name for name in START_FIELDS if name in obj]
     if not given:
         return None

@@ -1,4 +1,4 @@
-"""Where a replay starts and what it may read, Sans-I/O (design section 10).
+"""Where a replay starts and what it may read, Sans-I/O (docs/design.md, "Resume and replay").
 
 A ``subscribe`` with a start field (``since``, ``since_time``, ``rewind``)
 becomes a :class:`Plan`: per partition, the first offset to read, and whether

@@ -36,7 +36,7 @@ class Effects:
 
     replies: list[bytes] = field(default_factory=list)
     subscribe: list[Channel] = field(default_factory=list)
-    #: Subscriptions that start in the past (design section 10); no reply yet.
+    #: Subscriptions that start in the past (docs/design.md, "Resume and replay"); no reply yet.
     replay: list[Replay] = field(default_factory=list)
     unsubscribe: list[Channel] = field(default_factory=list)
     close: tuple[int, str] | None = None

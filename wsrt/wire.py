@@ -1,10 +1,10 @@
 """Bytes on the wire, Sans-I/O: a Kafka record becomes one WebSocket frame, once.
 
-:func:`record_frame` builds the ``message`` envelope of design section 5 and
+:func:`record_frame` builds the ``message`` envelope of docs/design.md, "The wire protocol", and
 its frame header in one join; the hub hands those same bytes to every
 subscriber. :func:`text_frame` frames any other payload (control replies).
 A record that cannot become a frame raises :class:`Skipped` with one of the
-reasons that are counted and logged (design section 9).
+reasons that are counted and logged (docs/design.md, "Never silent").
 """
 
 from __future__ import annotations

@@ -124,87 +124,94 @@ class _Parent:
         self.argv = argv
         self.log = EventLogger("wsrt.workers")
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.restarts = {i: Restarts() for i in range(settings.workers)}
         self.stopping = False
+        self.stop = asyncio.Event()
+        #: Set when a worker crash-loops: the message the node stops with.
+        self.given_up: str | None = None
+        self.rundir = Path()
+        self.bind = ""
 
     async def run(self) -> int:
         s = self.settings
         holder, port = _reserve_port(s.bind_host, s.bind_port)
-        rundir = Path(tempfile.mkdtemp(prefix="wsrt-workers-"))
+        self.rundir = Path(tempfile.mkdtemp(prefix="wsrt-workers-"))
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-
-        bind = (
-            f"[{s.bind_host}]:{port}"
-            if ":" in (s.bind_host or "")
-            else f"{s.bind_host or ''}:{port}"
-        )
-
-        def start(index: int) -> None:
-            spec = WorkerSpec(index, s.workers, rundir)
-            # The last flag wins: a port 0 of the command line is the reserved one,
-            # and a random default replica id is drawn once (a restarted worker
-            # rejoins its commit group).
-            argv = [*self.argv, "--bind", bind, "--replica-id", s.replica_id, "--worker", str(spec)]
-            # Their own session: a terminal's Ctrl-C reaches the parent alone, which
-            # forwards one SIGTERM (a second signal would make a worker skip its drain).
-            self.workers[index] = subprocess.Popen(
-                argv, preexec_fn=die_with_parent, start_new_session=True
-            )
-            restarts[index].started(loop.time())
-            pidfd = os.pidfd_open(self.workers[index].pid)
-            loop.add_reader(pidfd, lambda: exited(index, pidfd))
-
-        restarts = {i: Restarts() for i in range(s.workers)}
-        #: Set when a worker crash-loops: the message the node stops with.
-        given_up: list[str] = []
-
-        def exited(index: int, pidfd: int) -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            code = self.workers[index].wait()
-            if self.stopping:
-                return
-            delay = restarts[index].exited(loop.time())
-            if delay is None:
-                given_up.append(
-                    f"worker {index} exited {MAX_QUICK_EXITS} times in a row within "
-                    f"{STABLE_SECONDS:g}s of starting (last exit code {code}); "
-                    "stopping: see its log lines above for why"
-                )
-                stop.set()
-                return
-            self.log.error(
-                "worker_exited", "a worker exited; starting another", worker=index, code=code,
-                retry_in_s=round(delay, 2),
-            )  # fmt: skip
-            loop.call_later(delay, restart, index)
-
-        def restart(index: int) -> None:
-            if not self.stopping:
-                start(index)
-                self.log.info(
-                    "worker_started", "worker started again", worker=index,
-                    pid=self.workers[index].pid,
-                )  # fmt: skip
-
+            loop.add_signal_handler(sig, self.stop.set)
+        host = s.bind_host or ""
+        self.bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         for index in range(s.workers):
-            start(index)
+            self._start(index)
         self.log.info(
             "workers_started", "workers started", workers=s.workers, port=port,
             pids=",".join(str(w.pid) for w in self.workers.values()),
         )  # fmt: skip
         try:
-            await stop.wait()
-            if given_up:
-                self.log.error("workers_crash_looping", given_up[0])
+            await self.stop.wait()
+            if self.given_up is not None:
+                self.log.error("workers_crash_looping", self.given_up)
                 await self._shutdown(loop)
                 return 1
             return await self._shutdown(loop)
         finally:
             holder.close()
-            shutil.rmtree(rundir, ignore_errors=True)
+            shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def _start(self, index: int) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        spec = WorkerSpec(index, s.workers, self.rundir)
+        # The last flag wins: a port 0 of the command line is the reserved one,
+        # and a random default replica id is drawn once (a restarted worker
+        # rejoins its commit group).
+        argv = [
+            *self.argv,
+            "--bind",
+            self.bind,
+            "--replica-id",
+            s.replica_id,
+            "--worker",
+            str(spec),
+        ]
+        # Their own session: a terminal's Ctrl-C reaches the parent alone, which
+        # forwards one SIGTERM (a second signal would make a worker skip its drain).
+        self.workers[index] = subprocess.Popen(
+            argv, preexec_fn=die_with_parent, start_new_session=True
+        )
+        self.restarts[index].started(loop.time())
+        pidfd = os.pidfd_open(self.workers[index].pid)
+        loop.add_reader(pidfd, lambda: self._exited(index, pidfd))
+
+    def _exited(self, index: int, pidfd: int) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        code = self.workers[index].wait()
+        if self.stopping:
+            return
+        delay = self.restarts[index].exited(loop.time())
+        if delay is None:
+            self.given_up = (
+                f"worker {index} exited {MAX_QUICK_EXITS} times in a row within "
+                f"{STABLE_SECONDS:g}s of starting (last exit code {code}); "
+                "stopping: see its log lines above for why"
+            )
+            self.stop.set()
+            return
+        self.log.error(
+            "worker_exited", "a worker exited; starting another", worker=index, code=code,
+            retry_in_s=round(delay, 2),
+        )  # fmt: skip
+        loop.call_later(delay, self._restart, index)
+
+    def _restart(self, index: int) -> None:
+        if not self.stopping:
+            self._start(index)
+            self.log.info(
+                "worker_started", "worker started again", worker=index,
+                pid=self.workers[index].pid,
+            )  # fmt: skip
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> int:
         """Forward SIGTERM, wait within the bound, kill what is left; 0 when all exited 0."""

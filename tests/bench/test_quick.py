@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench.run import SCENARIOS, run
+from wsrt.bench.run import SCENARIOS, run
 from wsrt.brokers import Broker
 
 

@@ -19,9 +19,9 @@ from playwright.async_api import Page
 
 from tests.browser.conftest import Watched
 from tests.integration.harness import SECRET, token
-from tests.support.server import EVENT_TIMEOUT
 from wsrt.auth import mint_token
 from wsrt.brokers import free_port
+from wsrt.tools.server import EVENT_TIMEOUT
 
 pytestmark = pytest.mark.integration
 

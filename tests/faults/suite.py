@@ -40,10 +40,10 @@ from pathlib import Path
 import websockets
 from aiokafka import AIOKafkaProducer
 
-from tests.support.server import ServerProcess
 from wsrt.brokers import Broker, create_topics, make_broker
-from wsrt.client import http_get
 from wsrt.tokens import mint_token
+from wsrt.tools.client import http_get
+from wsrt.tools.server import ServerProcess
 
 SECRET = "wsrt-fault-suite-secret-0123456789abcdef"
 PARTITIONS = 3

@@ -6,8 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tests.support.server import EVENT_TIMEOUT, ServerProcess
 from wsrt.auth import mint_token
+from wsrt.tools.server import EVENT_TIMEOUT, ServerProcess
 
 SECRET = "integration-test-secret-0123456789abcdef"
 

@@ -9,7 +9,7 @@ import urllib.request
 import websockets
 
 from tests.integration.harness import auth, messages, next_json
-from wsrt.client import scrape
+from wsrt.tools.client import scrape
 
 
 async def test_every_topic_reaches_its_subscribers_in_partition_order(

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from wsrt.brokers import BrokerError, apache
-from wsrt.progress import Progress
+from wsrt.tools.progress import Progress
 
 
 def test_second_resolution_reuses_the_cache(tmp_path, monkeypatch) -> None:
@@ -35,7 +35,7 @@ def test_second_resolution_reuses_the_cache(tmp_path, monkeypatch) -> None:
     assert apache.ensure_jars() == libs
     # On a terminal the status line counts the jars as they come, redrawn in place.
     monkeypatch.setattr(apache.shutil, "which", real_which)
-    monkeypatch.setattr("wsrt.progress.REDRAW_SECONDS", 0)
+    monkeypatch.setattr("wsrt.tools.progress.REDRAW_SECONDS", 0)
     monkeypatch.setenv(apache.CACHE_ENV, str(tmp_path / "second"))
     terminal = io.StringIO()
     apache.ensure_jars(Progress("wsrt", terminal, live=True))

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.harness import StalledClient, auth, messages, next_json
 from wsrt.brokers import Broker, create_topics, make_broker
-from wsrt.client import wait_healthy
+from wsrt.tools.client import wait_healthy
 
 
 def get(url: str) -> tuple[int, dict]:

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration.harness import auth, messages, next_json
 from tests.support.faults import TRIGGER_RAISE, TRIGGER_STALL
-from wsrt.client import http_get, scrape
+from wsrt.tools.client import http_get, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 CODECS = ["gzip", "snappy", "lz4", "zstd", None]

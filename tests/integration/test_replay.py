@@ -22,9 +22,9 @@ from aiokafka.structs import TopicPartition
 from tests.integration.harness import auth, next_json
 from tests.integration.test_reliability import faulty
 from tests.support.faults import TRIGGER_STALL
-from tests.support.server import EVENT_TIMEOUT
 from wsrt.brokers import Broker
-from wsrt.client import scrape
+from wsrt.tools.client import scrape
+from wsrt.tools.server import EVENT_TIMEOUT
 
 Offsets = dict[int, list[int]]
 

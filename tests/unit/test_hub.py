@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from wsrt.hub import SLOW_CONSUMER, WRITE_FAILED, Hub, Outlet, Record
+from wsrt.hub import Hub
+from wsrt.outlet import SLOW_CONSUMER, WRITE_FAILED, Outlet, Record
 
 
 class MemoryOutlet(Outlet):

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsrt.client import describe_notice
 from wsrt.config import load_settings
 from wsrt.errors import ConfigError
-from wsrt.hub import CONFLATE, DISCONNECT, DROP, SLOW_CONSUMER, Hub, Outlet, Record
+from wsrt.hub import Hub
+from wsrt.outlet import CONFLATE, DISCONNECT, DROP, SLOW_CONSUMER, Outlet, Record
+from wsrt.tools.client import describe_notice
 from wsrt.wire import record_frame
 
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from wsrt import progress as progress_module
-from wsrt.progress import Progress, is_terminal
+from wsrt.tools import progress as progress_module
+from wsrt.tools.progress import Progress, is_terminal
 
 
 @pytest.fixture(autouse=True)

@@ -203,7 +203,7 @@ def test_session_replays_instead_of_replying_and_refuses_overlaps() -> None:
 
 
 def test_the_replay_rate_limit_is_a_token_bucket() -> None:
-    from wsrt.kafka.replay import RateLimit
+    from wsrt.kafka.history import RateLimit
 
     now = [0.0]
     limit = RateLimit(1000, clock=lambda: now[0])

@@ -10,10 +10,11 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from wsrt.config import load_settings
-from wsrt.hub import Gate, Outlet
+from wsrt.hub import Gate
 from wsrt.kafka.replay import Replayer, ReplayJob
 from wsrt.logs import EventLogger
 from wsrt.metrics import Stats
+from wsrt.outlet import Outlet
 from wsrt.protocol import Channel, Rewind
 
 TOPIC = "lines"
@@ -99,9 +100,9 @@ def replayer(count: int, concurrency: int = 1) -> tuple[Replayer, Stats]:
     async def partitions(topic: str) -> set[int]:
         return {0}
 
-    r._consumer = make_consumer  # type: ignore[method-assign,assignment]
-    r._release = lambda c: None  # type: ignore[method-assign]
-    r._partitions = partitions  # type: ignore[method-assign]
+    r.history.consumer = make_consumer  # type: ignore[method-assign,assignment]
+    r.history.release = lambda c: None  # type: ignore[method-assign]
+    r.history.partitions = partitions  # type: ignore[method-assign]
     return r, stats
 
 

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from wsrt.brokers import Broker, BrokerError, free_port
-from wsrt.progress import Progress
+from wsrt.brokers.base import Broker, BrokerError, free_port
+from wsrt.config import tool_setting
+from wsrt.tools.progress import Progress
 
 KAFKA_VERSION = "4.1.1"
 #: Where resolved jars are kept between runs (override with WSRT_CACHE_DIR).
@@ -23,9 +24,8 @@ CACHE_ENV = "WSRT_CACHE_DIR"
 
 
 def cache_dir() -> Path:
-    base = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "wsrt"
-    )
+    xdg = tool_setting("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    base = tool_setting(CACHE_ENV) or os.path.join(xdg, "wsrt")
     return Path(base) / f"kafka-{KAFKA_VERSION}"
 
 

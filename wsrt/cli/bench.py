@@ -1,8 +1,7 @@
-"""``wsrt bench``: the benchmark suite on a real broker (design section 7).
+"""``wsrt bench``: the benchmark suite on a real broker (docs/performance.md).
 
-The benchmarks live in the checkout's ``tests/bench/`` (they do not ship in the
-package); this command runs them from the checkout this wsrt is installed
-from (``pip install -e .``), and says so when there is none.
+The benchmarks are the package's :mod:`wsrt.bench`: scenarios, load client and
+baseline server ship with wsrt, so an installed wsrt measures itself.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wsrt.cli.common import EXIT_USAGE, fail, quiet_libraries
-from wsrt.progress import Progress
+from wsrt.tools.progress import Progress
 
 
 def _fmt(value: object) -> str:
@@ -58,15 +57,7 @@ def bench(
     Exit 1 when a correctness check fails (a frame missing or out of order, a
     client not dropped or dropped wrongly); timings are reported, never judged.
     """
-    checkout = Path(__file__).resolve().parents[2]
-    if not (checkout / "tests" / "bench" / "run.py").is_file():
-        fail(
-            "wsrt bench runs the benchmarks of a source checkout (tests/bench/); "
-            "install wsrt from one with pip install -e .",
-            EXIT_USAGE,
-        )
-    sys.path.insert(0, str(checkout))
-    from tests.bench.run import SCENARIOS, Scale, machine, run
+    from wsrt.bench.run import SCENARIOS, Scale, machine, run
     from wsrt.brokers import default_kind, make_broker
 
     chosen = tuple(scenario) or SCENARIOS

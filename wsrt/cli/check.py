@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from wsrt.cli.common import (
     setting,
     settings_or_exit,
 )
-from wsrt.client import connect, describe_refusal, http_get, scrape, wait_healthy
-from wsrt.config import Settings
+from wsrt.config import Settings, tool_setting
+from wsrt.tools.client import connect, describe_refusal, http_get, scrape, wait_healthy
 
 
 @dataclass
@@ -207,7 +206,7 @@ def check(
         results.append(asyncio.run(check_kafka(settings, timeout)))
     if metrics:
         results += check_metrics(settings, interval, timeout)
-    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    color = sys.stdout.isatty() and not tool_setting("NO_COLOR")
     for result in results:
         typer.echo(result.line(color))
     raise typer.Exit(0 if all(r.ok for r in results) else 1)

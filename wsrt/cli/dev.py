@@ -26,11 +26,11 @@ import typer
 from aiokafka.errors import KafkaError
 
 from wsrt.cli.common import ENV_FILE_OPTION, EXIT_USAGE, fail, quiet_libraries, settings_or_exit
-from wsrt.client import wait_healthy
-from wsrt.config import Settings
+from wsrt.config import Settings, child_environment
 from wsrt.errors import WsrtError
 from wsrt.process import Child
 from wsrt.tokens import mint_token
+from wsrt.tools.client import wait_healthy
 
 if TYPE_CHECKING:
     from wsrt.brokers import Broker
@@ -91,17 +91,16 @@ def dev(
     console = f"http://127.0.0.1:{port}/console"
 
     kafka = _start_broker(broker, broker_port, {t: partitions for t in topics})
-    env = {
-        **os.environ,
-        "WS_AUTH_SECRET": secret,
-        "WS_BIND_ADDRESS": f"127.0.0.1:{port}",
-        "WS_KAFKA_BROKERS": kafka.bootstrap,
-        "WS_KAFKA_TOPICS": ",".join(topics),
-        "WS_REPLICA_ID": "dev",
-        "WS_CONSOLE": "true",
+    env = child_environment(
+        WS_AUTH_SECRET=secret,
+        WS_BIND_ADDRESS=f"127.0.0.1:{port}",
+        WS_KAFKA_BROKERS=kafka.bootstrap,
+        WS_KAFKA_TOPICS=",".join(topics),
+        WS_REPLICA_ID="dev",
+        WS_CONSOLE="true",
         # The embedded broker answers a fetch only when its wait expires.
-        "WS_KAFKA_FETCH_MAX_WAIT_SECONDS": "0.02",
-    }
+        WS_KAFKA_FETCH_MAX_WAIT_SECONDS="0.02",
+    )
     server: Child[str] = Child(
         [sys.executable, "-m", "wsrt", "serve", "--env-file", str(env_file)],
         env=env,
@@ -256,7 +255,7 @@ async def _feed(
     """Print ``banner``, then publish samples on every topic until Ctrl-C or SIGTERM
     (``None``), or until the server or the broker exits on its own (what happened, in words).
     """
-    from wsrt.feed import producer, publish, samples
+    from wsrt.tools.feed import producer, publish, samples
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

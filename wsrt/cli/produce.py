@@ -19,9 +19,9 @@ from wsrt.cli.common import (
     setting,
     settings_or_exit,
 )
-from wsrt.feed import producer, publish, samples
 from wsrt.kafka.options import discover
 from wsrt.protocol import channel_list
+from wsrt.tools.feed import producer, publish, samples
 from wsrt.wire import is_json
 
 

@@ -9,21 +9,35 @@ import typer
 
 from wsrt.cli.common import ENV_FILE_OPTION, setting, settings_or_exit
 
+#: serve's flags: parameter → (the setting it sets, the flag, its metavar), each named once.
+_FLAGS = {
+    "bind": ("WS_BIND_ADDRESS", "--bind", "HOST:PORT"),
+    "brokers": ("WS_KAFKA_BROKERS", "--brokers", "HOST:PORT,…"),
+    "topics": ("WS_KAFKA_TOPICS", "--topics", "TOPIC,…"),
+    "group_id": ("WS_KAFKA_GROUP_ID", "--group-id", "GROUP"),
+    "mode": ("WS_FANOUT_MODE", "--mode", "MODE"),
+    "replica_id": ("WS_REPLICA_ID", "--replica-id", "ID"),
+    "client_buffer": ("WS_CLIENT_BUFFER", "--client-buffer", "MESSAGES"),
+    "topic_policies": ("WS_TOPIC_POLICIES", "--topic-policies", "TOPIC=POLICY,…"),
+    "log_format": ("WS_LOG_FORMAT", "--log-format", "FORMAT"),
+    "log_level": ("WS_LOG_LEVEL", "--log-level", "LEVEL"),
+    "workers": ("WS_WORKERS", "--workers", "N|auto"),
+}
+_OPTION = {param: setting(name, flag, metavar=mv) for param, (name, flag, mv) in _FLAGS.items()}
+
 
 def serve(
-    bind: str = setting("WS_BIND_ADDRESS", "--bind", metavar="HOST:PORT"),
-    brokers: str = setting("WS_KAFKA_BROKERS", "--brokers", metavar="HOST:PORT,…"),
-    topics: str = setting("WS_KAFKA_TOPICS", "--topics", metavar="TOPIC,…"),
-    group_id: str = setting("WS_KAFKA_GROUP_ID", "--group-id", metavar="GROUP"),
-    mode: str = setting("WS_FANOUT_MODE", "--mode", metavar="MODE"),
-    replica_id: str = setting("WS_REPLICA_ID", "--replica-id", metavar="ID"),
-    client_buffer: str = setting("WS_CLIENT_BUFFER", "--client-buffer", metavar="MESSAGES"),
-    topic_policies: str = setting(
-        "WS_TOPIC_POLICIES", "--topic-policies", metavar="TOPIC=POLICY,…"
-    ),
-    log_format: str = setting("WS_LOG_FORMAT", "--log-format", metavar="FORMAT"),
-    log_level: str = setting("WS_LOG_LEVEL", "--log-level", metavar="LEVEL"),
-    workers: str = setting("WS_WORKERS", "--workers", metavar="N|auto"),
+    bind: str = _OPTION["bind"],
+    brokers: str = _OPTION["brokers"],
+    topics: str = _OPTION["topics"],
+    group_id: str = _OPTION["group_id"],
+    mode: str = _OPTION["mode"],
+    replica_id: str = _OPTION["replica_id"],
+    client_buffer: str = _OPTION["client_buffer"],
+    topic_policies: str = _OPTION["topic_policies"],
+    log_format: str = _OPTION["log_format"],
+    log_level: str = _OPTION["log_level"],
+    workers: str = _OPTION["workers"],
     # Set by the parent of WS_WORKERS > 1 on each worker it starts.
     worker: str = typer.Option(None, "--worker", hidden=True),
     env_file: Path = ENV_FILE_OPTION,
@@ -37,19 +51,8 @@ def serve(
     WS_SHUTDOWN_TIMEOUT_SECONDS. With --workers N, N processes share the port,
     each a full consumer, under this one.
     """
-    flags = {
-        "WS_BIND_ADDRESS": bind,
-        "WS_KAFKA_BROKERS": brokers,
-        "WS_KAFKA_TOPICS": topics,
-        "WS_KAFKA_GROUP_ID": group_id,
-        "WS_FANOUT_MODE": mode,
-        "WS_REPLICA_ID": replica_id,
-        "WS_CLIENT_BUFFER": client_buffer,
-        "WS_TOPIC_POLICIES": topic_policies,
-        "WS_LOG_FORMAT": log_format,
-        "WS_LOG_LEVEL": log_level,
-        "WS_WORKERS": workers,
-    }
+    given = locals()
+    flags = {name: given[param] for param, (name, _, _) in _FLAGS.items()}
     settings = settings_or_exit(flags, env_file, require_secret=True, warn=worker is None)
 
     from wsrt import app  # imported late: the other commands start faster without it

@@ -5,7 +5,7 @@ rates, the last messages); piped, it prints one JSON message per line for
 ``jq``, with status lines on stderr. It reconnects with backoff and says why
 the server closed the connection.
 
-Every subscription carries a start field (design section 10): the one asked
+Every subscription carries a start field (docs/design.md, "Resume and replay"): the one asked
 for (``--since``, ``--from-offsets``, ``--rewind``), else an empty ``since``,
 which starts live and has the server say where (``positions``). :class:`Resume`
 keeps, per topic and partition, the next offset to show, so that after a
@@ -50,8 +50,8 @@ from wsrt.cli.common import (
     read_secret,
     settings_or_exit,
 )
-from wsrt.client import connect, describe_close, describe_notice, describe_refusal
 from wsrt.protocol import channel_list
+from wsrt.tools.client import connect, describe_close, describe_notice, describe_refusal
 
 
 class Resume:
@@ -413,41 +413,12 @@ def tail(
     live = output == "live" or (output == "auto" and sys.stdout.isatty())
     view: Plain | LiveView = LiveView(settings.url, channels) if live else Plain()
 
-    async def bounded() -> int:
+    async def run() -> int:
         work = follow(
             settings.url, channels, mint(), view, count=count, reconnect=reconnect,
             retries=retries, remint=None if settings.token else mint, start=start,
         )  # fmt: skip
-        if not timeout:
-            return await work
-        try:
-            async with asyncio.timeout(timeout):
-                return await work
-        except TimeoutError:
-            if count:
-                view.status(f"timed out after {timeout:g}s before {count} messages arrived")
-                return 1
-            return 0
-
-    async def run() -> int:
-        # Ctrl-C (and SIGTERM) through the loop, as `wsrt dev` and `produce` do, not
-        # through asyncio.run's own SIGINT handler: that one is installed only when
-        # SIGINT has Python's default handler, and a process started from a
-        # non-interactive shell's background job or a CI runner inherits SIGINT
-        # *ignored*, so Ctrl-C to its process group did nothing at all.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        work = asyncio.ensure_future(bounded())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if work.done():
-            stopped.cancel()
-            return work.result()
-        work.cancel()  # closes the connection (1000), bounded by its close timeout
-        await asyncio.wait({work}, timeout=STOP_SECONDS)
-        return 0
+        return await until_stopped(_within(work, timeout, count, view))
 
     with view:
         try:
@@ -459,6 +430,44 @@ def tail(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             code = 0
     raise typer.Exit(code)
+
+
+async def _within(work: Any, seconds: float, count: int, view: Plain | LiveView) -> int:
+    """``work``'s exit status, or the one for ``--timeout`` running out (0 means no limit)."""
+    if not seconds:
+        return int(await work)
+    try:
+        async with asyncio.timeout(seconds):
+            return int(await work)
+    except TimeoutError:
+        if count:
+            view.status(f"timed out after {seconds:g}s before {count} messages arrived")
+            return 1
+        return 0
+
+
+async def until_stopped(work: Any) -> int:
+    """``work``'s exit status, or 0 once Ctrl-C or SIGTERM arrives.
+
+    Through the loop, as `wsrt dev` and `produce` do, not through
+    asyncio.run's own SIGINT handler: that one is installed only when SIGINT
+    has Python's default handler, and a process started as a non-interactive
+    shell's background job (or by a CI runner) inherits SIGINT *ignored*, so
+    Ctrl-C to its process group did nothing at all.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        stopped.cancel()
+        return int(task.result())
+    task.cancel()  # closes the connection (1000), bounded by its close timeout
+    await asyncio.wait({task}, timeout=STOP_SECONDS)
+    return 0
 
 
 def _start_field(since: str | None, offsets: str | None, rewind: int | None) -> dict[str, Any]:

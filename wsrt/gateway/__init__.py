@@ -5,7 +5,3 @@
 * :mod:`~wsrt.gateway.connection`: the per-connection loop, delivery verdicts, closes;
 * :mod:`~wsrt.gateway.server`: listening, HTTP endpoints, shutdown.
 """
-
-from wsrt.gateway.server import Gateway
-
-__all__ = ["Gateway"]

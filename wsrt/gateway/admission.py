@@ -1,4 +1,4 @@
-"""What to do with an HTTP request, Sans-I/O (design section 3).
+"""What to do with an HTTP request, Sans-I/O (docs/design.md, "HTTP endpoints and readiness").
 
 :func:`admit` maps a request's path, headers and query to an endpoint
 (``/healthz``, ``/livez``, ``/metrics``), a rejection, or an admitted

@@ -1,6 +1,6 @@
 """Admitted WebSocket connections: the per-connection loop, delivery verdicts, closes.
 
-Each connection gets an :class:`~wsrt.hub.Outlet` writing pre-built frames to
+Each connection gets an :class:`~wsrt.outlet.Outlet` writing pre-built frames to
 its transport and a :class:`~wsrt.session.Session` that answers its control
 messages; the loop applies the session's effects. :meth:`Connections.publish`
 hands a batch to the hub and closes the outlets the hub reports finished:
@@ -29,10 +29,11 @@ from wsrt.auth import Verifier
 from wsrt.config import Settings
 from wsrt.gateway import ws_adapter
 from wsrt.gateway.ws_adapter import Connection
-from wsrt.hub import SLOW_CONSUMER, Gate, Hub, Outlet, Record
+from wsrt.hub import Gate, Hub
 from wsrt.kafka.replay import Replayer, ReplayJob
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats, close_reason
+from wsrt.outlet import SLOW_CONSUMER, Outlet, Record
 from wsrt.protocol import ProtocolError
 from wsrt.session import Effects, Replay, Session
 from wsrt.wire import text_frame

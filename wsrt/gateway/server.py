@@ -22,10 +22,11 @@ from wsrt.gateway.connection import Connections
 from wsrt.gateway.static import Assets
 from wsrt.gateway.ws_adapter import Connection
 from wsrt.health import Liveness, Readiness
-from wsrt.hub import Hub, Record
+from wsrt.hub import Hub
 from wsrt.kafka.replay import Replayer
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
+from wsrt.outlet import Record
 from wsrt.workers import Siblings
 
 #: ``/ws/check`` is asked by pages of any origin, with the token in the query
@@ -167,7 +168,8 @@ class Gateway:
                 _ANY_ORIGIN,
             )  # fmt: skip
         # The console's channel picker: only what this token may subscribe to,
-        # so a restricted token learns nothing about other topics (section 4).
+        # so a restricted token learns nothing about other topics
+        # (docs/design.md, "Authentication").
         claims = admitted.claims
         channels = sorted(t for t in self.hub.topics if claims.allows(t))
         exact = (p for p in claims.channels or () if ":" in p and not any(c in p for c in "*?["))

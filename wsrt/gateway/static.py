@@ -1,4 +1,6 @@
-"""The browser files the server ships: ``/client.js`` and the ``/console`` page (design section 12).
+"""The browser files the server ships: ``/client.js`` and the ``/console`` page.
+
+See docs/design.md, "Browser client and console".
 
 Sans-I/O: :class:`Assets` reads the files of ``wsrt/web/`` once, at start,
 and answers a path (and the request's ``If-None-Match``) with the bytes and

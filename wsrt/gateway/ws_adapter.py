@@ -35,7 +35,7 @@ from websockets.protocol import State
 
 from wsrt.aio import detach
 from wsrt.gateway.admission import Admit
-from wsrt.hub import Outlet
+from wsrt.outlet import Outlet
 
 #: The websockets versions whose internals this module was checked against.
 SUPPORTED_MAJOR_VERSIONS = range(14, 18)

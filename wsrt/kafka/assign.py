@@ -1,4 +1,6 @@
-"""Which partitions this replica reads, and from where (design section 6).
+"""Which partitions this replica reads, and from where.
+
+See docs/design.md, "Delivery: once, in order, or told" and "Shared mode and rebalances".
 
 * ``broadcast``: :func:`assign_every_partition` assigns every partition of
   every served topic by hand (no group join; the group ``<group>-<replica>``

@@ -1,8 +1,9 @@
 """Offset commits for one consumer, in the background, bounded in time.
 
 The source takes a batch, the hub delivers it, then :meth:`Committer.kick`
-starts a commit unless one runs (design section 6: commit only what the hub
-took). A committer belongs to one consumer: when that consumer is replaced
+starts a commit unless one runs: commit only what the hub took (docs/design.md,
+"Delivery: once, in order, or told"). A committer belongs to one consumer:
+when that consumer is replaced
 (broker restart, stall), :meth:`Committer.abandon` hands whatever it had in
 flight back to the shared :class:`~wsrt.kafka.offsets.Offsets` and the
 successor commits it. Nothing ever awaits a predecessor's commit: aiokafka can

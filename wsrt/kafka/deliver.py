@@ -26,11 +26,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from wsrt.config import Settings
-from wsrt.hub import Record
 from wsrt.kafka.commit import Committer
 from wsrt.kafka.offsets import Offsets
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
+from wsrt.outlet import Record
 from wsrt.wire import UNDECODABLE, Skipped, record_frame
 
 Batches = dict[TopicPartition, list[Any]]

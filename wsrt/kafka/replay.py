@@ -1,6 +1,6 @@
 """Replays: history from Kafka to one client, paced by its socket, then the live stream.
 
-A subscription with a start field (design section 10) is installed in the hub
+A subscription with a start field (docs/design.md, "Resume and replay") is installed in the hub
 behind a :class:`~wsrt.hub.Gate` that holds back every partition the live
 stream serves, and its :class:`ReplayJob` runs here: wait for one of
 ``WS_REPLAY_CONCURRENCY`` slots, look up the partitions' bounds, plan the
@@ -35,61 +35,23 @@ Without that it would find no live partition to read and answer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from wsrt import protocol
-from wsrt.aio import Backoff, abandon_after, detach
+from wsrt.aio import Backoff
 from wsrt.config import Settings
-from wsrt.hub import Gate, Outlet
-from wsrt.kafka.deliver import DECODE_ERRORS
-from wsrt.kafka.options import UNAVAILABLE, consumer_options, discover, metadata_client
+from wsrt.hub import Gate
+from wsrt.kafka.history import History
+from wsrt.kafka.options import UNAVAILABLE
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
-from wsrt.protocol import Channel, ProtocolError, Since, SinceTime, Start
-from wsrt.replay import Bounds, KeyScan, Plan, is_keyed_rewind, plan, scan_window
+from wsrt.outlet import Outlet
+from wsrt.protocol import Channel, Since, SinceTime, Start
 from wsrt.wire import Skipped, record_frame
-
-#: Records per replay read: one read's decoding and encoding stay well under a
-#: millisecond, so live publishes interleave with replays, never wait behind them.
-CHUNK_RECORDS = 200
-
-
-class RateLimit:
-    """A token bucket of records per second shared by every replay (``WS_REPLAY_RATE``).
-
-    It keeps the history all replays read together below what the event loop
-    (and the brokers) can give without slowing the live stream, however many
-    clients resume at once. One second of burst.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.clock = clock
-        self.tokens = rate
-        self.last = clock()
-
-    def allowance(self, most: int) -> tuple[int, float]:
-        """How many records may be read now (≤ ``most``), or else how long to wait."""
-        now = self.clock()
-        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1:
-            return min(most, int(self.tokens)), 0.0
-        return 0, (1 - self.tokens) / self.rate
-
-    def took(self, count: int) -> None:
-        self.tokens -= count
-
-
-#: Bytes a replay consumer fetches ahead per partition (Kafka still returns
-#: one whole batch when it is larger).
-FETCH_BYTES_PER_PARTITION = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -136,9 +98,8 @@ class Replayer:
         self._incomplete = RateLimited(log)
         self.stats = stats
         self._slots = asyncio.Semaphore(settings.replay_concurrency)
-        self.rate = RateLimit(settings.replay_rate)
-        self._idle: list[AIOKafkaConsumer] = []
-        self._client: AIOKafkaClient | None = None
+        #: The Kafka side: bounds, reads, the consumer pool.
+        self.history = History(settings)
         #: Set once the live stream has been positioned (:meth:`live_placed`).
         self._placed = asyncio.Event()
         #: Jobs whose subscribe came before that: their gates hold every partition.
@@ -195,11 +156,11 @@ class Replayer:
         try:
             while True:
                 await self._take_slot(job)
-                consumer = await self._consumer()
+                consumer = await self.history.consumer()
                 try:
                     paused = await self._run(consumer, job)
                 except UNAVAILABLE as exc:
-                    self._discard(consumer)
+                    self.history.discard(consumer)
                     self._give_slot(job)
                     delay = backoff.next()
                     self.log.warning(
@@ -209,9 +170,9 @@ class Replayer:
                     await asyncio.sleep(delay)  # a backoff, not synchronisation
                     continue
                 except BaseException:
-                    self._discard(consumer)
+                    self.history.discard(consumer)
                     raise
-                self._release(consumer)
+                self.history.release(consumer)
                 self._give_slot(job)
                 if not paused:
                     break
@@ -256,15 +217,7 @@ class Replayer:
 
     async def close(self) -> None:
         """Close the pooled consumers and the metadata client (bounded)."""
-        seconds = self.settings.kafka_stop_timeout
-        closing = [c.stop() for c in self._idle]
-        self._idle.clear()
-        if self._client is not None:
-            closing.append(self._client.close())
-            self._client = None
-        for work in closing:
-            with contextlib.suppress(*UNAVAILABLE):
-                await abandon_after(work, seconds, "stopping a replay consumer")
+        await self.history.close()
 
     # -- one attempt -------------------------------------------------------------
 
@@ -272,7 +225,9 @@ class Replayer:
         """Plan and reply (the first time), then read; ``True`` when it stopped for a
         paused transport and must go on once the client takes data."""
         if not job.replied:
-            planned = await self._plan(consumer, job)
+            planned = await self.history.plan(
+                consumer, job.channel, job.start, job.request_id, job.live_then
+            )
             job.pending = dict(planned.starts)
             if not planned.complete:
                 self.stats.replays_incomplete += 1
@@ -294,63 +249,6 @@ class Replayer:
             )  # fmt: skip
         return await self._read(consumer, job)
 
-    async def _plan(self, consumer: AIOKafkaConsumer, job: ReplayJob) -> Plan:
-        s = self.settings
-        topic = job.channel.topic
-        seconds = s.kafka_request_timeout
-        known = await self._partitions(topic)
-        start = job.start
-        if isinstance(start, Since):
-            unknown = sorted(set(start.offsets) - known)
-            if unknown:
-                raise ProtocolError(
-                    protocol.BAD_REQUEST,
-                    f"'since' names partitions that {topic} does not have: "
-                    + ", ".join(map(str, unknown[:10])),
-                    job.request_id,
-                    job.channel.name,
-                )
-        # Only what this replica serves (shared mode: its share) is replayed.
-        tps = [TopicPartition(topic, p) for p in sorted(job.live_then) if p in known]
-        if not tps:
-            return Plan({}, True)
-        earliest = await abandon_after(consumer.beginning_offsets(tps), seconds, "log start")
-        latest = await abandon_after(consumer.end_offsets(tps), seconds, "end offsets")
-        bounds = {tp.partition: Bounds(earliest[tp], latest[tp]) for tp in tps}
-        if is_keyed_rewind(start, job.channel.key):
-            return await self._scan(consumer, job, bounds)
-        for_time = None
-        if isinstance(start, SinceTime):
-            found = await abandon_after(
-                consumer.offsets_for_times({tp: start.ms for tp in tps}), seconds, "offsets"
-            )
-            for_time = {tp.partition: (o.offset if o else None) for tp, o in found.items()}
-        return plan(start, bounds, job.live_then, s.replay_max_messages, for_time)
-
-    async def _scan(
-        self, consumer: AIOKafkaConsumer, job: ReplayJob, bounds: dict[int, Bounds]
-    ) -> Plan:
-        """Keyed ``rewind``: find the last N records of the key among the newest records."""
-        start = job.start
-        assert isinstance(start, protocol.Rewind)
-        window = scan_window(bounds, self.settings.replay_max_messages)
-        ends = {p: b.latest for p, b in bounds.items()}
-        scan = KeyScan(start.count, window, ends)
-        key = job.gate.key
-        reading = {p: o for p, o in window.starts.items() if o < ends[p]}
-        topic = job.channel.topic
-        while reading:
-            batches, reached = await self._fetch(consumer, topic, reading)
-            for tp, messages in batches.items():
-                p = tp.partition
-                for m in messages:
-                    if m.offset < ends[p] and m.key == key:
-                        scan.matched(p, m.offset)
-            reading.update(reached)
-            reading = {p: o for p, o in reading.items() if o < ends[p]}
-        consumer.assign([])  # the replay proper positions it afresh
-        return scan.plan()
-
     # -- reading -----------------------------------------------------------------
 
     async def _read(self, consumer: AIOKafkaConsumer, job: ReplayJob) -> bool:
@@ -369,7 +267,7 @@ class Replayer:
                 return False
             if outlet.paused:
                 return True
-            batches, reached = await self._fetch(consumer, topic, job.pending)
+            batches, reached = await self.history.fetch(consumer, topic, job.pending)
             frames: list[bytes] = []
             for messages in batches.values():
                 for m in messages:
@@ -380,7 +278,7 @@ class Replayer:
                             record_frame(topic, m.key, m.partition, m.offset, m.timestamp, m.value)
                         )
                     except Skipped:
-                        continue  # invalid records are the only ones missing (section 9)
+                        continue  # invalid records are the only ones missing ("Never silent")
             if outlet.closed:
                 return False
             if outlet.paused:
@@ -417,109 +315,6 @@ class Replayer:
                 del job.pending[p]
         if not job.pending and job.gate.settled:
             job.settle()
-
-    async def _fetch(
-        self, consumer: AIOKafkaConsumer, topic: str, positions: dict[int, int]
-    ) -> tuple[dict[TopicPartition, list[Any]], dict[int, int]]:
-        """One read of ``positions``' partitions (assigned and positioned as needed).
-
-        Returns the records per partition and where each partition stands after
-        them. That is the consumer's position, not the last record's offset plus
-        one: a transaction's commit marker takes an offset and is no record, so
-        a log that ends in one would never be read to its end otherwise.
-        """
-        tps = {TopicPartition(topic, p) for p in positions}
-        if consumer.assignment() != tps:
-            # Positioned only when the assignment changes: a seek to the
-            # current position would still drop what the consumer fetched ahead.
-            consumer.assign(list(tps))
-            for tp in tps:
-                consumer.seek(tp, positions[tp.partition])
-        s = self.settings
-        while True:
-            allowed, wait = self.rate.allowance(CHUNK_RECORDS)
-            if allowed:
-                break
-            await asyncio.sleep(wait)  # pacing under WS_REPLAY_RATE
-        fetch_ms = int(s.kafka_fetch_max_wait * 1000)
-        try:
-            batches: dict[TopicPartition, list[Any]] = await abandon_after(
-                consumer.getmany(*tps, timeout_ms=fetch_ms, max_records=allowed),
-                s.kafka_request_timeout,
-                "replay fetch",
-            )
-        except DECODE_ERRORS:
-            return await self._past_undecodable(consumer, tps, positions)
-        self.rate.took(sum(len(messages) for messages in batches.values()))
-        reached = {tp.partition: await consumer.position(tp) for tp in tps}
-        return {tp: messages for tp, messages in batches.items() if messages}, reached
-
-    async def _past_undecodable(
-        self,
-        consumer: AIOKafkaConsumer,
-        tps: set[TopicPartition],
-        positions: dict[int, int],
-    ) -> tuple[dict[TopicPartition, list[Any]], dict[int, int]]:
-        """A read raised while decoding: find the partition, and step over its record.
-
-        aiokafka dropped the whole answer, so every partition is first put
-        back where the replay stands. Then each is read on its own, one
-        record: the first that raises has its record skipped (one offset,
-        as the live stream does, :mod:`wsrt.kafka.deliver`); the first that
-        returns a record returns it.
-        """
-        s = self.settings
-        fetch_ms = int(s.kafka_fetch_max_wait * 1000) + 100
-        for tp in tps:
-            consumer.seek(tp, positions[tp.partition])
-        reached = dict(positions)
-        for tp in sorted(tps):
-            try:
-                one = await abandon_after(
-                    consumer.getmany(tp, timeout_ms=fetch_ms, max_records=1),
-                    s.kafka_request_timeout,
-                    "replay fetch",
-                )
-            except DECODE_ERRORS:
-                reached[tp.partition] = positions[tp.partition] + 1
-                consumer.seek(tp, reached[tp.partition])
-                return {}, reached
-            if one.get(tp):
-                reached[tp.partition] = await consumer.position(tp)
-                return {tp: one[tp]}, reached
-        return {}, reached
-
-    # -- the consumer pool -----------------------------------------------------
-
-    async def _consumer(self) -> AIOKafkaConsumer:
-        if self._idle:
-            return self._idle.pop()
-        options = consumer_options(self.settings)
-        options.update(
-            group_id=None, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
-            fetch_max_bytes=4 * FETCH_BYTES_PER_PARTITION, auto_offset_reset="earliest",
-        )  # fmt: skip
-        consumer = AIOKafkaConsumer(**options)
-        await abandon_after(
-            consumer.start(), self.settings.kafka_start_timeout, "starting a replay consumer"
-        )
-        return consumer
-
-    def _release(self, consumer: AIOKafkaConsumer) -> None:
-        consumer.assign([])
-        self._idle.append(consumer)
-
-    def _discard(self, consumer: AIOKafkaConsumer) -> None:
-        detach(abandon_after(consumer.stop(), self.settings.kafka_stop_timeout, "replay consumer"))
-
-    async def _partitions(self, topic: str) -> set[int]:
-        seconds = self.settings.kafka_request_timeout
-        if self._client is None:
-            client = metadata_client(self.settings)
-            await abandon_after(client.bootstrap(), self.settings.kafka_start_timeout, "metadata")
-            self._client = client
-        found, _ = await abandon_after(discover(self._client, (topic,)), seconds, "metadata")
-        return found.get(topic, set())
 
 
 def _positions(starts: Mapping[int, int]) -> str:

@@ -1,4 +1,4 @@
-"""The consumer watchdog's judgement, Sans-I/O (design section 9).
+"""The consumer watchdog's judgement, Sans-I/O (docs/design.md, "Never silent").
 
 The source reports what it sees — the fetch loop turned, a fetch delivered
 records, a probe found records waiting (log end beyond the position) — and

@@ -9,7 +9,7 @@
 // The protocol is docs/protocol.md; this module adds what every browser client
 // otherwise writes by hand: replies matched to requests as promises,
 // reconnects with jittered backoff, and a resume of every channel from the
-// offsets it last saw, so a server restart leaves no gap (design section 10).
+// offsets it last saw, so a server restart leaves no gap (docs/design.md, "Resume and replay").
 //
 // The browser WebSocket API cannot set headers, so the token travels as
 // ?token= (never logged by the server). The same API shows a refused

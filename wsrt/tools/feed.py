@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 
 from wsrt.config import Settings
 from wsrt.kafka.options import client_options
-from wsrt.samples import sample
+from wsrt.tools.samples import sample
 
 
 def producer(settings: Settings, linger_ms: int = 5) -> AIOKafkaProducer:

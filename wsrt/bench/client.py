@@ -1,6 +1,6 @@
 """The benchmark's load client: many WebSocket connections in one process.
 
-Run as ``python -m tests.bench.client '<json parameters>'``; it prints
+Run as ``python -m wsrt.bench.client '<json parameters>'``; it prints
 ``{"event": "ready", …}`` once every connection is upgraded, then one JSON
 result line.
 
@@ -436,24 +436,7 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
     """Counters and samplers on one channel until the target, the window or the timeout."""
     url = f"{p['url']}?channels={p['channel']}"
     totals = Totals()
-    counters = []
-    for i in range(0, p["counters"], 100):
-        batch = range(i, min(i + 100, p["counters"]))
-        counters += await asyncio.gather(*(open_counter(url, p["token"], totals) for _ in batch))
-    stalled = await open_counter(url, p["token"], totals, stall=True) if p.get("stalled") else None
-    slow_totals = Totals()
-    slow = [
-        cast(
-            SlowReader,
-            await open_counter(
-                url,
-                p["token"],
-                slow_totals,
-                make=lambda request, up: SlowReader(request, slow_totals, up, p["slow_rate"]),
-            ),
-        )
-        for _ in range(p.get("slow", 0))
-    ]
+    counters, stalled, slow = await _open_readers(p, url, totals)
     stop = asyncio.Event()
     samples = [Sample(probe_every=p.get("probe_every", 0)) for _ in range(p["samplers"])]
     readies = [asyncio.Event() for _ in samples]
@@ -466,26 +449,7 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
 
     target = p.get("messages")  # expected message frames per connection, if known
     started = time.monotonic()
-    deadline = started + p["timeout"]
-    series: list[tuple[float, int]] = []
-    first: float | None = None
-    ended = "timeout"
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.1)  # sampling the counters' progress for the time series
-        now, frames = time.time(), totals.frames + sum(s.received for s in samples)
-        series.append((now, frames))
-        if first is None and frames:
-            first = now
-        if first is not None and now - first >= p["window"]:
-            ended = "window"
-            break
-        if (
-            target
-            and all(c.frames >= target for c in counters)
-            and all(s.received >= target for s in samples)
-        ):
-            ended = "target"
-            break
+    series, ended = await _progress(p, totals, counters, samples, target)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     per_client = [c.frames for c in counters] + [s.received for s in samples]
@@ -518,29 +482,81 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
         else [],
         "probes": [probe for s in samples for probe in s.probes],
         "stalled_closed": bool(stalled and stalled.lost.done()),
-        "slow": {
-            "clients": len(slow),
-            "read_per_s": sorted(n / slow_seconds for n in slow_during)[len(slow) // 2]
-            if slow
-            else 0.0,
-            "messages": sorted(r.frames for r in slow),
-            "dropped": sorted(r.dropped for r in slow),
-            "notices": sorted(r.notices for r in slow),
-            "closed": sum(1 for r in slow if r.lost.done()),
-            "age_s": percentiles([a for r in slow for a in r.ages]),
-            "accounted": sum(1 for r in slow if r.frames + r.dropped == target),
-        },
+        "slow": _slow_summary(slow, slow_during, slow_seconds, target),
         "failed": totals.failed[:5],
     }
-    for c in counters:
+    for c in [*counters, *([stalled] if stalled is not None else []), *slow]:
         if c.transport is not None:
             c.transport.abort()
-    if stalled is not None and stalled.transport is not None:
-        stalled.transport.abort()
-    for r in slow:
-        if r.transport is not None:
-            r.transport.abort()
     return result
+
+
+async def _open_readers(
+    p: dict[str, Any], url: str, totals: Totals
+) -> tuple[list[Counter], Counter | None, list[SlowReader]]:
+    """The counting clients, the stalled one (if asked) and the slow readers, connected."""
+    counters = []
+    for i in range(0, p["counters"], 100):
+        batch = range(i, min(i + 100, p["counters"]))
+        counters += await asyncio.gather(*(open_counter(url, p["token"], totals) for _ in batch))
+    stalled = await open_counter(url, p["token"], totals, stall=True) if p.get("stalled") else None
+    slow_totals = Totals()
+    slow = [
+        cast(
+            SlowReader,
+            await open_counter(
+                url,
+                p["token"],
+                slow_totals,
+                make=lambda request, up: SlowReader(request, slow_totals, up, p["slow_rate"]),
+            ),
+        )
+        for _ in range(p.get("slow", 0))
+    ]
+    return counters, stalled, slow
+
+
+async def _progress(
+    p: dict[str, Any],
+    totals: Totals,
+    counters: list[Counter],
+    samples: list[Sample],
+    target: int | None,
+) -> tuple[list[tuple[float, int]], str]:
+    """The frames received over time, until the target, the window or the timeout (which)."""
+    deadline = time.monotonic() + p["timeout"]
+    series: list[tuple[float, int]] = []
+    first: float | None = None
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # sampling the counters' progress for the time series
+        now, frames = time.time(), totals.frames + sum(s.received for s in samples)
+        series.append((now, frames))
+        if first is None and frames:
+            first = now
+        if first is not None and now - first >= p["window"]:
+            return series, "window"
+        if (
+            target
+            and all(c.frames >= target for c in counters)
+            and all(s.received >= target for s in samples)
+        ):
+            return series, "target"
+    return series, "timeout"
+
+
+def _slow_summary(
+    slow: list[SlowReader], during: list[int], seconds: float, target: int | None
+) -> dict[str, Any]:
+    return {
+        "clients": len(slow),
+        "read_per_s": sorted(n / seconds for n in during)[len(slow) // 2] if slow else 0.0,
+        "messages": sorted(r.frames for r in slow),
+        "dropped": sorted(r.dropped for r in slow),
+        "notices": sorted(r.notices for r in slow),
+        "closed": sum(1 for r in slow if r.lost.done()),
+        "age_s": percentiles([a for r in slow for a in r.ages]),
+        "accounted": sum(1 for r in slow if r.frames + r.dropped == target),
+    }
 
 
 class Hoarder(Counter):

@@ -13,11 +13,12 @@ return or an escape sequence, so a log stays readable and grep-able::
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
 from typing import TextIO
+
+from wsrt.config import tool_setting
 
 #: Fewest seconds between two redraws of the status line.
 REDRAW_SECONDS = 0.1
@@ -26,7 +27,7 @@ REDRAW_SECONDS = 0.1
 def is_terminal(stream: TextIO) -> bool:
     """A person watches ``stream``: a TTY, and not a dumb terminal."""
     try:
-        return stream.isatty() and os.environ.get("TERM") != "dumb"
+        return stream.isatty() and tool_setting("TERM") != "dumb"
     except ValueError:  # closed
         return False
 

@@ -3,7 +3,7 @@
 This is how a straightforward server distributes messages: for each message,
 ``broadcast()`` frames it for every subscriber and writes it. The benchmark
 runs it beside the real hub, in the same run, through the public API only:
-``python -m tests.bench.baseline`` is ``wsrt serve`` with this hub plugged in.
+``python -m wsrt.bench.baseline`` is ``wsrt serve`` with this hub plugged in.
 Operators never need it; it does not ship in the package.
 """
 
@@ -16,8 +16,9 @@ from websockets.asyncio.server import ServerConnection, broadcast
 
 from wsrt import app
 from wsrt.config import load_settings
-from wsrt.hub import Hub, Outlet, Record
+from wsrt.hub import Hub
 from wsrt.logs import setup_logging
+from wsrt.outlet import Outlet, Record
 from wsrt.wire import frame_payload
 
 

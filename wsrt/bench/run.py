@@ -1,7 +1,7 @@
 """``wsrt bench``: scenarios on a real broker, a real server process and a load client.
 
 Every scenario starts its own ``wsrt serve`` on loopback, a load client in
-another process (:mod:`tests.bench.client`), feeds Kafka, and stops by itself
+another process (:mod:`wsrt.bench.client`), feeds Kafka, and stops by itself
 within its time bound. Figures are printed with the machine, the versions and
 the parameters; ratios are taken between runs of the same invocation, since
 the machine is shared and noisy.
@@ -27,12 +27,12 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from tests.support.server import ServerProcess
 from wsrt.brokers import Broker, create_topics
-from wsrt.client import scrape, wait_healthy
 from wsrt.config import load_settings
 from wsrt.metrics import total
 from wsrt.tokens import mint_token
+from wsrt.tools.client import scrape, wait_healthy
+from wsrt.tools.server import ServerProcess
 from wsrt.wire import record_frame
 
 #: The checkout: the load client and the baseline server run as modules of tests/.
@@ -166,7 +166,9 @@ def machine() -> dict[str, str]:
     }
 
 
-class Bench:
+class Rig:
+    """A broker, servers and load clients for the scenarios, and the figures they print."""
+
     def __init__(self, broker: Broker, scale: Scale, workdir: Path, profile: bool = False) -> None:
         self.broker = broker
         self.scale = scale
@@ -188,7 +190,7 @@ class Bench:
             {"WS_LOG_LEVEL": "INFO", "WS_PING_INTERVAL_SECONDS": "0",
              "WS_KAFKA_METADATA_REFRESH_SECONDS": "0.5", "PYTHONPATH": str(ROOT), **env},
             secret=SECRET,
-            command=[sys.executable, "-m", "tests.bench.baseline"] if baseline else None,
+            command=[sys.executable, "-m", "wsrt.bench.baseline"] if baseline else None,
         )  # fmt: skip
         server.start()
         # Every worker positioned before the clients come (/healthz is the node's).
@@ -202,7 +204,7 @@ class Bench:
     @contextmanager
     def client(self, params: dict[str, Any]) -> Iterator[subprocess.Popen[str]]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.client", json.dumps(params)],
+            [sys.executable, "-m", "wsrt.bench.client", json.dumps(params)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )  # fmt: skip
         try:
@@ -283,7 +285,7 @@ class Bench:
         buffers fill within seconds; ``value`` (with a ``%d`` for the sequence
         number) replaces it.
         """
-        from wsrt.feed import producer, publish
+        from wsrt.tools.feed import producer, publish
 
         template = value or b'{"seq":%d,"pad":"' + b"x" * 1800 + b'"}'
 
@@ -317,6 +319,10 @@ class Bench:
         return self.broker.kind == "apache"
 
     # -- scenarios -------------------------------------------------------------
+
+
+class ThroughputScenarios(Rig):
+    """Fan-out and latency: how fast, how late."""
 
     def fanout(self, baseline: bool, policy: str | None = None) -> Result:
         """N clients on one channel; the topic is filled after they connected.
@@ -477,6 +483,10 @@ class Bench:
             for workers in (1, 2)
         ]
 
+
+class ReplayScenarios(ThroughputScenarios):
+    """Replays beside the live stream, and a client that stops reading mid-replay."""
+
     def replay(self) -> list[Result]:
         """Live clients at a steady rate, without and then with replays of history beside them.
 
@@ -610,6 +620,10 @@ class Bench:
             # Paused with its slot given back: a client that stops reading holds none.
             {"paused, slot free": replayed < s.replay_messages and running == 0 and ended == 0},
         )
+
+
+class Bench(ReplayScenarios):
+    """Every scenario: also the slow-consumer policies, hostile clients and idle connections."""
 
     def policies(self) -> list[Result]:
         """An order book of ``policy_keys`` keys at ``policy_rate`` msg/s to ``policy_clients``.
