@@ -12,11 +12,13 @@ for every produced (partition, offset): none lost, none twice, in order.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import signal
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -40,6 +42,20 @@ def get(url: str) -> dict[str, Any]:
     except urllib.error.HTTPError as exc:
         body = json.load(exc)
     return body
+
+
+def epoch(event: dict[str, Any]) -> float:
+    """A log line's time, epoch seconds."""
+    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def claims(headers: dict[str, str]) -> dict[str, Any]:
+    """The payload of the Bearer token in ``headers`` (read, not verified)."""
+    payload = headers["Authorization"].split()[1].split(".")[1]
+    decoded: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return decoded
 
 
 def metric(server: Any, name: str) -> float:
@@ -95,6 +111,8 @@ async def test_keepalive_goes_on_past_a_stalled_socket_and_healthy_clients_get_e
             server.wait_for, "connection_closed", lambda e: e.get("subject") == "silent"
         )
         assert (closed["code"], closed["reason"]) == (1011, "keepalive ping timeout")
+        # Within two ping intervals of its start (a third for the scheduling of a busy loop).
+        assert closed["duration_ms"] <= 3 * PING_S * 1000, closed
         silent.close()
         # The stalled one answers no ping either: closed 1011, and as it takes
         # no close frame, aborted after the close timeout.
@@ -131,7 +149,8 @@ async def test_every_close_of_a_stalled_socket_ends_within_the_close_timeout(
     server = servers(
         [topic], settings(topic, WS_PING_INTERVAL_SECONDS="0", WS_SHUTDOWN_TIMEOUT_SECONDS="20")
     )
-    expiring = await StalledClient(server.url, auth("expiring", ttl=8)).connect()
+    headers = auth("expiring", ttl=8)
+    expiring = await StalledClient(server.url, headers).connect()
     expiring.send(json.dumps({"type": "subscribe", "channel": topic, "id": 1}))
     try:
         await produce_until_paused(producer, topic, server)
@@ -139,6 +158,9 @@ async def test_every_close_of_a_stalled_socket_ends_within_the_close_timeout(
             server.wait_for, "connection_closed", lambda e: e.get("subject") == "expiring"
         )
         assert (closed["code"], closed["reason"]) == (1008, "token expired")
+        # Closed (the frame sent) within a second of exp, aborted a close timeout later.
+        exp = claims(headers)["exp"]
+        assert CLOSE_TIMEOUT_S * 0.8 <= epoch(closed) - exp <= CLOSE_TIMEOUT_S + 2, closed
     finally:
         expiring.close()
 
@@ -149,13 +171,15 @@ async def test_every_close_of_a_stalled_socket_ends_within_the_close_timeout(
         mark = server.mark()
         started = time.monotonic()
         server.signal(signal.SIGTERM)
-        server.wait_for("shutdown_started", start=mark)
+        draining = server.wait_for("shutdown_started", start=mark)
         body = await asyncio.to_thread(get, f"{server.http}/healthz")
         assert body["status"] == "draining" and body["connections"] == 1, body
         closed = server.wait_for(
             "connection_closed", lambda e: e.get("subject") == "stalled", start=mark
         )
         assert (closed["code"], closed["reason"]) == (1001, "server shutting down")
+        took = epoch(closed) - epoch(draining)
+        assert CLOSE_TIMEOUT_S * 0.8 <= took <= CLOSE_TIMEOUT_S + 2, took  # it never answered
         assert await asyncio.to_thread(server.wait_exit, 30) == 0
         assert time.monotonic() - started < 20  # within WS_SHUTDOWN_TIMEOUT_SECONDS
         assert not [e for e in server.events if e.get("event") == "shutdown_forced"]
