@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -203,12 +203,10 @@ class Collector:
         yield CounterMetricFamily(
             "wsrt_connections_opened", "WebSocket connections accepted.", value=s.connections_opened
         )
-        closed = CounterMetricFamily(
-            "wsrt_connections_closed", "WebSocket connections closed, by reason.", labels=["reason"]
-        )
-        for reason in CLOSE_REASONS:
-            closed.add_metric([reason], s.connections_closed[reason])
-        yield closed
+        yield _by_reason(
+            "wsrt_connections_closed", "WebSocket connections closed, by reason.",
+            CLOSE_REASONS, s.connections_closed,
+        )  # fmt: skip
         rejected = CounterMetricFamily(
             "wsrt_handshakes_rejected",
             "Upgrades refused before the handshake, by reason (401 kinds, origin, draining).",
@@ -290,15 +288,12 @@ class Collector:
                 skipped.add_metric([topic, reason], s.kafka_skipped[(topic, reason)])
         yield consumed
         yield skipped
-        restarts = CounterMetricFamily(
+        yield _by_reason(
             "wsrt_kafka_consumer_restarts",
             "Kafka consumers replaced: stalled (records waiting, none delivered), "
             "loop_stalled (the fetch loop stopped turning), error (an unexpected exception).",
-            labels=["reason"],
-        )
-        for reason in RESTART_REASONS:
-            restarts.add_metric([reason], s.kafka_restarts[reason])
-        yield restarts
+            RESTART_REASONS, s.kafka_restarts,
+        )  # fmt: skip
         lag = GaugeMetricFamily(
             "wsrt_kafka_lag",
             "Messages behind the partition's high watermark.",
@@ -341,6 +336,16 @@ def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def _by_reason(
+    name: str, help: str, reasons: Iterable[str], counts: Mapping[str, int]
+) -> CounterMetricFamily:
+    """A counter with one sample per reason, 0 for those that never happened."""
+    family = CounterMetricFamily(name, help, labels=["reason"])
+    for reason in reasons:
+        family.add_metric([reason], counts.get(reason, 0))
+    return family
 
 
 def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
