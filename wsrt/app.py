@@ -67,18 +67,18 @@ async def serve(
     liveness = Liveness(2 * settings.kafka_stall, loop.time)
     hub = hub_factory(settings.kafka_topics, settings.topic_policies)
     verifier = Verifier(
-        settings.auth_secret,
-        algorithms=settings.auth_algorithms,
-        audience=settings.auth_audience,
-        leeway=settings.auth_leeway,
-    )
+        settings.auth_secret, algorithms=settings.auth_algorithms,
+        audience=settings.auth_audience, leeway=settings.auth_leeway,
+    )  # fmt: skip
     stats = Stats()
-    metrics = Metrics(Collector(stats, hub, readiness))
+    collector = Collector(stats, hub, readiness)
+    metrics = Metrics(collector)
     offsets = Offsets()
     replayer = Replayer(settings, offsets.positions, log, stats)
     gateway = Gateway(
         settings, hub, verifier, readiness, liveness, log, stats, metrics.render, replayer
     )
+    collector.state = gateway.connections.state
     source = KafkaSource(
         settings, gateway.publish, readiness, log, stats, liveness, offsets,
         replayer.live_placed, replayer.live_unplaced, gateway.connections,

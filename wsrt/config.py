@@ -301,6 +301,13 @@ class Settings:
         "Replays reading from Kafka at once; others wait their turn.", _S)
     replay_rate: int = _var("WS_REPLAY_RATE", "20000", _positive_int,
         "History records per second read by all replays together (protects live latency).", _S)
+    state_topics: tuple[str, ...] = _var("WS_STATE_TOPICS", "", _csv,
+        "Topics whose newest value per key is kept (state); their tombstones are delete events.",
+        _S)
+    state_max_keys: int = _var("WS_STATE_MAX_KEYS", "100000", _positive_int,
+        "Most keys kept per state topic; past it the key updated longest ago is evicted.", _S)
+    state_max_bytes: int = _var("WS_STATE_MAX_BYTES", "67108864", _positive_int,
+        "Most bytes kept per state topic (frames and keys); past it, eviction as above.", _S)
     ping_interval: float = _var("WS_PING_INTERVAL_SECONDS", "20", _seconds_or_zero,
         "Server keepalive ping interval; 0 disables keepalive.", _S)
     workers: int = _var("WS_WORKERS", "1", _workers,
@@ -498,6 +505,13 @@ def load_settings(
     if unknown:
         raise ConfigError(
             "WS_TOPIC_POLICIES",
+            f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS "
+            f"({','.join(values['kafka_topics'])})",
+        )
+    unknown = [t for t in values["state_topics"] if t not in values["kafka_topics"]]
+    if unknown:
+        raise ConfigError(
+            "WS_STATE_TOPICS",
             f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS "
             f"({','.join(values['kafka_topics'])})",
         )

@@ -27,6 +27,7 @@ from wsrt import __version__, protocol
 from wsrt.health import Readiness
 from wsrt.hub import Hub
 from wsrt.outlet import DeliveryStats
+from wsrt.state import State
 from wsrt.wire import SKIP_REASONS
 
 #: Upper bounds (seconds) of the delivery-delay histogram buckets.
@@ -142,11 +143,14 @@ class Stats:
 class Collector:
     """Renders :class:`Stats`, the hub and readiness as Prometheus families."""
 
-    def __init__(self, stats: Stats, hub: Hub, readiness: Readiness) -> None:
+    def __init__(
+        self, stats: Stats, hub: Hub, readiness: Readiness, state: State | None = None
+    ) -> None:
         self.stats = stats
         self.delivery = stats.delivery
         self.hub = hub
         self.readiness = readiness
+        self.state = state
 
     def collect(self) -> Iterator[Metric]:
         yield from self._process()
@@ -154,6 +158,25 @@ class Collector:
         yield from self._delivery()
         yield from self._replays()
         yield from self._kafka()
+        yield from self._state()
+
+    def _state(self) -> Iterator[Metric]:
+        topics = self.state.topics if self.state is not None else {}
+        keys = GaugeMetricFamily("wsrt_state_keys", "Keys held per state topic.", labels=["topic"])
+        held = GaugeMetricFamily(
+            "wsrt_state_bytes", "Bytes held per state topic (frames, keys, overhead).",
+            labels=["topic"],
+        )  # fmt: skip
+        evicted = CounterMetricFamily(
+            "wsrt_state_evictions", "Keys evicted by WS_STATE_MAX_KEYS / _BYTES.", labels=["topic"]
+        )
+        for topic, state in sorted(topics.items()):
+            keys.add_metric([topic], len(state.entries))
+            held.add_metric([topic], state.bytes)
+            evicted.add_metric([topic], state.evicted)
+        yield keys
+        yield held
+        yield evicted
 
     def _replays(self) -> Iterator[Metric]:
         s = self.stats

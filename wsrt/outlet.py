@@ -51,6 +51,8 @@ class Record(NamedTuple):
     frame: bytes
     partition: int
     offset: int
+    #: A ``delete`` event (a tombstone on a state topic), not a ``message``.
+    deleted: bool = False
 
 
 class DeliveryStats:

@@ -82,6 +82,32 @@ def record_frame(
     return b"".join((_header(len(head) + len(value) + 1), head, value, b"}"))
 
 
+_DELETE = b'{"type":"delete","channel":%b,"key":%b,"partition":%d,"offset":%d,"timestamp":%d}'
+
+
+def delete_frame(topic: str, key: bytes, partition: int, offset: int, timestamp: int) -> bytes:
+    """The text frame of a ``delete`` event: a tombstone on a state topic removes its key."""
+    payload = _DELETE % (orjson.dumps(topic), _key_part(key), partition, offset, timestamp)
+    return _header(len(payload)) + payload
+
+
+def envelope(
+    topic: str,
+    key: bytes | None,
+    partition: int,
+    offset: int,
+    timestamp: int,
+    value: bytes | None,
+    state: bool,
+) -> tuple[bytes, bool]:
+    """A record's frame and whether it is a ``delete``: on a state topic (``state``) a
+    tombstone with a key deletes that key; anywhere else it is skipped, as any record
+    that cannot be a ``message`` is (raises :class:`Skipped`)."""
+    if value is None and state and key is not None:
+        return delete_frame(topic, key, partition, offset, timestamp), True
+    return record_frame(topic, key, partition, offset, timestamp, value), False
+
+
 _HEADER_SMALL = struct.Struct("!BB")
 _HEADER_MEDIUM = struct.Struct("!BBH")
 _HEADER_LARGE = struct.Struct("!BBQ")

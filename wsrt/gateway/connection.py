@@ -36,6 +36,7 @@ from wsrt.metrics import Stats, close_reason
 from wsrt.outlet import SLOW_CONSUMER, Outlet, Record
 from wsrt.protocol import ProtocolError
 from wsrt.session import Effects, Replay, Session
+from wsrt.state import State
 from wsrt.wire import text_frame
 
 #: Log lines a connection's own control messages may cause: a burst (a client
@@ -58,6 +59,9 @@ class Connections:
         self.hub = hub
         self.replayer = replayer
         self.verifier = verifier
+        #: The newest value per key of WS_STATE_TOPICS, kept by :meth:`publish`.
+        self.state = State(settings.state_topics, settings.state_max_keys, settings.state_max_bytes)
+        self._evicted = RateLimited(log)
         self.log = log
         self.stats = stats
         self._slow = RateLimited(log, interval=1.0)
@@ -65,7 +69,18 @@ class Connections:
     # -- delivery --------------------------------------------------------------
 
     def publish(self, records: Sequence[Record]) -> None:
-        """Hand a batch to the hub, then close what it reports finished."""
+        """Hand a batch to the hub, then close what it reports finished.
+
+        The state topics' store takes the batch in this same step, so it always
+        stands where the live stream does (docs/design.md, "State on subscribe").
+        """
+        if self.state.topics:
+            for topic, evicted in self.state.apply(records).items():
+                kept = self.state.topics[topic]
+                self._evicted.warning(
+                    "state_evicted", "state topic over its bounds; evicted the oldest keys",
+                    topic=topic, evicted=evicted, keys=len(kept.entries), bytes=kept.bytes,
+                )  # fmt: skip
         for outlet in self.hub.publish(records):
             self._finished(outlet)
 

@@ -31,7 +31,7 @@ from wsrt.kafka.offsets import Offsets
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
 from wsrt.outlet import Record
-from wsrt.wire import UNDECODABLE, Skipped, record_frame
+from wsrt.wire import UNDECODABLE, Skipped, envelope
 
 Batches = dict[TopicPartition, list[Any]]
 
@@ -48,8 +48,11 @@ class Encoder:
         stats: Stats,
         log: EventLogger,
         sample_every: int = 0,
+        state_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.publish = publish
+        #: WS_STATE_TOPICS: their tombstones are ``delete`` events, not skipped.
+        self.state_topics = state_topics
         self.offsets = offsets
         self.stats = stats
         self.log = log
@@ -71,13 +74,16 @@ class Encoder:
         # encoding leaves every position where it was, for a replacement to re-read.
         for tp, messages in batches.items():
             topic = tp.topic
+            state = topic in self.state_topics
             for m in messages:
                 try:
-                    frame = record_frame(topic, m.key, m.partition, m.offset, m.timestamp, m.value)
+                    frame, deleted = envelope(
+                        topic, m.key, m.partition, m.offset, m.timestamp, m.value, state
+                    )
                 except Skipped as skip:
                     skips.append((topic, m.partition, m.offset, skip.reason))
                     continue
-                records.append(Record(topic, m.key, frame, m.partition, m.offset))
+                records.append(Record(topic, m.key, frame, m.partition, m.offset, deleted))
                 timestamps.append(m.timestamp)
         if not self.sample_every:
             self.publish(records)

@@ -51,7 +51,7 @@ from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
 from wsrt.outlet import Outlet
 from wsrt.protocol import Channel, Since, SinceTime, Start
-from wsrt.wire import Skipped, record_frame
+from wsrt.wire import Skipped, envelope
 
 
 @dataclass(eq=False)
@@ -260,6 +260,7 @@ class Replayer:
         """
         topic = job.channel.topic
         key = job.gate.key
+        state = topic in self.settings.state_topics
         outlet = job.outlet
         while True:
             self._join_caught_up(job)
@@ -274,9 +275,10 @@ class Replayer:
                     if key is not None and m.key != key:
                         continue
                     try:
-                        frames.append(
-                            record_frame(topic, m.key, m.partition, m.offset, m.timestamp, m.value)
+                        frame, _ = envelope(
+                            topic, m.key, m.partition, m.offset, m.timestamp, m.value, state
                         )
+                        frames.append(frame)
                     except Skipped:
                         continue  # invalid records are the only ones missing ("Never silent")
             if outlet.closed:

@@ -105,7 +105,10 @@ class KafkaSource:
         #: (docs/design.md, "Resume and replay").
         self.offsets = offsets if offsets is not None else Offsets()
         stats.kafka_lag = self.offsets.lag
-        self.encoder = Encoder(publish, self.offsets, stats, log, settings.latency_sample_every)
+        self.encoder = Encoder(
+            publish, self.offsets, stats, log, settings.latency_sample_every,
+            frozenset(settings.state_topics),
+        )  # fmt: skip
         self.health = SourceHealth(readiness)
         #: ``on_positioned`` hears, in the step that positioned them, that positions are known.
         self.assigner = Assigner(
