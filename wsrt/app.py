@@ -24,6 +24,7 @@ from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Hub
 from wsrt.kafka.offsets import Offsets
 from wsrt.kafka.replay import Replayer
+from wsrt.kafka.snapshot import Snapshots
 from wsrt.kafka.source import KafkaSource
 from wsrt.logs import EventLogger
 from wsrt.metrics import Collector, Metrics, Stats
@@ -66,10 +67,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     liveness = Liveness(2 * settings.kafka_stall, loop.time)
     hub = hub_factory(settings.kafka_topics, settings.topic_policies)
-    verifier = Verifier(
-        settings.auth_secret, algorithms=settings.auth_algorithms,
-        audience=settings.auth_audience, leeway=settings.auth_leeway,
-    )  # fmt: skip
+    verifier = Verifier(settings.auth_secret, algorithms=settings.auth_algorithms,
+                        audience=settings.auth_audience, leeway=settings.auth_leeway)  # fmt: skip
     stats = Stats()
     collector = Collector(stats, hub, readiness)
     metrics = Metrics(collector)
@@ -78,11 +77,14 @@ async def serve(
     gateway = Gateway(
         settings, hub, verifier, readiness, liveness, log, stats, metrics.render, replayer
     )
-    collector.state = gateway.connections.state
+    collector.state = state = gateway.connections.state
     source = KafkaSource(
         settings, gateway.publish, readiness, log, stats, liveness, offsets,
         replayer.live_placed, replayer.live_unplaced, gateway.connections,
     )  # fmt: skip
+    if state.topics:  # loaded from history once the live stream is positioned
+        hold = source.health.hold
+        replayer.snapshots = Snapshots(settings, state, replayer.history, offsets, log, hold)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

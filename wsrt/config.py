@@ -304,6 +304,8 @@ class Settings:
     state_topics: tuple[str, ...] = _var("WS_STATE_TOPICS", "", _csv,
         "Topics whose newest value per key is kept (state); their tombstones are delete events.",
         _S)
+    state_lookback: float = _var("WS_STATE_LOOKBACK", "0", _seconds_or_zero,
+        "Seconds of history a state topic is loaded from at start; 0: from the log start.", _S)
     state_max_keys: int = _var("WS_STATE_MAX_KEYS", "100000", _positive_int,
         "Most keys kept per state topic; past it the key updated longest ago is evicted.", _S)
     state_max_bytes: int = _var("WS_STATE_MAX_BYTES", "67108864", _positive_int,

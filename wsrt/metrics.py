@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -118,6 +118,9 @@ class Stats:
     slow_recent: deque[float] = field(default_factory=deque)
     delivery: DeliveryStats = field(default_factory=DeliveryStats)
     #: Replays (docs/design.md, "Resume and replay"): reading, waiting for a slot, how they ended.
+    #: Snapshots of state topics given, and the keys they held, by topic.
+    snapshots: Counter[str] = field(default_factory=Counter)
+    snapshot_keys: Counter[str] = field(default_factory=Counter)
     replays_running: int = 0
     replays_waiting: int = 0
     replays_completed: int = 0
@@ -161,22 +164,26 @@ class Collector:
         yield from self._state()
 
     def _state(self) -> Iterator[Metric]:
+        """Per state topic: what the store holds, and the snapshots it gave."""
         topics = self.state.topics if self.state is not None else {}
-        keys = GaugeMetricFamily("wsrt_state_keys", "Keys held per state topic.", labels=["topic"])
-        held = GaugeMetricFamily(
-            "wsrt_state_bytes", "Bytes held per state topic (frames, keys, overhead).",
-            labels=["topic"],
-        )  # fmt: skip
-        evicted = CounterMetricFamily(
-            "wsrt_state_evictions", "Keys evicted by WS_STATE_MAX_KEYS / _BYTES.", labels=["topic"]
-        )
-        for topic, state in sorted(topics.items()):
-            keys.add_metric([topic], len(state.entries))
-            held.add_metric([topic], state.bytes)
-            evicted.add_metric([topic], state.evicted)
-        yield keys
-        yield held
-        yield evicted
+        s = self.stats
+        families: list[tuple[type, str, str, Callable[[str], float]]] = [
+            (GaugeMetricFamily, "wsrt_state_keys", "Keys held per state topic.",
+             lambda t: len(topics[t].entries)),
+            (GaugeMetricFamily, "wsrt_state_bytes",
+             "Bytes held per state topic (frames, keys, overhead).", lambda t: topics[t].bytes),
+            (CounterMetricFamily, "wsrt_state_evictions",
+             "Keys evicted by WS_STATE_MAX_KEYS / _BYTES.", lambda t: topics[t].evicted),
+            (CounterMetricFamily, "wsrt_snapshots",
+             "Snapshots given (subscribe with snapshot), by topic.", lambda t: s.snapshots[t]),
+            (CounterMetricFamily, "wsrt_snapshot_keys", "Keys sent in snapshots, by topic.",
+             lambda t: s.snapshot_keys[t]),
+        ]  # fmt: skip
+        for kind, name, text, value in families:
+            family = kind(name, text, labels=["topic"])
+            for topic in sorted(topics):
+                family.add_metric([topic], value(topic))
+            yield family
 
     def _replays(self) -> Iterator[Metric]:
         s = self.stats

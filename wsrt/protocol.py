@@ -86,9 +86,21 @@ class Rewind:
     count: int
 
 
-Start = Since | SinceTime | Rewind
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """``snapshot: true``: the newest value of every key now, then live (a state topic).
 
-#: The start fields of a ``subscribe``, at most one per request.
+    With ``since`` (``after``), the history from there instead, when all of it
+    is still in Kafka and within the replay budget: state only for a client
+    too far behind. See docs/design.md, "State on subscribe".
+    """
+
+    after: Since | None = None
+
+
+Start = Since | SinceTime | Rewind | Snapshot
+
+#: The start fields of a ``subscribe``, at most one per request (``snapshot`` may add ``since``).
 START_FIELDS = ("since", "since_time", "rewind")
 
 
@@ -184,11 +196,21 @@ def _count(value: object) -> bool:
 def _start(obj: dict[str, Any], request_id: RequestId, channel: str) -> Start | None:
     """The one start field of a ``subscribe``, checked (docs/design.md, "Resume and replay")."""
     given = [name for name in START_FIELDS if name in obj]
-    if not given:
-        return None
+    snapshot = obj.get("snapshot", False)
 
     def bad(message: str) -> ProtocolError:
         return ProtocolError(BAD_REQUEST, message, request_id, channel)
+
+    if not isinstance(snapshot, bool):
+        raise bad("'snapshot' must be true or false")
+    if snapshot:
+        if set(given) - {"since"}:
+            raise bad("'snapshot' combines only with 'since', not 'since_time' or 'rewind'")
+        after = _start({"since": obj["since"]}, request_id, channel) if given else None
+        assert after is None or isinstance(after, Since)
+        return Snapshot(after)
+    if not given:
+        return None
 
     if len(given) > 1:
         raise bad(f"give at most one of {', '.join(START_FIELDS)}")
@@ -250,6 +272,13 @@ def _reply(obj: dict[str, Any], request_id: RequestId) -> bytes:
     if request_id is not None:
         obj["id"] = request_id
     return orjson.dumps(obj)
+
+
+def snapshot_end_reply(channel: str, keys: int, complete: bool) -> bytes:
+    """The end of a snapshot: how many keys it had, and whether it is every key."""
+    return orjson.dumps(
+        {"type": "snapshot_end", "channel": channel, "keys": keys, "complete": complete}
+    )
 
 
 def subscribed_reply(

@@ -97,6 +97,7 @@ def plan(
             if found is not None and found <= earliest and earliest > 0:
                 complete = False
         else:
+            assert isinstance(start, Rewind), "a snapshot is planned by the state store"
             wanted = latest - start.count
         if wanted < earliest:
             if earliest > 0:

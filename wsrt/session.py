@@ -57,8 +57,11 @@ class Session:
         now: float,
         error_window: float = ERROR_WINDOW_SECONDS,
         max_channel_bytes: int = 256,
+        state_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.claims = claims
+        #: WS_STATE_TOPICS: the topics a ``snapshot`` may ask for.
+        self.state_topics = state_topics
         self.topics = topics
         self.verifier = verifier
         self.max_subscriptions = max_subscriptions
@@ -137,6 +140,13 @@ class Session:
         route = parse_channel(channel)
         if route.topic not in self.topics or route.key == "":
             raise ProtocolError(protocol.UNKNOWN_CHANNEL, "no such channel", request_id, channel)
+        if isinstance(start, protocol.Snapshot) and route.topic not in self.state_topics:
+            raise ProtocolError(
+                protocol.BAD_REQUEST,
+                f"'snapshot' needs a state topic: WS_STATE_TOPICS does not name {route.topic}",
+                request_id,
+                channel,
+            )
         self._check_overlap(route, request_id, start)
         if channel not in self.subscriptions:
             if len(self.subscriptions) >= self.max_subscriptions:

@@ -43,11 +43,17 @@ class TopicState:
         self.bytes = 0
         #: Keys evicted by the bounds since start.
         self.evicted = 0
+        #: The loader is still reading history: deletes are remembered meanwhile.
+        self.loading = False
+        #: While loading: key → (partition, offset) of the delete that removed it.
+        self.tombstones: dict[bytes, tuple[int, int]] = {}
+        #: Loading from history failed: the store holds only what came live.
+        self.failed = False
 
     @property
     def complete(self) -> bool:
-        """Does the store hold every key it was given (nothing evicted)?"""
-        return self.evicted == 0
+        """Does the store hold every key it was given (nothing evicted, history loaded)?"""
+        return self.evicted == 0 and not self.failed
 
     def apply(self, key: bytes, partition: int, offset: int, frame: bytes | None) -> int:
         """The record at ``offset``: a new value (``frame``) or a delete (``None``).
@@ -62,7 +68,13 @@ class TopicState:
                 return 0
             del self.entries[key]
             self.bytes -= _cost(key, held.frame)
+        elif self.loading:
+            gone = self.tombstones.get(key)
+            if gone is not None and gone[0] == partition and gone[1] >= offset:
+                return 0  # the live stream deleted it after this older record
         if frame is None:
+            if self.loading:
+                self.tombstones[key] = (partition, offset)
             return 0
         self.entries[key] = Entry(partition, offset, frame)
         self.bytes += _cost(key, frame)

@@ -157,7 +157,7 @@ class Connections:
             admitted.claims, topics=self.hub.topics, verifier=self.verifier,
             max_subscriptions=s.max_subscriptions, control_rate=s.control_rate,
             max_errors=s.max_client_errors, error_window=s.client_error_window, now=loop.time(),
-            max_channel_bytes=s.max_channel_bytes,
+            max_channel_bytes=s.max_channel_bytes, state_topics=frozenset(s.state_topics),
         )  # fmt: skip
         # What the client's own requests log (subscribe, unsubscribe) is at
         # DEBUG: a burst of CONTROL_LOG_BURST, then CONTROL_LOG_PER_S a second.

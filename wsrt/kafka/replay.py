@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -45,12 +46,14 @@ from wsrt import protocol
 from wsrt.aio import Backoff
 from wsrt.config import Settings
 from wsrt.hub import Gate
-from wsrt.kafka.history import History
+from wsrt.kafka.history import CHUNK_RECORDS, History
 from wsrt.kafka.options import UNAVAILABLE
+from wsrt.kafka.snapshot import Snapshots
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
 from wsrt.outlet import Outlet
-from wsrt.protocol import Channel, Since, SinceTime, Start
+from wsrt.protocol import Channel, Since, SinceTime, Snapshot, Start
+from wsrt.replay import Plan
 from wsrt.wire import Skipped, envelope
 
 
@@ -78,6 +81,9 @@ class ReplayJob:
     messages: int = 0
     #: Holds one of the ``WS_REPLAY_CONCURRENCY`` slots now.
     slot: bool = False
+    #: A snapshot's frames still to write, then its ``snapshot_end`` (``None``: no snapshot).
+    snapshot: deque[bytes] | None = None
+    snapshot_end: bytes = b""
 
 
 class Replayer:
@@ -104,6 +110,8 @@ class Replayer:
         self._placed = asyncio.Event()
         #: Jobs whose subscribe came before that: their gates hold every partition.
         self._unplaced: set[ReplayJob] = set()
+        #: The state topics' loader and snapshots (set by the app when there are any).
+        self.snapshots: Snapshots | None = None
 
     @property
     def placed(self) -> bool:
@@ -130,6 +138,8 @@ class Replayer:
             job.gate.hold(job.live_then)
         self._unplaced.clear()
         self._placed.set()
+        if self.snapshots is not None:
+            self.snapshots.start_loading()  # up to exactly where the live stream starts
 
     def live_unplaced(self) -> None:
         """Shared mode: the group revoked partitions; where the live stream stands is
@@ -225,29 +235,72 @@ class Replayer:
         """Plan and reply (the first time), then read; ``True`` when it stopped for a
         paused transport and must go on once the client takes data."""
         if not job.replied:
-            planned = await self.history.plan(
-                consumer, job.channel, job.start, job.request_id, job.live_then
-            )
-            job.pending = dict(planned.starts)
-            if not planned.complete:
-                self.stats.replays_incomplete += 1
-                self._incomplete.warning(
-                    "replay_incomplete", "requested history is not all in Kafka any more "
-                    "(retention) or over WS_REPLAY_MAX_MESSAGES; starting at the earliest kept",
-                    subject=job.subject, channel=job.channel.name, start=_describe(job.start),
-                    positions=_positions(planned.starts),
-                )  # fmt: skip
-            job.replied = True
-            reply = protocol.subscribed_reply(
-                job.channel.name, job.request_id, planned.starts, planned.complete
-            )
-            if not job.reply(reply):
+            start = job.start
+            planned = None
+            if not isinstance(start, Snapshot) or start.after is not None:
+                since = start.after if isinstance(start, Snapshot) else start
+                assert since is not None
+                planned = await self.history.plan(
+                    consumer, job.channel, since, job.request_id, job.live_then
+                )
+            if isinstance(start, Snapshot) and (planned is None or not planned.complete):
+                planned = await self._take_snapshot(job)  # state instead of missing history
+            assert planned is not None
+            if not self._reply(job, planned):
                 return False
-            self.log.debug(
-                "replay_started", "replay started", subject=job.subject, channel=job.channel.name,
-                positions=_positions(planned.starts), complete=planned.complete,
-            )  # fmt: skip
         return await self._read(consumer, job)
+
+    async def _take_snapshot(self, job: ReplayJob) -> Plan:
+        """The newest value per key now, and the live positions it stands at (one step)."""
+        assert self.snapshots is not None
+        topic = job.channel.topic
+        await self.snapshots.loaded(topic)
+        positions, frames, complete = self.snapshots.take(topic, job.live_then, job.gate.key)
+        job.snapshot = deque(frames)
+        job.snapshot_end = protocol.snapshot_end_reply(job.channel.name, len(frames), complete)
+        self.stats.snapshots[topic] += 1
+        self.stats.snapshot_keys[topic] += len(frames)
+        return Plan(positions, complete)
+
+    def _reply(self, job: ReplayJob, planned: Plan) -> bool:
+        job.pending = dict(planned.starts)
+        if not planned.complete and job.snapshot is None:
+            self.stats.replays_incomplete += 1
+            self._incomplete.warning(
+                "replay_incomplete", "requested history is not all in Kafka any more "
+                "(retention) or over WS_REPLAY_MAX_MESSAGES; starting at the earliest kept",
+                subject=job.subject, channel=job.channel.name, start=_describe(job.start),
+                positions=_positions(planned.starts),
+            )  # fmt: skip
+        job.replied = True
+        reply = protocol.subscribed_reply(
+            job.channel.name, job.request_id, planned.starts, planned.complete
+        )
+        if not job.reply(reply):
+            return False
+        self.log.debug(
+            "replay_started", "replay started", subject=job.subject, channel=job.channel.name,
+            positions=_positions(planned.starts), complete=planned.complete,
+            snapshot=None if job.snapshot is None else len(job.snapshot),
+        )  # fmt: skip
+        return True
+
+    async def _write_snapshot(self, job: ReplayJob) -> bool | None:
+        """The snapshot's frames, paced like history, then ``snapshot_end``: ``None`` when
+        written, ``True`` when the transport paused first, ``False`` when the client is gone."""
+        frames, outlet = job.snapshot, job.outlet
+        assert frames is not None
+        while frames:
+            if outlet.closed:
+                return False
+            if outlet.paused:
+                return True
+            chunk = [frames.popleft() for _ in range(min(CHUNK_RECORDS, len(frames)))]
+            if not outlet.deliver(b"".join(chunk), len(chunk)):
+                return False
+            await asyncio.sleep(0)  # let live publishes in
+        job.snapshot = None
+        return None if job.reply(job.snapshot_end) else False
 
     # -- reading -----------------------------------------------------------------
 
@@ -258,6 +311,10 @@ class Replayer:
         data (checked in the same step as the write), so it never waits in the
         outlet and never counts as live backlog.
         """
+        if job.snapshot is not None:
+            written = await self._write_snapshot(job)
+            if written is not None:
+                return written
         topic = job.channel.topic
         key = job.gate.key
         state = topic in self.settings.state_topics
@@ -328,4 +385,6 @@ def _describe(start: Start) -> str:
         return "since " + _positions(start.offsets)
     if isinstance(start, SinceTime):
         return f"since_time {start.ms}"
+    if isinstance(start, Snapshot):
+        return "snapshot" + (", " + _describe(start.after) if start.after else "")
     return f"rewind {start.count}"

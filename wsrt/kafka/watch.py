@@ -65,6 +65,8 @@ class SourceHealth:
         self._placement: tuple[Status, str] = (Status.STARTING, "starting up")
         self._unreachable: str | None = None
         self._problem = False
+        #: Something else holds readiness back once placed (loading state topics).
+        self._held: str | None = None
 
     def placed(self, status: Status, reason: str, *, problem: bool = False) -> None:
         """Where the assignment stands; ``problem``: a failure to report as a warning."""
@@ -84,6 +86,11 @@ class SourceHealth:
         self._unreachable = reason
         self._apply()
 
+    def hold(self, reason: str | None) -> None:
+        """Not ready for ``reason`` even once placed (``None``: no longer held)."""
+        self._held = reason
+        self._apply()
+
     def reachable(self) -> None:
         if self._unreachable is not None:
             self._unreachable = None
@@ -92,5 +99,7 @@ class SourceHealth:
     def _apply(self) -> None:
         if self._unreachable is not None:
             self.readiness.set(Status.DEGRADED, self._unreachable, problem=True)
+        elif self._held is not None and self._placement[0] is Status.OK:
+            self.readiness.set(Status.STARTING, self._held)
         else:
             self.readiness.set(*self._placement, problem=self._problem)

@@ -51,7 +51,7 @@
  * complete on resume, a subscription the server ended, an error no request
  * waited for.
  * @typedef {object} Notice
- * @property {"gap"|"conflated"|"incomplete"|"ended"|"error"} type
+ * @property {"gap"|"conflated"|"incomplete"|"ended"|"moved"|"error"} type
  * @property {string} [channel]
  * @property {string} text in plain words
  * @property {object} frame the server's frame as received
@@ -448,7 +448,14 @@ export class Client {
   _receive(frame) {
     switch (frame.type) {
       case "message":
+      case "delete": // a key removed on a state topic: in order with the messages
         return this._deliver(frame);
+      case "snapshot_end":
+        return undefined; // the snapshot's messages came before it, flagged `snapshot`
+      case "revoked":
+        return this._notice("moved", frame.channel, `${frame.channel}: partition ${frame.partition} is served by another replica from offset ${frame.next}`, frame);
+      case "assigned":
+        return this._notice("moved", frame.channel, `${frame.channel}: partition ${frame.partition} is served here from offset ${frame.from}`, frame);
       case "subscribed":
         return this._subscribed(frame);
       case "unsubscribed":
