@@ -412,6 +412,11 @@ class Settings:
     def bind_port(self) -> int:
         return self.bind_address[1]
 
+    def state_topics_or(self, default: tuple[str, ...], served: list[str]) -> str:
+        """``WS_STATE_TOPICS`` when set, else those of ``default`` that are ``served``."""
+        chosen = self.state_topics or tuple(t for t in default if t in served)
+        return ",".join(chosen)
+
     @property
     def group_id(self) -> str:
         """The consumer group this replica joins.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -121,6 +121,8 @@ class Stats:
     #: Snapshots of state topics given, and the keys they held, by topic.
     snapshots: Counter[str] = field(default_factory=Counter)
     snapshot_keys: Counter[str] = field(default_factory=Counter)
+    #: Seconds from a snapshot's subscribe to its snapshot_end, summed by topic.
+    snapshot_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     replays_running: int = 0
     replays_waiting: int = 0
     replays_completed: int = 0
@@ -178,6 +180,9 @@ class Collector:
              "Snapshots given (subscribe with snapshot), by topic.", lambda t: s.snapshots[t]),
             (CounterMetricFamily, "wsrt_snapshot_keys", "Keys sent in snapshots, by topic.",
              lambda t: s.snapshot_keys[t]),
+            (CounterMetricFamily, "wsrt_snapshot_seconds",
+             "Seconds from a snapshot's subscribe to its snapshot_end (divide by the count).",
+             lambda t: s.snapshot_seconds[t]),
         ]  # fmt: skip
         for kind, name, text, value in families:
             family = kind(name, text, labels=["topic"])

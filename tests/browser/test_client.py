@@ -8,6 +8,7 @@ compare those with the offsets the broker gave the producer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -386,3 +387,45 @@ async def test_server_positions_below_the_clients_win_and_subscribe_on_a_closed_
     await page.evaluate("t.clients.a.close()")
     late = await page.evaluate("(c) => t.subscribe('a', c + ':x')", topic)
     assert late["code"] == "closed" and late["typed"]
+
+
+async def test_client_state_is_the_kafka_state_after_a_forced_reconnect_mid_stream(
+    make_topics, servers, producer, watched: Watched
+) -> None:
+    """``client.state()``: snapshot, updates, deletes and a server restart while producing."""
+    (book,) = await make_topics("order_book", partitions=2)
+    env = {"WS_BIND_ADDRESS": f"127.0.0.1:{free_port()}", "WS_STATE_TOPICS": book}
+    truth: dict[str, int | None] = {}
+
+    async def write(start: int, count: int) -> None:
+        for n in range(start, start + count):
+            key = f"k{n % 12}"
+            value = None if n % 7 == 6 else b'{"n":%d}' % n  # every 7th record deletes its key
+            await producer.send_and_wait(book, value, key=key.encode())
+            truth[key] = None if value is None else n
+
+    await write(0, 60)  # before the server: loaded from history
+    server = servers([book], env)
+    page = watched.page
+    await harness(page, server.http)
+    await page.evaluate(
+        """async ([url, tok, channel]) => {
+             t.open('s', url, tok);
+             t.map = await t.clients.s.state(channel, () => {});
+           }""",
+        [server.url, token(), book],
+    )
+    writer = asyncio.create_task(write(60, 120))
+    server.stop()  # mid-stream: the client reconnects and resumes
+    server = servers([book], env)
+    await writer
+    expected = {k: n for k, n in truth.items() if n is not None}
+    await until(
+        page,
+        "(want) => JSON.stringify(Object.fromEntries([...t.map].map(([k, m]) => [k, m.data.n]).sort()))"
+        " === JSON.stringify(Object.fromEntries(Object.entries(want).sort()))",
+        expected,
+        timeout=60,
+    )
+    assert await page.evaluate("t.last('s').reconnects") >= 1
+    assert watched.problems(network_ok=True) == []

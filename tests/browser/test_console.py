@@ -130,7 +130,7 @@ async def test_console_is_off_by_default_and_strict_when_on(
     assert status == 401 and "Access-Control-Allow-Origin" not in headers  # same origin only
     narrow = token(channels=[other, f"{topic}:k1", "nothing-*"])
     status, _, body = get(channels, Authorization=f"Bearer {narrow}")
-    assert status == 200 and json.loads(body) == {"channels": [other, f"{topic}:k1"]}
+    assert status == 200 and json.loads(body) == {"channels": [other, f"{topic}:k1"], "state": []}
     status, headers, body = get(f"{on.http}/ws/check?token=nonsense")
     assert (status, body.strip()) == (401, "unauthorized: malformed")
     assert headers["Access-Control-Allow-Origin"] == "*"
@@ -177,3 +177,41 @@ async def test_wsrt_dev_prints_a_console_url_that_streams_with_no_other_step(
         shutil.copyfile(screenshot, target)
     dev.process.send_signal(signal.SIGINT)
     assert dev.process.wait(60) == 0
+
+
+async def test_console_keeps_a_state_table_per_state_topic(
+    make_topics, servers, producer, watched: Watched, tmp_path: Path
+) -> None:
+    (book,) = await make_topics("order_book", partitions=2)
+    for n, symbol in enumerate(["BTC-USD", "ETH-USD", "SOL-USD", "BTC-USD", "ADA-USD"]):
+        value = b'{"symbol": "%s", "bid": %d}' % (symbol.encode(), 100 + n)
+        await producer.send_and_wait(book, value, key=symbol.encode())
+    await producer.send_and_wait(book, None, key=b"ADA-USD")  # deleted
+    server = servers([book], {"WS_CONSOLE": "true", "WS_STATE_TOPICS": book})
+    page = watched.page
+    await page.goto(f"{server.http}/console#token={token()}&channels={book}")
+
+    async def state_rows() -> dict[str, str]:
+        found: dict[str, str] = await page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('#state-table tbody tr')]
+                 .map((r) => [r.dataset.key, r.cells[4].textContent]))"""
+        )
+        return found
+
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#state-table tbody tr').length === 3"
+    )
+    assert await state_rows() == {
+        "BTC-USD": '{"symbol":"BTC-USD","bid":103}', "ETH-USD": '{"symbol":"ETH-USD","bid":101}',
+        "SOL-USD": '{"symbol":"SOL-USD","bid":102}',
+    }  # fmt: skip
+    await producer.send_and_wait(book, b'{"symbol": "ETH-USD", "bid": 200}', key=b"ETH-USD")
+    await producer.send_and_wait(book, None, key=b"SOL-USD")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#state-table tbody tr').length === 2"
+        " && document.querySelector('#state-table tr[data-key=\"ETH-USD\"]').cells[4]"
+        ".textContent.includes('200')"
+    )
+    await page.screenshot(path=str(tmp_path / "console-state.png"), full_page=True)
+    shutil.copy(tmp_path / "console-state.png", "/tmp/console-state.png")
+    assert watched.problems() == []

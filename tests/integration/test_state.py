@@ -213,3 +213,101 @@ async def test_snapshot_refusals_and_an_evicting_store_is_incomplete(
         _, frames, end = await snapshot(ws, book)
     assert [f["key"] for f in frames] == ["k2", "k3", "k4"]
     assert end["keys"] == 3 and end["complete"] is False
+
+
+async def test_tail_snapshot_prints_every_keys_newest_value_then_live(
+    make_topics, servers, producer, tmp_path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.harness import SECRET
+
+    (book,) = await make_topics("order_book")
+    for n in range(12):
+        await producer.send_and_wait(book, b'{"n":%d}' % n, key=b"k%d" % (n % 4))
+    server = servers([book], {"WS_STATE_TOPICS": book})
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "wsrt", "tail", "-c", book, "--snapshot", "--url", server.url,
+         "--secret", SECRET, "--output", "json", "--count", "5", "--timeout", "60"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert tail.stderr is not None
+        while "snapshot of" not in (line := tail.stderr.readline()):
+            assert line, "tail ended before the snapshot"
+        assert f"snapshot of {book}: 4 keys" in line
+        live = (await producer.send_and_wait(book, b'{"n":12}', key=b"k0")).offset
+        out, err = tail.communicate(timeout=60)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+    assert tail.returncode == 0, err
+    got = [json.loads(line) for line in out.splitlines()]
+    assert [(m["key"], m["data"]["n"], m.get("snapshot")) for m in got] == [
+        ("k0", 8, True),
+        ("k1", 9, True),
+        ("k2", 10, True),
+        ("k3", 11, True),
+        ("k0", 12, None),
+    ]
+    assert got[-1]["offset"] == live
+
+
+COMPACT = {
+    "cleanup.policy": "compact", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.01",
+    "delete.retention.ms": "100", "min.compaction.lag.ms": "0",
+}  # fmt: skip
+
+
+async def test_a_compacted_topic_gives_the_same_state_as_its_whole_log(
+    broker, bootstrap, servers, producer
+) -> None:
+    """Compaction really runs (segments rolled, records removed), and the snapshot is the
+    state the uncompacted log had: the newest value of every key, deleted keys absent."""
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer
+
+    from tests.integration.test_replay import needs_apache
+    from wsrt.brokers import create_topics
+
+    needs_apache(broker, "log compaction")
+    book = f"compacted-{uuid.uuid4().hex[:8]}"
+    await create_topics(bootstrap, {book: 1}, COMPACT)
+    truth: dict[str, int | None] = {}
+    produced = 0
+    for n in range(300):
+        key = f"k{n % 15}"
+        value = None if n % 11 == 10 else b'{"n":%d}' % n
+        await producer.send_and_wait(book, value, key=key.encode())
+        truth[key], produced = (None if value is None else n), produced + 1
+
+    async def kept() -> int:
+        consumer = AIOKafkaConsumer(
+            book,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            batches = await consumer.getmany(timeout_ms=2000, max_records=10_000)
+            return sum(len(messages) for messages in batches.values())
+        finally:
+            await consumer.stop()
+
+    for _ in range(120):  # until the log cleaner has run (each record after segment.ms rolls)
+        await producer.send_and_wait(book, b'{"roll":1}', key=b"roll")
+        truth["roll"], produced = -1, produced + 1
+        if await kept() < produced // 2:
+            break
+        await asyncio.sleep(0.5)  # the cleaner's pace, polled; bounded by the loop
+    else:
+        raise AssertionError("the log was never compacted")
+    server = servers([book], {"WS_STATE_TOPICS": book})
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        _, frames, end = await snapshot(ws, book)
+    got = {f["key"]: f["data"].get("n", -1) for f in frames}
+    assert got == {k: n for k, n in truth.items() if n is not None}
+    assert end["complete"] is True

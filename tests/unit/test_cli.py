@@ -307,3 +307,43 @@ def test_dev_leaves_an_env_file_only_where_none_of_the_users_is(tmp_path) -> Non
     path.write_text(path.read_text() + "WS_LOG_LEVEL=DEBUG\n")
     edited.remove()
     assert path.exists()
+
+
+def test_tail_snapshot_resumes_with_since_and_keeps_one_row_per_key() -> None:
+    from rich.console import Console
+
+    from wsrt.cli.tail import LiveView, Resume
+
+    resume = Resume({"snapshot": True})
+    assert '"snapshot":true' in resume.subscribe("book", 1) and "since" not in resume.subscribe(
+        "book", 1
+    )
+    resume.positioned("book", {"0": 10})
+    resume.received(
+        {"channel": "book", "key": "BTC", "partition": 0, "offset": 3, "snapshot": True}
+    )
+    resume.received(
+        {"type": "delete", "channel": "book", "key": "ETH", "partition": 0, "offset": 11}
+    )
+    frame = resume.subscribe("book", 2)  # a snapshot value does not move where it resumes
+    assert '"since":{"0":12}' in frame and '"snapshot":true' in frame
+
+    console = Console(record=True, width=120, file=open("/dev/null", "w"))  # noqa: SIM115
+    view = LiveView("ws://x/ws", ["book"], console, state=True)
+    view.status("subscribed book from 0=10")
+    for key, n in (("BTC", 1), ("ETH", 2)):
+        view.message({"channel": "book", "key": key, "partition": 0, "offset": n,
+                      "snapshot": True, "data": {"n": n}}, b"")  # fmt: skip
+    view.message({"type": "delete", "channel": "book", "key": "ETH", "partition": 0,
+                  "offset": 12}, b"")  # fmt: skip
+    view.message({"channel": "book", "key": "BTC", "partition": 0, "offset": 13,
+                  "data": {"n": 13}}, b"")  # fmt: skip
+    console.print(view)
+    shown = console.export_text()
+    assert "state (one row per key)" in shown and "0:13" in shown and '{"n":13}' in shown
+    assert "ETH" not in shown.split("state (one row per key)")[1]
+    # A new snapshot after a resubscribe replaces the rows.
+    view.status("subscribed book from 0=20")
+    view.message({"channel": "book", "key": "SOL", "partition": 0, "offset": 5,
+                  "snapshot": True, "data": {"n": 5}}, b"")  # fmt: skip
+    assert [k for _, k in view.rows or {}] == ["SOL"]

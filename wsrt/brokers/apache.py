@@ -146,6 +146,8 @@ class ApacheKafka(Broker):
                     "share.coordinator.state.topic.replication.factor=1",
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
+                    # Compacted topics in the tests are cleaned within a second, not 15.
+                    "log.cleaner.backoff.ms=500",
                     "auto.create.topics.enable=false",
                     "",
                 ]

@@ -96,6 +96,9 @@ def dev(
         WS_BIND_ADDRESS=f"127.0.0.1:{port}",
         WS_KAFKA_BROKERS=kafka.bootstrap,
         WS_KAFKA_TOPICS=",".join(topics),
+        # The demo's order books and betting lines are state: a subscribe with
+        # snapshot: true gets every symbol's book and every event's line at once.
+        WS_STATE_TOPICS=settings.state_topics_or(DEMO_STATE_TOPICS, topics),
         WS_REPLICA_ID="dev",
         WS_CONSOLE="true",
         # The embedded broker answers a fetch only when its wait expires.
@@ -167,6 +170,10 @@ class DevEnv:
         with contextlib.suppress(OSError):
             if self._text is not None and self.path.read_text() == self._text:
                 self.path.unlink()
+
+
+#: The demo feed's topics that are state (newest value per key) unless WS_STATE_TOPICS says.
+DEMO_STATE_TOPICS = ("order_book", "lines")
 
 
 def _start_broker(kind: str, port: int, topics: dict[str, int]) -> Broker:

@@ -73,6 +73,8 @@ class Resume:
         start: dict[str, Any] = (
             {"since": {str(p): o for p, o in sorted(known.items())}} if known else self.start
         ) or {"since": {}}
+        if self.start.get("snapshot"):  # history from there when it is all in Kafka, else state
+            start = {**start, "snapshot": True}
         frame = {"type": "subscribe", "channel": channel, "id": request_id, **start}
         return orjson.dumps(frame).decode()
 
@@ -92,6 +94,8 @@ class Resume:
         Nothing is filtered here: tail prints what the server sends, so a
         duplicate would show (and fail the resume test) instead of being hidden.
         """
+        if message.get("snapshot"):
+            return  # a key's newest value: its offset says nothing of where the stream resumes
         topic, key = message["channel"], message.get("key")
         partition, after = message["partition"], message["offset"] + 1
         for channel in (topic, None if key is None else f"{topic}:{key}"):
@@ -157,6 +161,9 @@ class Plain:
     def status(self, text: str) -> None:
         print(f"wsrt tail: {text}", file=sys.stderr, flush=True)
 
+    def snapshot_end(self, obj: dict[str, Any]) -> None:
+        self.status(_snapshot_said(obj))
+
     def __enter__(self) -> Plain:
         return self
 
@@ -167,8 +174,21 @@ class Plain:
 class LiveView:
     """A rich live view for a terminal."""
 
-    def __init__(self, url: str, channels: list[str], console: Console | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        channels: list[str],
+        console: Console | None = None,
+        *,
+        state: bool = False,
+    ) -> None:
         self.url = url
+        #: ``--snapshot``: one row per key (the newest value), not the last messages.
+        self.rows: dict[tuple[str, str], tuple[dict[str, Any], float]] | None = (
+            {} if state else None
+        )
+        #: Channels whose next snapshot replaces their rows (after each subscribe).
+        self.fresh: set[str] = set()
         self.channels = channels
         self.state = "connecting"
         self.started = time.monotonic()
@@ -180,11 +200,34 @@ class LiveView:
 
     def message(self, obj: dict[str, Any], raw: bytes) -> None:
         channel = obj.get("channel", "?")
+        if self.rows is not None:
+            self._keep(channel, obj)
         self.counts[channel] = self.counts.get(channel, 0) + 1
         self.recent.setdefault(channel, deque(maxlen=10_000)).append(time.monotonic())
         self.last.append(obj)
 
+    def _keep(self, channel: str, obj: dict[str, Any]) -> None:
+        assert self.rows is not None
+        if channel in self.fresh:
+            self.fresh.discard(channel)
+            if obj.get("snapshot"):  # a new snapshot replaces the rows; history continues them
+                self.rows = {k: v for k, v in self.rows.items() if k[0] != channel}
+        where = (channel, str(obj.get("key")))
+        if obj.get("type") == "delete":
+            self.rows.pop(where, None)
+        else:
+            self.rows[where] = (obj, time.monotonic())
+
+    def snapshot_end(self, obj: dict[str, Any]) -> None:
+        channel = str(obj.get("channel"))
+        if self.rows is not None and channel in self.fresh:  # an empty snapshot
+            self.fresh.discard(channel)
+            self.rows = {k: v for k, v in self.rows.items() if k[0] != channel}
+        self.status(_snapshot_said(obj))
+
     def status(self, text: str) -> None:
+        if self.rows is not None and text.startswith("subscribed "):
+            self.fresh.add(text.split()[1])
         self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
         if text.startswith(("connected", "subscribed")):
             self.state = "[green]connected[/]"
@@ -202,23 +245,36 @@ class LiveView:
             while recent and recent[0] < now - 5:
                 recent.popleft()
             channels.add_row(channel, str(count), f"{len(recent) / 5:.1f}")
-        # The data takes what the terminal has left, on one line each.
-        last = Table(box=None, expand=True)
+        title = "state (one row per key)" if self.rows is not None else "last messages"
+        return Group(
+            header, channels, Text(title, style="bold"), self._table(now), *map(Text, self.events)
+        )
+
+    def _table(self, now: float) -> Table:
+        """The last messages, or with ``--snapshot`` the newest value of each key and its age.
+
+        The data takes what the terminal has left, on one line each.
+        """
+        table = Table(box=None, expand=True)
         for name in ("channel", "key", "partition:offset"):
-            last.add_column(name, no_wrap=True)
-        last.add_column("data", no_wrap=True, overflow="ellipsis", ratio=1)
+            table.add_column(name, no_wrap=True)
+        table.add_column("data", no_wrap=True, overflow="ellipsis", ratio=1)
+        shown: list[tuple[dict[str, Any], str | None]]
+        if self.rows is not None:
+            table.add_column("age", no_wrap=True, justify="right")
+            shown = [(m, f"{now - at:.0f}s") for _, (m, at) in sorted(self.rows.items())]
+        else:
+            shown = [(m, None) for m in self.last]
         width = self.live.console.width
-        for m in self.last:
+        for m, age in shown:
             data = orjson.dumps(m.get("data")).decode()
-            last.add_row(
-                str(m.get("channel")),
-                str(m.get("key")),
+            cells = [
+                str(m.get("channel")), str(m.get("key")),
                 f"{m.get('partition')}:{m.get('offset')}",
                 data[:width] + ("…" if len(data) > width else ""),
-            )
-        return Group(
-            header, channels, Text("last messages", style="bold"), last, *map(Text, self.events)
-        )
+            ]  # fmt: skip
+            table.add_row(*cells, *([age] if age is not None else []))
+        return table
 
     def __enter__(self) -> LiveView:
         self.live.__enter__()
@@ -248,7 +304,7 @@ async def _receive(
         raw = frame.encode() if isinstance(frame, str) else frame
         obj = orjson.loads(raw)
         kind = obj.get("type")
-        if kind == "message":
+        if kind in ("message", "delete"):
             resume.received(obj)
             view.message(obj, raw)
             progress.received += 1
@@ -265,6 +321,8 @@ async def _receive(
                     f"warning: {channel}: some of the history asked for is no longer in Kafka "
                     f"(retention) or over the server's WS_REPLAY_MAX_MESSAGES; starting at {where}"
                 )
+        elif kind == "snapshot_end":
+            view.snapshot_end(obj)
         elif kind in ("gap", "conflated"):
             view.status(describe_notice(obj) or "")
         elif kind == "error":
@@ -386,6 +444,12 @@ def tail(
     rewind: int = typer.Option(
         None, "--rewind", metavar="N", help="Start with the last N messages of each partition."
     ),
+    snapshot: bool = typer.Option(
+        False,
+        "--snapshot",
+        help="Start with the newest value of every key (a state topic); on a terminal, "
+        "a table with one row per key, updated in place.",
+    ),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Connect as a client and show the messages of the given channels, live or from history.
@@ -397,7 +461,7 @@ def tail(
     """
     if count < 0 or timeout < 0 or output not in ("auto", "live", "json"):
         fail("--count and --timeout must be 0 or more; --output is auto, live or json", EXIT_USAGE)
-    start = _start_field(since, from_offsets, rewind)
+    start = _start_field(since, from_offsets, rewind, snapshot)
     settings = settings_or_exit(
         {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": read_secret(secret, secret_file)},
         env_file,
@@ -411,7 +475,7 @@ def tail(
         return client_token(settings, subject)
 
     live = output == "live" or (output == "auto" and sys.stdout.isatty())
-    view: Plain | LiveView = LiveView(settings.url, channels) if live else Plain()
+    view: Plain | LiveView = LiveView(settings.url, channels, state=snapshot) if live else Plain()
 
     async def run() -> int:
         work = follow(
@@ -430,6 +494,13 @@ def tail(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             code = 0
     raise typer.Exit(code)
+
+
+def _snapshot_said(obj: dict[str, Any]) -> str:
+    said = f"snapshot of {obj.get('channel')}: {obj.get('keys')} keys"
+    if obj.get("complete") is False:
+        said += " (warning: incomplete: the server's state store is bounded or not loaded)"
+    return said
 
 
 async def _within(work: Any, seconds: float, count: int, view: Plain | LiveView) -> int:
@@ -470,8 +541,14 @@ async def until_stopped(work: Any) -> int:
     return 0
 
 
-def _start_field(since: str | None, offsets: str | None, rewind: int | None) -> dict[str, Any]:
+def _start_field(
+    since: str | None, offsets: str | None, rewind: int | None, snapshot: bool = False
+) -> dict[str, Any]:
     """The start field of the command line's one start option (``{}``: live)."""
+    if snapshot:
+        if since is not None or rewind is not None:
+            fail("--snapshot combines only with --from-offsets", EXIT_USAGE)
+        return {"snapshot": True, **_start_field(None, offsets, None)}
     options = {"--since": since, "--from-offsets": offsets, "--rewind": rewind}
     given = [name for name, value in options.items() if value is not None]
     if len(given) > 1:

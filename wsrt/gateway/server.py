@@ -174,7 +174,11 @@ class Gateway:
         channels = sorted(t for t in self.hub.topics if claims.allows(t))
         exact = (p for p in claims.channels or () if ":" in p and not any(c in p for c in "*?["))
         channels += sorted(c for c in exact if c.partition(":")[0] in self.hub.topics)
-        return ws_adapter.json_response(200, {"channels": channels})
+        state = sorted(
+            t for t in self.settings.state_topics
+            if any(c == t or c.startswith(f"{t}:") for c in channels)
+        )  # fmt: skip
+        return ws_adapter.json_response(200, {"channels": channels, "state": state})
 
     def publish(self, records: Sequence[Record]) -> None:
         """Hand a batch to the hub; the outlets it finished are closed."""

@@ -84,6 +84,8 @@ class ReplayJob:
     #: A snapshot's frames still to write, then its ``snapshot_end`` (``None``: no snapshot).
     snapshot: deque[bytes] | None = None
     snapshot_end: bytes = b""
+    #: When the job was made (monotonic seconds): snapshots are timed from it.
+    created: float = field(default_factory=time.monotonic)
 
 
 class Replayer:
@@ -300,6 +302,7 @@ class Replayer:
                 return False
             await asyncio.sleep(0)  # let live publishes in
         job.snapshot = None
+        self.stats.snapshot_seconds[job.channel.topic] += time.monotonic() - job.created
         return None if job.reply(job.snapshot_end) else False
 
     # -- reading -----------------------------------------------------------------

@@ -181,7 +181,10 @@ export class Subscription {
     const known = Object.keys(this.next).length > 0;
     // An empty `since` starts live and makes the server say where (`positions`),
     // so a partition with no message yet resumes from there after a reconnect.
-    const start = known ? { since: { ...this.next } } : Object.keys(this.start).length ? this.start : { since: {} };
+    let start = known ? { since: { ...this.next } } : Object.keys(this.start).length ? this.start : { since: {} };
+    // A state subscription asks for a snapshot each time: the server replays
+    // the history from `since` when all of it is there, else sends the state.
+    if (this.start.snapshot) start = known ? { since: { ...this.next }, snapshot: true } : { snapshot: true };
     return { type: "subscribe", channel: this.channel, id, ...start };
   }
 
@@ -200,7 +203,7 @@ export class Client {
     this.token = options.token;
     this.options = { minDelay: 500, maxDelay: 15000, controlRate: 16, ...options };
     /** @type {State} */
-    this.state = "connecting";
+    this.status = "connecting";
     /** How many times the connection was opened again after it had been open. */
     this.reconnects = 0;
     /** @type {Map<string, Subscription>} */
@@ -221,7 +224,7 @@ export class Client {
     this._holdUntil = 0;
     this._pumpTimer = null;
     // Reported once the caller holds the client (its onState may use it).
-    queueMicrotask(() => this.state === "connecting" && this._setState("connecting", { text: `connecting to ${url}` }));
+    queueMicrotask(() => this.status === "connecting" && this._setState("connecting", { text: `connecting to ${url}` }));
     this._open();
   }
 
@@ -233,7 +236,7 @@ export class Client {
    * @returns {Promise<Subscription>}
    */
   subscribe(channel, onMessage, start) {
-    if (this.state === "closed") {
+    if (this.status === "closed") {
       return Promise.reject(new WsrtError("closed", "the client is closed; connect again", channel));
     }
     if (this.subscriptions.has(channel)) {
@@ -243,8 +246,30 @@ export class Client {
     this.subscriptions.set(channel, sub);
     return new Promise((resolve, reject) => {
       sub.pending = { resolve, reject };
-      if (this.state === "open") this._queueSubscribe(sub);
+      if (this.status === "open") this._queueSubscribe(sub);
     });
+  }
+
+  /**
+   * The state of a state topic (the server's `WS_STATE_TOPICS`) as a live
+   * `Map` of key → newest envelope: filled by a snapshot, kept by the
+   * messages and `delete` events that follow, and through reconnects (the
+   * history since the last offset, or a new snapshot when that is gone).
+   * `onChange(map, frame)` is called after each change. Resolves with the
+   * map once the server answered the subscribe.
+   * @param {string} channel @param {(map: Map<string, Message>, frame: object) => void} [onChange]
+   * @returns {Promise<Map<string, Message>>}
+   */
+  async state(channel, onChange) {
+    const map = new Map();
+    const apply = (frame) => {
+      if (frame.type === "delete") map.delete(frame.key);
+      else map.set(frame.key, frame);
+      if (onChange) onChange(map, frame);
+    };
+    const sub = await this.subscribe(channel, apply, { snapshot: true });
+    sub.state = map;
+    return map;
   }
 
   /**
@@ -256,13 +281,13 @@ export class Client {
    */
   refresh(token) {
     this.token = token;
-    if (this.state === "closed" && !this._closing) {
+    if (this.status === "closed" && !this._closing) {
       this._attempt = 0;
       this._setState(this._openedOnce ? "reconnecting" : "connecting", { text: "connecting with the new token", delay: 0 });
       this._open();
       return Promise.resolve(null);
     }
-    if (this.state !== "open") return Promise.resolve(null);
+    if (this.status !== "open") return Promise.resolve(null);
     return new Promise((resolve, reject) => {
       this._queue((id) => ({ type: "refresh", token, id }), { resolve, reject });
     });
@@ -339,7 +364,7 @@ export class Client {
   }
 
   _setState(state, detail) {
-    this.state = state;
+    this.status = state;
     if (this.options.onState) this.options.onState(state, { ...detail, reconnects: this.reconnects });
   }
 
@@ -450,8 +475,16 @@ export class Client {
       case "message":
       case "delete": // a key removed on a state topic: in order with the messages
         return this._deliver(frame);
-      case "snapshot_end":
-        return undefined; // the snapshot's messages came before it, flagged `snapshot`
+      case "snapshot_end": {
+        // An empty snapshot still replaces what the map held before it.
+        const sub = this.subscriptions.get(frame.channel);
+        if (sub && sub.state && sub.fresh) sub.state.clear();
+        if (sub) sub.fresh = false;
+        if (sub && sub.state && frame.complete === false) {
+          this._notice("incomplete", frame.channel, `${frame.channel}: the server's state store is incomplete (bounded or not loaded)`, frame);
+        }
+        return undefined;
+      }
       case "revoked":
         return this._notice("moved", frame.channel, `${frame.channel}: partition ${frame.partition} is served by another replica from offset ${frame.next}`, frame);
       case "assigned":
@@ -478,6 +511,21 @@ export class Client {
     const partition = String(message.partition);
     for (const sub of this.subscriptions.values()) {
       if (sub.topic !== message.channel || (sub.key !== null && sub.key !== message.key)) continue;
+      if (sub.state && sub.fresh) {
+        // The first frame after a resubscribe: a snapshot replaces the whole map,
+        // history continues it.
+        if (message.snapshot) sub.state.clear();
+        sub.fresh = false;
+      }
+      if (message.snapshot) {
+        sub.received += 1;
+        try {
+          sub.onMessage(message);
+        } catch (error) {
+          console.error(`wsrt: the handler of ${sub.channel} threw`, error);
+        }
+        continue; // a snapshot value's offset says nothing of where the stream resumes
+      }
       // Resume asks from `next`, so nothing below it is expected; a re-delivery
       // (the shared fan-out mode after a rebalance) is not passed on twice.
       if (message.offset < (sub.next[partition] ?? 0)) continue;
@@ -496,6 +544,7 @@ export class Client {
     this._waiting.delete(frame.id);
     const sub = waiter && waiter.sub;
     if (!sub || this.subscriptions.get(sub.channel) !== sub) return;
+    sub.fresh = true;
     // The server's positions are where delivery starts, per partition: what it
     // asked for, later where history is gone, earlier where the topic was
     // recreated or its log truncated (its offsets start again below ours).
@@ -554,7 +603,7 @@ export class Client {
       sub.pending.reject(new WsrtError("unsubscribed", "unsubscribed before the server answered", sub.channel));
       sub.pending = null;
     }
-    if (this.state !== "open") return Promise.resolve();
+    if (this.status !== "open") return Promise.resolve();
     return new Promise((resolve) => {
       this._queue((id) => ({ type: "unsubscribe", channel: sub.channel, id }), { unsubscribed: resolve });
     });

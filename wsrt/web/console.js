@@ -21,6 +21,9 @@ const ui = {
   channel: $("channel"),
   channels: $("channels"),
   rewind: $("rewind"),
+  snapshot: $("snapshot"),
+  stateSection: $("state-section"),
+  state_: $("state-table").tBodies[0],
   subscribeButton: $("subscribe-button"),
   subscriptions: $("subscriptions").tBodies[0],
   messages: $("messages").tBodies[0],
@@ -31,6 +34,11 @@ const ui = {
 let client = null;
 /** channel → { row, cells, times: number[] } */
 const channels = new Map();
+/** State topics this token may subscribe to (from /console/channels). */
+let stateTopics = new Set();
+/** channel → the live Map of a state subscription (client.state). */
+const states = new Map();
+const MAX_STATE_ROWS = 500;
 /** Messages received since the last frame was drawn. */
 let incoming = [];
 
@@ -71,7 +79,8 @@ async function loadChannels(token) {
   try {
     const answer = await fetch("/console/channels", { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
     if (!answer.ok) return;
-    const { channels: names } = await answer.json();
+    const { channels: names, state = [] } = await answer.json();
+    stateTopics = new Set(state);
     ui.channels.replaceChildren(...names.map((name) => Object.assign(element("option"), { value: name })));
     if (!ui.channel.value && names.length) ui.channel.value = names[0];
   } catch {
@@ -86,7 +95,7 @@ function start(token) {
     onState: setState,
     onNotice: (notice) => event(notice.text, notice.type === "error" || notice.type === "ended" ? "error" : "warn"),
   });
-  loadChannels(token);
+  return loadChannels(token); // which topics are state topics: known before the first subscribe
 }
 
 function stop() {
@@ -94,6 +103,8 @@ function stop() {
   client = null;
   for (const { row } of channels.values()) row.remove();
   channels.clear();
+  states.clear();
+  drawState();
 }
 
 function addChannelRow(sub, times) {
@@ -109,6 +120,7 @@ function addChannelRow(sub, times) {
     await sub.unsubscribe();
     row.remove();
     channels.delete(sub.channel);
+    states.delete(sub.channel);
     event(`unsubscribed ${sub.channel}`);
   });
   const action = element("td");
@@ -123,15 +135,18 @@ function addChannelRow(sub, times) {
 async function subscribe(channel, rewind) {
   if (!client) return;
   const times = []; // arrival of each message in the rate window
+  const received = (message) => {
+    times.push(performance.now());
+    if (message.type === "message") incoming.push(message);
+  };
   try {
-    const sub = await client.subscribe(
-      channel,
-      (message) => {
-        times.push(performance.now());
-        incoming.push(message);
-      },
-      rewind > 0 ? { rewind } : undefined,
-    );
+    let sub;
+    if (stateTopics.has(channel.split(":")[0]) && ui.snapshot.checked && !(rewind > 0)) {
+      states.set(channel, await client.state(channel, (map, frame) => received(frame)));
+      sub = client.subscriptions.get(channel);
+    } else {
+      sub = await client.subscribe(channel, received, rewind > 0 ? { rewind } : undefined);
+    }
     addChannelRow(sub, times);
     event(`subscribed ${channel}${rewind > 0 ? ` with the last ${rewind} messages per partition` : ""}`);
   } catch (error) {
@@ -169,8 +184,34 @@ function draw() {
   requestAnimationFrame(draw);
 }
 
-/** Once a second: rates over the last five seconds, resume positions, ages. */
+/** The state tables: one row per key of each state subscription, by channel then key. */
+function drawState() {
+  ui.stateSection.hidden = states.size === 0;
+  const rows = [];
+  for (const [channel, map] of states) {
+    for (const key of [...map.keys()].sort()) {
+      if (rows.length >= MAX_STATE_ROWS) break;
+      const m = map.get(key);
+      const row = element("tr");
+      row.dataset.channel = channel;
+      row.dataset.key = key;
+      const json = JSON.stringify(m.data);
+      row.append(
+        element("td", channel),
+        element("td", key, "mono"),
+        element("td", `${m.partition}:${m.offset}`, "number"),
+        element("td", age(Date.now() - m.timestamp), "number age"),
+        element("td", json, "data mono"),
+      );
+      rows.push(row);
+    }
+  }
+  ui.state_.replaceChildren(...rows);
+}
+
+/** Once a second: rates over the last five seconds, resume positions, ages, the state tables. */
 function tick() {
+  drawState();
   const now = performance.now();
   for (const { sub, cells, times } of channels.values()) {
     while (times.length && times[0] < now - RATE_WINDOW_MS) times.shift();
@@ -200,8 +241,10 @@ const fragment = new URLSearchParams(location.hash.slice(1));
 if (fragment.get("token")) {
   ui.token.value = fragment.get("token");
   history.replaceState(null, "", location.pathname + location.search); // out of the address bar and history
-  start(ui.token.value);
-  for (const channel of (fragment.get("channels") || "").split(",").filter(Boolean)) subscribe(channel, 0);
+  const ready = start(ui.token.value);
+  for (const channel of (fragment.get("channels") || "").split(",").filter(Boolean)) {
+    ready.then(() => subscribe(channel, 0));
+  }
 }
 setInterval(tick, 1000);
 requestAnimationFrame(draw);
