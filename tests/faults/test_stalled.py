@@ -111,8 +111,9 @@ async def test_keepalive_goes_on_past_a_stalled_socket_and_healthy_clients_get_e
             server.wait_for, "connection_closed", lambda e: e.get("subject") == "silent"
         )
         assert (closed["code"], closed["reason"]) == (1011, "keepalive ping timeout")
-        # Within two ping intervals of its start (a third for the scheduling of a busy loop).
-        assert closed["duration_ms"] <= 3 * PING_S * 1000, closed
+        # Within two ping intervals of its start by design; the bound here leaves three more
+        # for a loop busy with 1,000 clients on a shared machine (before the fix: never).
+        assert closed["duration_ms"] <= 5 * PING_S * 1000, closed
         silent.close()
         # The stalled one answers no ping either: closed 1011, and as it takes
         # no close frame, aborted after the close timeout.

@@ -34,18 +34,18 @@ def _consumer_raises() -> None:
     from wsrt import wire
     from wsrt.kafka import deliver
 
-    real = wire.record_frame
+    real = wire.envelope
     fired = False
 
-    def record_frame(*args: Any) -> bytes:
+    def envelope(*args: Any) -> tuple[bytes, bool]:
         nonlocal fired
-        if args[-1] == TRIGGER_RAISE and not fired:
+        if args[5] == TRIGGER_RAISE and not fired:  # the value
             fired = True
             raise RuntimeError("injected: the consumer loop meets an unexpected error")
         return real(*args)
 
-    # The encoder calls record_frame through the module it imported it into.
-    setattr(deliver, "record_frame", record_frame)  # noqa: B010
+    # The encoder calls envelope through the module it imported it into.
+    setattr(deliver, "envelope", envelope)  # noqa: B010
 
 
 def _client_write_raises() -> None:
