@@ -38,6 +38,7 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "hostile: connections at every limit",
         "workers: 1 at saturation",
         "workers: 2 at saturation",
+        "state on subscribe",
     ]
     for result in results:
         assert result.checks, result.scenario

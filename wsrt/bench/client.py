@@ -559,6 +559,67 @@ def _slow_summary(
     }
 
 
+class Snapshotter(Counter):
+    """Once told (:meth:`go`), subscribes with ``snapshot: true``; counts the snapshot's
+    message frames and notes when its ``snapshot_end`` arrived."""
+
+    END = b'"type":"snapshot_end"'
+
+    def __init__(
+        self, request: bytes, frame: bytes, totals: Totals, upgraded: asyncio.Event
+    ) -> None:
+        super().__init__(request, totals, upgraded, stall=False)
+        self.frame = frame
+        self.sent = 0.0
+        self.ended = asyncio.get_running_loop().create_future()
+        self.tail = b""
+
+    def go(self) -> None:
+        assert self.transport is not None
+        self.sent = time.perf_counter()
+        self.transport.write(self.frame)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.ended.done() and self.END in self.tail + data:
+            self.ended.set_result(time.perf_counter() - self.sent)
+        self.tail = data[-len(self.END) :]
+
+
+async def snapshots(p: dict[str, Any]) -> dict[str, Any]:
+    """``clients`` connections subscribe with ``snapshot: true`` at once; how long each took."""
+    totals = Totals()
+    frame = masked_text_frame(
+        json.dumps({"type": "subscribe", "channel": p["channel"], "snapshot": True}).encode()
+    )
+    takers = [
+        cast(
+            Snapshotter,
+            await open_counter(
+                p["url"], p["token"], totals,
+                make=lambda request, up: Snapshotter(request, frame, totals, up),
+            ),
+        )
+        for _ in range(p["clients"])
+    ]  # fmt: skip
+    emit({"event": "ready", "upgraded": totals.upgraded, "failed": len(totals.failed)})
+    started = time.perf_counter()
+    for taker in takers:
+        taker.go()
+    done, _ = await asyncio.wait([t.ended for t in takers], timeout=p["timeout"])
+    everyone = time.perf_counter() - started
+    seconds = sorted(t.ended.result() for t in takers if t.ended.done())
+    keys = [t.frames for t in takers]
+    for t in takers:
+        if t.transport is not None:
+            t.transport.abort()
+    return {
+        "event": "result", "finished": len(done), "all_s": everyone,
+        "ms": percentiles([s * 1000 for s in seconds]), "keys_min": min(keys, default=0),
+        "keys_max": max(keys, default=0),
+    }  # fmt: skip
+
+
 class Hoarder(Counter):
     """Once upgraded, sends its control frames (subscribes) and stops reading for good."""
 
@@ -654,9 +715,11 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()
     with runner:
-        scenario = {"stream": stream, "idle": idle, "replay": replay, "hoard": hoard}[
-            params["mode"]
-        ]
+        scenarios = {
+            "stream": stream, "idle": idle, "replay": replay, "hoard": hoard,
+            "snapshot": snapshots,
+        }  # fmt: skip
+        scenario = scenarios[params["mode"]]
         emit(runner.run(scenario(params)))
 
 

@@ -77,6 +77,9 @@ class Scale:
     hostile_connections: int = 50
     hostile_value_bytes: int = 8000
     hostile_rounds: int = 10
+    state_keys: int = 10_000
+    state_value_bytes: int = 300
+    state_clients: int = 1_000
     #: Extra settings of the policy runs (quick: small buffers, so that a few seconds fill them).
     policy_env: dict[str, str] = field(default_factory=dict)
 
@@ -92,6 +95,7 @@ class Scale:
             hostile_connections=3, hostile_rounds=15,
             policy_clients=30, policy_slow=4, policy_keys=10, policy_seconds=3.0,
             policy_env={"WS_CLIENT_BUFFER": "16", "WS_SEND_BUFFER_BYTES": "4096"},
+            state_keys=500, state_clients=20,
         )  # fmt: skip
 
 
@@ -622,7 +626,51 @@ class ReplayScenarios(ThroughputScenarios):
         )
 
 
-class Bench(ReplayScenarios):
+class StateScenarios(ReplayScenarios):
+    """State topics: a snapshot to one client, to many at once, and what the store costs."""
+
+    def state(self) -> Result:
+        s = self.scale
+        topic = self.new_topic("state")
+        value = b'{"pad":"' + b"x" * (s.state_value_bytes - 16) + b'","n":%d}'
+        keys = [b"key-%05d" % n for n in range(s.state_keys)]
+        self.preload(topic, s.state_keys, value, keys)
+        held = len(value % 0) * s.state_keys
+        figures: dict[str, Any] = {"keys": s.state_keys, "value bytes held (MB)": held / 2**20}
+        with self.server(topic, {}) as plain:
+            plain.wait_ready()
+            without = _rss_bytes(plain.pid)
+        with self.server(topic, {"WS_STATE_TOPICS": topic}) as server:
+            loaded = server.wait_for("state_loaded")
+            server.wait_ready()
+            figures["load ms"] = loaded["duration_ms"]
+            figures["store bytes / value bytes (accounted)"] = loaded["bytes"] / held
+            figures["RSS growth / value bytes"] = (_rss_bytes(server.pid) - without) / held
+            one = self._snapshots(server, topic, 1)
+            many = self._snapshots(server, topic, s.state_clients)
+        figures["one client: snapshot ms"] = one["ms"].get("p50")
+        figures[f"{s.state_clients} clients at once: all done s"] = many["all_s"]
+        figures[f"{s.state_clients} clients at once: p50 / max ms"] = (
+            f"{many['ms'].get('p50', 0):.0f} / {many['ms'].get('max', 0):.0f}"
+        )
+        checks = {
+            "every client got every key": many["finished"] == s.state_clients
+            and many["keys_min"] == s.state_keys
+            and one["keys_min"] == s.state_keys,
+        }
+        return Result("state on subscribe", figures, checks)
+
+    def _snapshots(self, server: ServerProcess, topic: str, clients: int) -> dict[str, Any]:
+        params = {
+            "mode": "snapshot", "url": server.url, "token": self.token, "channel": topic,
+            "clients": clients, "timeout": 120,
+        }  # fmt: skip
+        with self.client(params) as client:
+            self.line(client, 120)
+            return self.line(client, 180)
+
+
+class Bench(StateScenarios):
     """Every scenario: also the slow-consumer policies, hostile clients and idle connections."""
 
     def policies(self) -> list[Result]:
@@ -964,7 +1012,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 SCENARIOS = (
     "fanout", "baseline", "latency", "isolation", "connections", "replay", "policies", "hostile",
-    "workers",
+    "workers", "state",
 )  # fmt: skip
 
 
@@ -1003,4 +1051,6 @@ def run(
                 results.extend(bench.policies())
             elif name == "hostile":
                 results.append(bench.hostile())
+            elif name == "state":
+                results.append(bench.state())
     return results
