@@ -14,7 +14,7 @@ longest ago is evicted and counted: snapshots then say ``complete: false``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from wsrt.outlet import Record
 from wsrt.wire import frame_payload, text_frame
@@ -49,6 +49,9 @@ class TopicState:
         self.tombstones: dict[bytes, tuple[int, int]] = {}
         #: Loading from history failed: the store holds only what came live.
         self.failed = False
+        #: Changes so far: snapshots of an unchanged store are built once.
+        self.version = 0
+        self._built: tuple[int, dict[tuple[frozenset[int], bytes | None, int], list[Any]]] = (0, {})
 
     @property
     def complete(self) -> bool:
@@ -66,6 +69,7 @@ class TopicState:
         if held is not None:
             if held.partition == partition and held.offset >= offset:
                 return 0
+            self.version += 1
             del self.entries[key]
             self.bytes -= _cost(key, held.frame)
         elif self.loading:
@@ -76,6 +80,7 @@ class TopicState:
             if self.loading:
                 self.tombstones[key] = (partition, offset)
             return 0
+        self.version += 1
         self.entries[key] = Entry(partition, offset, frame)
         self.bytes += _cost(key, frame)
         evicted = 0
@@ -87,8 +92,40 @@ class TopicState:
         return evicted
 
     def snapshot(self, partitions: Iterable[int], key: bytes | None = None) -> list[bytes]:
-        """The ``snapshot: true`` frames of ``partitions`` (or one ``key``): by partition, key."""
-        wanted = set(partitions)
+        """The ``snapshot: true`` frames of ``partitions`` (or one ``key``): by partition, key.
+
+        Built once per change of the store: clients that subscribe while it is
+        unchanged (a reconnect storm) share the list, which must not be changed.
+        """
+        return self._cached(frozenset(partitions), key, 0)
+
+    def chunks(
+        self, partitions: Iterable[int], key: bytes | None, size: int
+    ) -> list[tuple[bytes, int]]:
+        """:meth:`snapshot` joined ``size`` frames at a time: (bytes, frames) to write."""
+        return self._cached(frozenset(partitions), key, size)
+
+    def _cached(self, wanted: frozenset[int], key: bytes | None, size: int) -> list[Any]:
+        version, built = self._built
+        if version != self.version:
+            built = {}
+            self._built = (self.version, built)
+        found = built.get((wanted, key, size))
+        if found is None:
+            frames = built.get((wanted, key, 0))
+            if frames is None:
+                frames = built[(wanted, key, 0)] = self._build(wanted, key)
+            if size:
+                found = [
+                    (b"".join(frames[i : i + size]), len(frames[i : i + size]))
+                    for i in range(0, len(frames), size)
+                ]
+                built[(wanted, key, size)] = found
+            else:
+                found = frames
+        return found
+
+    def _build(self, wanted: frozenset[int], key: bytes | None) -> list[bytes]:
         if key is not None:
             held = self.entries.get(key)
             chosen = [(key, held)] if held is not None and held.partition in wanted else []

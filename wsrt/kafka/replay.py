@@ -81,8 +81,8 @@ class ReplayJob:
     messages: int = 0
     #: Holds one of the ``WS_REPLAY_CONCURRENCY`` slots now.
     slot: bool = False
-    #: A snapshot's frames still to write, then its ``snapshot_end`` (``None``: no snapshot).
-    snapshot: deque[bytes] | None = None
+    #: A snapshot's chunks (bytes, frames) still to write, then its ``snapshot_end``.
+    snapshot: deque[tuple[bytes, int]] | None = None
     snapshot_end: bytes = b""
     #: When the job was made (monotonic seconds): snapshots are timed from it.
     created: float = field(default_factory=time.monotonic)
@@ -257,11 +257,13 @@ class Replayer:
         assert self.snapshots is not None
         topic = job.channel.topic
         await self.snapshots.loaded(topic)
-        positions, frames, complete = self.snapshots.take(topic, job.live_then, job.gate.key)
-        job.snapshot = deque(frames)
-        job.snapshot_end = protocol.snapshot_end_reply(job.channel.name, len(frames), complete)
+        positions, chunks, keys, complete = self.snapshots.take(
+            topic, job.live_then, job.gate.key, CHUNK_RECORDS
+        )
+        job.snapshot = deque(chunks)
+        job.snapshot_end = protocol.snapshot_end_reply(job.channel.name, keys, complete)
         self.stats.snapshots[topic] += 1
-        self.stats.snapshot_keys[topic] += len(frames)
+        self.stats.snapshot_keys[topic] += keys
         return Plan(positions, complete)
 
     def _reply(self, job: ReplayJob, planned: Plan) -> bool:
@@ -290,15 +292,15 @@ class Replayer:
     async def _write_snapshot(self, job: ReplayJob) -> bool | None:
         """The snapshot's frames, paced like history, then ``snapshot_end``: ``None`` when
         written, ``True`` when the transport paused first, ``False`` when the client is gone."""
-        frames, outlet = job.snapshot, job.outlet
-        assert frames is not None
-        while frames:
+        chunks, outlet = job.snapshot, job.outlet
+        assert chunks is not None
+        while chunks:
             if outlet.closed:
                 return False
             if outlet.paused:
                 return True
-            chunk = [frames.popleft() for _ in range(min(CHUNK_RECORDS, len(frames)))]
-            if not outlet.deliver(b"".join(chunk), len(chunk)):
+            data, count = chunks.popleft()  # joined once for every client of this store state
+            if not outlet.deliver(data, count):
                 return False
             await asyncio.sleep(0)  # let live publishes in
         job.snapshot = None

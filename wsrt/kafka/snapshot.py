@@ -64,15 +64,16 @@ class Snapshots:
         await self._loaded[topic].wait()
 
     def take(
-        self, topic: str, partitions: Mapping[int, int], key: bytes | None
-    ) -> tuple[dict[int, int], list[bytes], bool]:
-        """Where the live stream stands now in ``partitions``, the newest value of every key
-        there (or of ``key``), and whether that is every key. No ``await``: one step."""
-        positions = {
-            p: self.live[(topic, p)] for p in sorted(partitions) if (topic, p) in self.live
-        }
+        self, topic: str, partitions: Mapping[int, int], key: bytes | None, chunk: int
+    ) -> tuple[dict[int, int], list[tuple[bytes, int]], int, bool]:
+        """Where the live stream stands now in ``partitions``; the newest value of every key
+        there (or of ``key``) in chunks of ``chunk`` frames to write; how many keys; and
+        whether that is every key. No ``await``: one step."""
+        live = self.live
+        positions = {p: live[(topic, p)] for p in sorted(partitions) if (topic, p) in live}
         held = self.state.topics[topic]
-        return positions, held.snapshot(positions, key), held.complete
+        chunks = held.chunks(positions, key, chunk)
+        return positions, chunks, sum(n for _, n in chunks), held.complete
 
     async def _load_all(self, upto: dict[tuple[str, int], int]) -> None:
         started = time.monotonic()
