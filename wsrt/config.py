@@ -412,11 +412,6 @@ class Settings:
     def bind_port(self) -> int:
         return self.bind_address[1]
 
-    def state_topics_or(self, default: tuple[str, ...], served: list[str]) -> str:
-        """``WS_STATE_TOPICS`` when set, else those of ``default`` that are ``served``."""
-        chosen = self.state_topics or tuple(t for t in default if t in served)
-        return ",".join(chosen)
-
     @property
     def group_id(self) -> str:
         """The consumer group this replica joins.
@@ -508,20 +503,16 @@ def load_settings(
             f"WS_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
             "use a long random secret in production"
         )
-    unknown = [t for t, _ in values["topic_policy_overrides"] if t not in values["kafka_topics"]]
-    if unknown:
-        raise ConfigError(
-            "WS_TOPIC_POLICIES",
-            f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS "
-            f"({','.join(values['kafka_topics'])})",
-        )
-    unknown = [t for t in values["state_topics"] if t not in values["kafka_topics"]]
-    if unknown:
-        raise ConfigError(
-            "WS_STATE_TOPICS",
-            f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS "
-            f"({','.join(values['kafka_topics'])})",
-        )
+    served = values["kafka_topics"]
+    for name, named in (
+        ("WS_TOPIC_POLICIES", [t for t, _ in values["topic_policy_overrides"]]),
+        ("WS_STATE_TOPICS", values["state_topics"]),
+    ):
+        unknown = [t for t in named if t not in served]
+        if unknown:
+            raise ConfigError(
+                name, f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS ({','.join(served)})"
+            )
     if values["replica_id"] is None:
         values["replica_id"] = _default_replica_id()
     if values["kafka_security_protocol"].startswith("SASL") and not (

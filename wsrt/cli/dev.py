@@ -98,7 +98,7 @@ def dev(
         WS_KAFKA_TOPICS=",".join(topics),
         # The demo's order books and betting lines are state: a subscribe with
         # snapshot: true gets every symbol's book and every event's line at once.
-        WS_STATE_TOPICS=settings.state_topics_or(DEMO_STATE_TOPICS, topics),
+        WS_STATE_TOPICS=",".join(settings.state_topics or DEMO_STATE_TOPICS & set(topics)),
         WS_REPLICA_ID="dev",
         WS_CONSOLE="true",
         # The embedded broker answers a fetch only when its wait expires.
@@ -173,7 +173,7 @@ class DevEnv:
 
 
 #: The demo feed's topics that are state (newest value per key) unless WS_STATE_TOPICS says.
-DEMO_STATE_TOPICS = ("order_book", "lines")
+DEMO_STATE_TOPICS = {"order_book", "lines"}
 
 
 def _start_broker(kind: str, port: int, topics: dict[str, int]) -> Broker:

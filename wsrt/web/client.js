@@ -517,19 +517,13 @@ export class Client {
         if (message.snapshot) sub.state.clear();
         sub.fresh = false;
       }
-      if (message.snapshot) {
-        sub.received += 1;
-        try {
-          sub.onMessage(message);
-        } catch (error) {
-          console.error(`wsrt: the handler of ${sub.channel} threw`, error);
-        }
-        continue; // a snapshot value's offset says nothing of where the stream resumes
-      }
-      // Resume asks from `next`, so nothing below it is expected; a re-delivery
+      // A snapshot value's offset says nothing of where the stream resumes. Else
+      // resume asks from `next`, so nothing below it is expected: a re-delivery
       // (the shared fan-out mode after a rebalance) is not passed on twice.
-      if (message.offset < (sub.next[partition] ?? 0)) continue;
-      sub.next[partition] = message.offset + 1;
+      if (!message.snapshot) {
+        if (message.offset < (sub.next[partition] ?? 0)) continue;
+        sub.next[partition] = message.offset + 1;
+      }
       sub.received += 1;
       try {
         sub.onMessage(message);
