@@ -25,6 +25,9 @@ BUFFER = 128
 #: The slow client reads again once the fast one has this many: far more than
 #: the buffer, the kernel's and the transport's bytes hold together (~150).
 STALL_FOR = 400
+#: The producer stays at most this many messages ahead of the subscriber that
+#: keeps up, so that one never falls behind however loaded the machine is.
+LEAD = 32
 VALUE = b'{"pad":"' + b"x" * 8000 + b'","n":%d}'
 
 
@@ -131,11 +134,14 @@ async def scenario(policy: str, make_topics, servers, producer) -> tuple[Any, ..
     docs = DocsRecipe(slow, topic, produced)
     fast_seen: list[dict[str, Any]] = []
     stalled_enough = asyncio.Event()
+    progress = asyncio.Condition()
     try:
         assert (await next_json(fast))["type"] == "subscribed"
 
         async def produce() -> None:
             for n in range(MESSAGES):
+                async with progress:
+                    await progress.wait_for(lambda n=n: len(fast_seen) >= n - LEAD)
                 key = f"k{n % KEYS}"
                 meta = await (await producer.send(topic, VALUE % n, key=key.encode()))
                 produced.offsets[meta.partition].append(meta.offset)
@@ -145,10 +151,12 @@ async def scenario(policy: str, make_topics, servers, producer) -> tuple[Any, ..
         async def read_fast() -> None:
             while len(fast_seen) < MESSAGES:
                 obj = json.loads(await asyncio.wait_for(fast.recv(), 60))
-                if obj["type"] == "message":
-                    fast_seen.append(obj)
-                    if len(fast_seen) == STALL_FOR:
-                        stalled_enough.set()
+                assert obj["type"] == "message", obj  # it keeps up: no notice, ever
+                fast_seen.append(obj)
+                async with progress:
+                    progress.notify_all()
+                if len(fast_seen) == STALL_FOR:
+                    stalled_enough.set()
 
         async def read_slow() -> None:
             await stalled_enough.wait()  # it read nothing until now
