@@ -39,6 +39,8 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "workers: 1 at saturation",
         "workers: 2 at saturation",
         "state on subscribe",
+        "live, no snapshots",
+        "live beside 20 snapshots of 500 keys",
     ]
     for result in results:
         assert result.checks, result.scenario

@@ -148,16 +148,17 @@ async def open_counter(
     stall: bool = False,
     make: Callable[[bytes, asyncio.Event], Counter] | None = None,
     source: str | None = None,
+    small: bool | None = None,
 ) -> Counter:
     """A connection once upgraded (or lost); ``make(request, upgraded)`` builds another kind.
 
-    ``stall`` (and every slow reader) gets a 4 KiB receive buffer, so that the
-    server sees it fall behind within a few messages.
+    ``stall`` (and every other kind, unless ``small`` is False) gets a 4 KiB
+    receive buffer, so that the server sees it fall behind within a few messages.
     """
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
     sock = socket.socket()
-    if stall or make is not None:
+    if stall or (make is not None and small is not False):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     if source is not None:  # beyond one address's ~28,000 ephemeral ports
         # The port is chosen at connect, per destination: TIME_WAIT sockets of
@@ -598,12 +599,13 @@ async def snapshots(p: dict[str, Any]) -> dict[str, Any]:
             await open_counter(
                 p["url"], p["token"], totals,
                 make=lambda request, up: Snapshotter(request, frame, totals, up),
+                small=False,  # a browser's buffers: the kernel's defaults
             ),
         )
         for _ in range(p["clients"])
     ]  # fmt: skip
     emit({"event": "ready", "upgraded": totals.upgraded, "failed": len(totals.failed)})
-    started = time.perf_counter()
+    wall, started = time.time(), time.perf_counter()
     for taker in takers:
         taker.go()
     done, _ = await asyncio.wait([t.ended for t in takers], timeout=p["timeout"])
@@ -615,6 +617,7 @@ async def snapshots(p: dict[str, Any]) -> dict[str, Any]:
             t.transport.abort()
     return {
         "event": "result", "finished": len(done), "all_s": everyone,
+        "started": wall, "ended": wall + everyone,
         "ms": percentiles([s * 1000 for s in seconds]), "keys_min": min(keys, default=0),
         "keys_max": max(keys, default=0),
     }  # fmt: skip

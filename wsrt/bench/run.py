@@ -80,6 +80,8 @@ class Scale:
     state_keys: int = 10_000
     state_value_bytes: int = 300
     state_clients: int = 1_000
+    #: How long the live stream runs, alone and beside the snapshots.
+    state_live_seconds: float = 30.0
     #: Extra settings of the policy runs (quick: small buffers, so that a few seconds fill them).
     policy_env: dict[str, str] = field(default_factory=dict)
 
@@ -95,7 +97,7 @@ class Scale:
             hostile_connections=3, hostile_rounds=15,
             policy_clients=30, policy_slow=4, policy_keys=10, policy_seconds=3.0,
             policy_env={"WS_CLIENT_BUFFER": "16", "WS_SEND_BUFFER_BYTES": "4096"},
-            state_keys=500, state_clients=20,
+            state_keys=500, state_clients=20, state_live_seconds=4.0,
         )  # fmt: skip
 
 
@@ -488,6 +490,19 @@ class ThroughputScenarios(Rig):
         ]
 
 
+@dataclass
+class LiveRun:
+    result: Result
+    #: (receipt time, delay) of the sampled live frames.
+    delays: list[list[float]]
+    #: When production started (epoch s).
+    t0: float
+    #: The second load client's result, if there was one.
+    other: dict[str, Any] | None
+    #: The server's metrics after the run.
+    after: dict[Any, float]
+
+
 class ReplayScenarios(ThroughputScenarios):
     """Replays beside the live stream, and a client that stops reading mid-replay."""
 
@@ -502,13 +517,49 @@ class ReplayScenarios(ThroughputScenarios):
         s = self.scale
         topic = self.new_topic("replay")
         self.preload(topic, s.replay_messages)
-        alone, alone_delays, alone_t0, _ = self._live_run(topic, replays=False)
-        beside, _, t0, replayed = self._live_run(topic, replays=True)
+        replays = {"mode": "replay", "clients": s.replay_clients, "rewind": s.replay_messages}
+        alone, beside = self._live_pair(
+            topic, f"{s.replay_clients} replays", "replays", s.replay_seconds, replays, {}
+        )
+        replayed, after = beside.other, beside.after
         assert replayed is not None
-        start, end = replayed["started"] - t0, replayed["ended"] - t0
-        same = [d for t, d in alone_delays if start <= t - alone_t0 <= end]
-        alone.figures["live p99 ms in the replays' seconds"] = percentile(same, 0.99)
-        return [alone, beside, self._one_replay(topic), self._stalled_replay(topic)]
+        beside.result.figures.update({
+            "replays": replayed["clients"], "messages each": s.replay_messages,
+            "replays took s": replayed["ended"] - replayed["started"],
+            "replay msg/s per client (median)": replayed["rate_median"],
+            "messages replayed": total(after, "wsrt_replay_messages_total"),
+        })  # fmt: skip
+        beside.result.checks["every replay complete, no gap"] = (
+            replayed["finished"] == replayed["clients"] and replayed["gaps"] == 0
+        )
+        return [alone, beside.result, self._one_replay(topic), self._stalled_replay(topic)]
+
+    def _live_pair(
+        self,
+        topic: str,
+        label: str,
+        what: str,
+        seconds: float,
+        beside: dict[str, Any],
+        env: dict[str, str],
+    ) -> tuple[Result, LiveRun]:
+        """The live stream alone, then beside a second load client (``beside``: its params).
+
+        Each run gets a fresh server (live from the end). Reported: the live delay
+        over the whole run and over the seconds the second client's work took
+        (for the run alone, the same seconds after the start of production).
+        """
+        alone = self._live_run(topic, "live, no " + what, seconds, env)
+        with_it = self._live_run(topic, f"live beside {label}", seconds, env, beside)
+        done = with_it.other
+        assert done is not None
+        start, end = done["started"] - with_it.t0, done["ended"] - with_it.t0
+        same = [d for t, d in alone.delays if start <= t - alone.t0 <= end]
+        inside = [d for t, d in with_it.delays if done["started"] <= t <= done["ended"]]
+        name = f"live p99 ms in the {what}' seconds"
+        alone.result.figures[name] = percentile(same, 0.99)
+        with_it.result.figures[name] = percentile(inside, 0.99)
+        return alone.result, with_it
 
     def _one_replay(self, topic: str) -> Result:
         """One client replaying alone: at the default WS_REPLAY_RATE, and paced by it alone."""
@@ -530,35 +581,38 @@ class ReplayScenarios(ThroughputScenarios):
         return Result("one replay alone", figures, checks)
 
     def _live_run(
-        self, topic: str, *, replays: bool
-    ) -> tuple[Result, list[list[float]], float, dict[str, Any] | None]:
-        """One run: the result, the live (receipt time, delay) pairs, its start, the replays."""
+        self,
+        topic: str,
+        name: str,
+        seconds: float,
+        env: dict[str, str],
+        beside: dict[str, Any] | None = None,
+    ) -> LiveRun:
+        """One run of the live stream, beside a second load client (``beside``: its params)."""
         s = self.scale
-        count = int(s.latency_rate * s.replay_seconds)
-        name = f"live beside {s.replay_clients} replays" if replays else "live, no replays"
-        with self.server(topic, {}) as server:
+        count = int(s.latency_rate * seconds)
+        with self.server(topic, env) as server:
+            server.wait_ready()
             samplers = min(s.samplers, s.latency_clients)
             params = {
                 "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
                 "counters": s.latency_clients - samplers, "samplers": samplers,
-                "messages": count, "window": s.replay_seconds + 30,
-                "timeout": s.replay_seconds + 60, "raw": True,
+                "messages": count, "window": seconds + 30, "timeout": seconds + 60, "raw": True,
             }  # fmt: skip
-            replay_params = {
-                "mode": "replay", "url": server.url, "token": self.token, "channel": topic,
-                "clients": s.replay_clients, "rewind": s.replay_messages,
-                "timeout": s.replay_seconds + 120,
+            second = None if beside is None else {
+                "url": server.url, "token": self.token, "channel": topic, "timeout": seconds + 120,
+                **beside,
             }  # fmt: skip
             with self.client(params) as client, contextlib.ExitStack() as stack:
                 self.line(client, 120)
                 cpu = CpuSampler(server.pid)
                 t0 = time.time()
-                replayer = stack.enter_context(self.client(replay_params)) if replays else None
-                if replayer is not None:
-                    self.line(replayer, 60)  # connected; the replays have started
+                other = stack.enter_context(self.client(second)) if second else None
+                if other is not None:
+                    self.line(other, 120)  # connected; its work has started
                 self.paced(topic, count, s.latency_rate)
-                replayed = self.line(replayer, s.replay_seconds + 180) if replayer else None
-                result = self.line(client, s.replay_seconds + 120)
+                done = self.line(other, seconds + 180) if other else None
+                result = self.line(client, seconds + 120)
                 cpu.stop()
                 after = self.metrics(server)
         _, run_window = steady_rate(result["series"])
@@ -574,19 +628,7 @@ class ReplayScenarios(ThroughputScenarios):
             "sample in order, no gap": result["sample_gaps"] == 0
             and result["sample_out_of_order"] == 0,
         }
-        if replayed is not None:
-            inside = [d for t, d in delays if replayed["started"] <= t <= replayed["ended"]]
-            figures.update({
-                "live p99 ms in the replays' seconds": percentile(inside, 0.99),
-                "replays": replayed["clients"], "messages each": s.replay_messages,
-                "replays took s": replayed["ended"] - replayed["started"],
-                "replay msg/s per client (median)": replayed["rate_median"],
-                "messages replayed": total(after, "wsrt_replay_messages_total"),
-            })  # fmt: skip
-            checks["every replay complete, no gap"] = (
-                replayed["finished"] == replayed["clients"] and replayed["gaps"] == 0
-            )
-        return Result(name, figures, checks), delays, t0, replayed
+        return LiveRun(Result(name, figures, checks), delays, t0, done, after)
 
     def _stalled_replay(self, topic: str) -> Result:
         """A client that asks for history and reads nothing: what the server holds for it."""
@@ -629,7 +671,9 @@ class ReplayScenarios(ThroughputScenarios):
 class StateScenarios(ReplayScenarios):
     """State topics: a snapshot to one client, to many at once, and what the store costs."""
 
-    def state(self) -> Result:
+    def state(self) -> list[Result]:
+        """A store of ``state_keys`` keys: what it costs, a snapshot to one client and to
+        ``state_clients`` at once, and the live stream beside those snapshots."""
         s = self.scale
         topic = self.new_topic("state")
         value = b'{"pad":"' + b"x" * (s.state_value_bytes - 16) + b'","n":%d}'
@@ -640,7 +684,8 @@ class StateScenarios(ReplayScenarios):
         with self.server(topic, {}) as plain:
             plain.wait_ready()
             without = _rss_bytes(plain.pid)
-        with self.server(topic, {"WS_STATE_TOPICS": topic}) as server:
+        env = {"WS_STATE_TOPICS": topic}
+        with self.server(topic, env) as server:
             loaded = server.wait_for("state_loaded")
             server.wait_ready()
             figures["load ms"] = loaded["duration_ms"]
@@ -658,7 +703,19 @@ class StateScenarios(ReplayScenarios):
             and many["keys_min"] == s.state_keys
             and one["keys_min"] == s.state_keys,
         }
-        return Result("state on subscribe", figures, checks)
+        # The live stream writes to the state topic too: its keys join the store.
+        snapshots = {"mode": "snapshot", "clients": s.state_clients}
+        label = f"{s.state_clients} snapshots of {s.state_keys} keys"
+        alone, beside = self._live_pair(
+            topic, label, "snapshots", s.state_live_seconds, snapshots, env
+        )
+        done = beside.other
+        assert done is not None
+        beside.result.figures["snapshots took s"] = done["all_s"]
+        beside.result.checks["every snapshot has every key"] = (
+            done["finished"] == s.state_clients and done["keys_min"] >= s.state_keys
+        )
+        return [Result("state on subscribe", figures, checks), alone, beside.result]
 
     def _snapshots(self, server: ServerProcess, topic: str, clients: int) -> dict[str, Any]:
         params = {
@@ -1052,5 +1109,5 @@ def run(
             elif name == "hostile":
                 results.append(bench.hostile())
             elif name == "state":
-                results.append(bench.state())
+                results.extend(bench.state())
     return results
