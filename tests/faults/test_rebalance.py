@@ -130,6 +130,112 @@ async def test_a_rebalance_mid_replay_loses_nothing_and_repeats_nothing(
     assert not [f for f in account.other if f["type"] == "gap"], account.other
 
 
+#: A snapshot far larger than the socket buffers: it pauses while the client stops reading.
+STATE_KEYS = 4000
+STATE_VALUE = b'{"pad":"' + b"x" * 4000 + b'","n":%d}'
+
+
+@pytest.mark.timeout(300)
+async def test_a_rebalance_mid_snapshot_opens_no_gap(make_topics, servers, producer) -> None:
+    """A client takes a snapshot from A and stops reading halfway; B joins the group.
+
+    The snapshot is the state at ``positions``; what A no longer owns is
+    resumed at B from the ``next`` of its ``revoked``. Every key's newest value
+    must end up at the client, and every record at or after ``positions``
+    exactly once, in order.
+    """
+    (topic,) = await make_topics("rebalance-state", partitions=PARTITIONS)
+    newest: dict[str, tuple[int, int]] = {}
+    futures = [
+        (f"k{n}", await producer.send(
+            topic, STATE_VALUE % n, key=b"k%d" % n, partition=n % PARTITIONS
+        ))
+        for n in range(STATE_KEYS)
+    ]  # fmt: skip
+    for key, future in futures:
+        md = await future
+        newest[key] = (md.partition, md.offset)
+    env = {
+        "WS_FANOUT_MODE": "shared",
+        "WS_KAFKA_GROUP_ID": f"rebalance-state-{uuid.uuid4().hex[:6]}",
+        "WS_STATE_TOPICS": topic,
+        "WS_LOG_LEVEL": "INFO",
+    }
+    a = servers([topic], env)
+    state: dict[str, tuple[int, int]] = {}  # key → (partition, offset) of the value held
+    after: dict[int, list[int]] = {}  # records at or after positions, per partition
+    revoked: dict[int, int] = {}
+    ended: list[dict[str, Any]] = []
+    steady = SteadyProducer(producer, topic, PARTITIONS, keys=STATE_KEYS)
+
+    def take(frame: dict[str, Any]) -> None:
+        if frame["type"] == "message":
+            place = (frame["partition"], frame["offset"])
+            if frame.get("snapshot"):
+                assert frame["key"] not in state and not ended, frame["key"]  # once, first
+                assert frame["offset"] < positions[frame["partition"]]
+            else:
+                after.setdefault(frame["partition"], []).append(frame["offset"])
+            state[frame["key"]] = place
+        elif frame["type"] == "revoked":
+            revoked[frame["partition"]] = frame["next"]
+        elif frame["type"] == "snapshot_end":
+            ended.append(frame)
+        else:
+            raise AssertionError(frame)
+
+    async with websockets.connect(a.url, additional_headers=auth(), max_size=None) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "channel": topic, "snapshot": True}))
+        reply = json.loads(await ws.recv())
+        positions = {int(p): o for p, o in reply["positions"].items()}
+        assert set(positions) == set(range(PARTITIONS)), reply
+        for _ in range(10):
+            take(json.loads(await ws.recv()))
+        # It reads nothing now: the snapshot pauses on the full socket meanwhile.
+        async with steady.running():
+            mark = a.mark()
+            b = servers([topic], env)  # joins the group: every partition is revoked on A
+            a.wait_for(
+                "readiness", lambda e: e.get("reason", "").startswith("rebalancing"), start=mark
+            )
+            a.wait_for("readiness", lambda e: e.get("status") == "ok", start=mark)
+            b.wait_ready()
+            await steady.written(steady.count + 100)  # some after the group changed too
+        last = steady.last
+        before = len(state)
+
+        def settled() -> bool:
+            kept = [p for p in range(PARTITIONS) if p not in revoked]
+            return bool(revoked) and all(after.get(p, [-1])[-1] >= last[p] for p in kept)
+
+        async def read(done: Any) -> None:
+            while not done():
+                take(json.loads(await ws.recv()))
+
+        await asyncio.wait_for(read(settled), 90)
+    assert before < STATE_KEYS, "the snapshot was not under way when the group changed"
+    assert ended and ended[0]["keys"] == STATE_KEYS and ended[0]["complete"], ended
+    assert len(revoked) < PARTITIONS, "A kept no partition: the test shows nothing"
+
+    moved = set(revoked)
+    async with websockets.connect(b.url, additional_headers=auth(), max_size=None) as ws:
+        since = {str(p): revoked[p] for p in moved}
+        await ws.send(json.dumps({"type": "subscribe", "channel": topic, "since": since}))
+        reply = json.loads(await ws.recv())
+        assert reply["positions"] == since and reply["complete"], reply
+
+        def reached() -> bool:
+            return all(after.get(p, [-1])[-1] >= last[p] for p in moved)
+
+        await asyncio.wait_for(read(reached), 90)
+
+    for p in range(PARTITIONS):  # from positions on: every record once, in order
+        produced = [o for o in steady.produced[p] if o >= positions[p]]
+        assert after.get(p, []) == produced, f"partition {p}"
+    expected = {**newest, **{k: (int(k[1:]) % PARTITIONS, o) for k, o in steady.newest.items()}}
+    assert state == expected  # every key's newest value, none missed
+
+
 class Follower:
     """A client of every partition, connected to both replicas, as docs/protocol.md says.
 

@@ -83,12 +83,22 @@ async def produce(
 
 
 class SteadyProducer:
-    """Keeps writing to every partition at a steady rate until stopped; records offsets."""
+    """Keeps writing to every partition at a steady rate until stopped; records offsets.
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: int) -> None:
+    With ``keys``, record n has key ``k{n % keys}`` (so, where ``keys`` is a
+    multiple of ``partitions``, a key stays in one partition).
+    """
+
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, partitions: int, keys: int = 0
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.partitions = partitions
+        self.keys = keys
+        #: key → offset of its newest record, where keyed.
+        self.newest: dict[str, int] = {}
+        self._wrote = asyncio.Event()
         self.produced: Offsets = {}
         self.count = 0
         self._stop = asyncio.Event()
@@ -97,11 +107,16 @@ class SteadyProducer:
     async def run(self) -> None:
         while not self._stop.is_set():
             p = self.count % self.partitions
+            key = f"k{self.count % self.keys}" if self.keys else None
             md = await self.producer.send_and_wait(
-                self.topic, b'{"n":%d}' % self.count, partition=p
-            )
+                self.topic, b'{"n":%d}' % self.count, partition=p,
+                key=key.encode() if key else None,
+            )  # fmt: skip
             self.produced.setdefault(md.partition, []).append(md.offset)
+            if key is not None:
+                self.newest[key] = md.offset
             self.count += 1
+            self._wrote.set()
             # Pacing of the load (about 500 msg/s), not synchronisation.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.002)
@@ -113,6 +128,12 @@ class SteadyProducer:
             yield self
         finally:
             await self.stop()
+
+    async def written(self, count: int) -> None:
+        """Returns once ``count`` records were acknowledged in all."""
+        while self.count < count:
+            self._wrote.clear()
+            await self._wrote.wait()
 
     async def stop(self) -> None:
         """Stop writing; returns once the last write was acknowledged."""
