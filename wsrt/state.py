@@ -2,8 +2,11 @@
 
 See docs/design.md, "State on subscribe". For each topic named in
 ``WS_STATE_TOPICS`` a :class:`TopicState` keeps, per Kafka key, the newest
-record's frame (the same bytes the live stream sends, encoded once) with its
-partition and offset. The live stream applies every batch in the step that
+record's frame as a snapshot sends it: the live stream's envelope with
+``"snapshot":true``, made once per record, so that a snapshot is only joined
+and written. Nothing else is kept per key (partition and offset are read back
+from the frame where needed): the store costs little more than its frames.
+The live stream applies every batch in the step that
 publishes it (:meth:`State.apply`), so the store and the stream meet at exact
 positions; a loader fills it at start from older records, which never
 overwrite a newer value. A ``delete`` (a tombstone on a state topic) removes
@@ -14,20 +17,13 @@ longest ago is evicted and counted: snapshots then say ``complete: false``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from wsrt.outlet import Record
 from wsrt.wire import frame_payload, text_frame
 
-#: Bytes a key's entry costs beside its frame: the dict slot, the tuple, the key.
-ENTRY_OVERHEAD = 120
-
-
-class Entry(NamedTuple):
-    partition: int
-    offset: int
-    #: The record's ``message`` frame as the live stream sent it.
-    frame: bytes
+#: Bytes a key's entry costs beside its frame and key: two bytes objects' heads, the dict slot.
+ENTRY_OVERHEAD = 100
 
 
 class TopicState:
@@ -37,8 +33,9 @@ class TopicState:
         self.topic = topic
         self.max_keys = max_keys
         self.max_bytes = max_bytes
-        #: key → newest entry; in update order (the first was updated longest ago).
-        self.entries: dict[bytes, Entry] = {}
+        #: key → its newest value's snapshot frame; in update order (the first was
+        #: updated longest ago).
+        self.entries: dict[bytes, bytes] = {}
         #: Frame bytes held, plus :data:`ENTRY_OVERHEAD` and the key per entry.
         self.bytes = 0
         #: Keys evicted by the bounds since start.
@@ -51,6 +48,10 @@ class TopicState:
         self.failed = False
         #: Changes so far: snapshots of an unchanged store are built once.
         self.version = 0
+        #: Changes of the set of keys (or of a key's partition): the order of a snapshot.
+        self.keyset = 0
+        #: Partitions wanted → their keys in snapshot order, as of ``keyset``.
+        self._orders: tuple[int, dict[frozenset[int], list[bytes]]] = (0, {})
         self._built: tuple[int, dict[tuple[frozenset[int], bytes | None, int], list[Any]]] = (0, {})
 
     @property
@@ -59,7 +60,7 @@ class TopicState:
         return self.evicted == 0 and not self.failed
 
     def apply(self, key: bytes, partition: int, offset: int, frame: bytes | None) -> int:
-        """The record at ``offset``: a new value (``frame``) or a delete (``None``).
+        """The record at ``offset``: a new value (its live ``frame``) or a delete (``None``).
 
         An older record than the one held for the key changes nothing (the
         loader reads history while the live stream already moved on). Returns
@@ -67,29 +68,42 @@ class TopicState:
         """
         held = self.entries.get(key)
         if held is not None:
-            if held.partition == partition and held.offset >= offset:
+            held_partition, held_offset = position(held)
+            if held_partition == partition and held_offset >= offset:
                 return 0
             self.version += 1
+            if frame is None or held_partition != partition:
+                self.keyset += 1
             del self.entries[key]
-            self.bytes -= _cost(key, held.frame)
-        elif self.loading:
-            gone = self.tombstones.get(key)
-            if gone is not None and gone[0] == partition and gone[1] >= offset:
-                return 0  # the live stream deleted it after this older record
+            self.bytes -= _cost(key, held)
+        else:
+            if self.loading:
+                gone = self.tombstones.get(key)
+                if gone is not None and gone[0] == partition and gone[1] >= offset:
+                    return 0  # the live stream deleted it after this older record
+            if frame is not None:
+                self.keyset += 1
         if frame is None:
             if self.loading:
                 self.tombstones[key] = (partition, offset)
             return 0
         self.version += 1
-        self.entries[key] = Entry(partition, offset, frame)
-        self.bytes += _cost(key, frame)
+        kept = self.entries[key] = snapshot_frame(frame)
+        self.bytes += _cost(key, kept)
         evicted = 0
         while len(self.entries) > self.max_keys or (self.bytes > self.max_bytes and self.entries):
             oldest = next(iter(self.entries))
-            self.bytes -= _cost(oldest, self.entries.pop(oldest).frame)
+            self.bytes -= _cost(oldest, self.entries.pop(oldest))
             evicted += 1
-        self.evicted += evicted
+        if evicted:
+            self.evicted += evicted
+            self.keyset += 1
         return evicted
+
+    def position(self, key: bytes) -> tuple[int, int] | None:
+        """(partition, offset) of the value held for ``key``."""
+        held = self.entries.get(key)
+        return None if held is None else position(held)
 
     def snapshot(self, partitions: Iterable[int], key: bytes | None = None) -> list[bytes]:
         """The ``snapshot: true`` frames of ``partitions`` (or one ``key``): by partition, key.
@@ -126,13 +140,20 @@ class TopicState:
         return found
 
     def _build(self, wanted: frozenset[int], key: bytes | None) -> list[bytes]:
+        entries = self.entries
         if key is not None:
-            held = self.entries.get(key)
-            chosen = [(key, held)] if held is not None and held.partition in wanted else []
-        else:
-            chosen = [(k, e) for k, e in self.entries.items() if e.partition in wanted]
-        chosen.sort(key=lambda item: (item[1].partition, item[0]))
-        return [snapshot_frame(e.frame) for _, e in chosen]
+            held = entries.get(key)
+            return [held] if held is not None and position(held)[0] in wanted else []
+        keyset, orders = self._orders
+        if keyset != self.keyset:
+            orders = {}
+            self._orders = (self.keyset, orders)
+        order = orders.get(wanted)
+        if order is None:  # new keys since: sort again (a new value keeps its key's place)
+            placed = [(position(f)[0], k) for k, f in entries.items()]
+            placed.sort()
+            order = orders[wanted] = [k for p, k in placed if p in wanted]
+        return [entries[k] for k in order]
 
 
 class State:
@@ -156,6 +177,20 @@ class State:
 
 
 _MESSAGE = b'{"type":"message",'
+_PARTITION = b'"partition":'
+_OFFSET = b',"offset":'
+
+
+def position(frame: bytes) -> tuple[int, int]:
+    """(partition, offset) of a ``message`` frame, read back from its envelope.
+
+    The key before them is JSON text with its quotes escaped, so the first
+    ``"partition":`` is the envelope's own.
+    """
+    start = frame.index(_PARTITION) + len(_PARTITION)
+    comma = frame.index(b",", start)
+    end = frame.index(b",", comma + len(_OFFSET))
+    return int(frame[start:comma]), int(frame[comma + len(_OFFSET) : end])
 
 
 def snapshot_frame(frame: bytes) -> bytes:

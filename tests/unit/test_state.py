@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from wsrt.outlet import Record
-from wsrt.state import ENTRY_OVERHEAD, State, TopicState, snapshot_frame
+from wsrt.state import ENTRY_OVERHEAD, State, TopicState, position, snapshot_frame
 from wsrt.wire import delete_frame, envelope, frame_payload, record_frame
 
 
@@ -19,7 +19,7 @@ def test_the_newest_value_per_key_wins_and_an_older_one_never_replaces_it() -> N
     state.apply(b"BTC", 0, 5, frame(b"BTC", 5, b'{"v":5}'))
     state.apply(b"BTC", 0, 3, frame(b"BTC", 3, b'{"v":3}'))  # the loader, behind the live stream
     state.apply(b"ETH", 1, 2, frame(b"ETH", 2, partition=1))
-    assert {k: e.offset for k, e in state.entries.items()} == {b"BTC": 5, b"ETH": 2}
+    assert {k: state.position(k) for k in state.entries} == {b"BTC": (0, 5), b"ETH": (1, 2)}
     state.apply(b"BTC", 0, 6, None)  # a delete
     assert list(state.entries) == [b"ETH"] and state.complete
 
@@ -31,7 +31,9 @@ def test_past_its_bounds_the_key_updated_longest_ago_is_evicted() -> None:
     assert list(state.entries) == [b"a", b"c"]  # b was updated longest ago
     assert state.evicted == 1 and not state.complete
     small = TopicState(
-        "book", max_keys=100, max_bytes=2 * (len(frame(b"a", 0)) + 1 + ENTRY_OVERHEAD)
+        "book",
+        max_keys=100,
+        max_bytes=2 * (len(snapshot_frame(frame(b"a", 0))) + 1 + ENTRY_OVERHEAD),
     )
     for offset, key in enumerate([b"a", b"b", b"c"]):
         small.apply(key, 0, offset, frame(key, offset))
@@ -54,6 +56,13 @@ def test_a_snapshot_is_the_same_envelope_marked_snapshot_by_partition_then_key()
     assert orjson.loads(frame_payload(snapshot_frame(live))) == {
         **orjson.loads(frame_payload(live)), "snapshot": True
     }  # fmt: skip
+
+
+def test_partition_and_offset_are_read_back_from_any_key() -> None:
+    for key in [b'x","partition":7,"offset":8,', b"\xff\x00", b"plain"]:
+        for partition, offset in [(0, 0), (12, 2**40)]:
+            held = snapshot_frame(record_frame("book", key, partition, offset, 5, b"{}"))
+            assert position(held) == (partition, offset)
 
 
 def test_a_tombstone_is_a_delete_on_a_state_topic_and_skipped_elsewhere() -> None:
