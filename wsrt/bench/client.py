@@ -582,9 +582,10 @@ class Snapshotter(Counter):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if not self.ended.done() and self.END in self.tail + data:
+        edge = self.tail + data[: len(self.END) - 1]  # a marker split by the read
+        if not self.ended.done() and (self.END in data or self.END in edge):
             self.ended.set_result(time.perf_counter() - self.sent)
-        self.tail = data[-len(self.END) :]
+        self.tail = data[-(len(self.END) - 1) :]
 
 
 async def snapshots(p: dict[str, Any]) -> dict[str, Any]:
