@@ -116,7 +116,7 @@ class TopicState:
     def chunks(
         self, partitions: Iterable[int], key: bytes | None, size: int
     ) -> list[tuple[bytes, int]]:
-        """:meth:`snapshot` joined ``size`` frames at a time: (bytes, frames) to write."""
+        """:meth:`snapshot` joined into writes of about ``size`` bytes: (bytes, frames)."""
         return self._cached(frozenset(partitions), key, size)
 
     def _cached(self, wanted: frozenset[int], key: bytes | None, size: int) -> list[Any]:
@@ -130,11 +130,7 @@ class TopicState:
             if frames is None:
                 frames = built[(wanted, key, 0)] = self._build(wanted, key)
             if size:
-                found = [
-                    (b"".join(frames[i : i + size]), len(frames[i : i + size]))
-                    for i in range(0, len(frames), size)
-                ]
-                built[(wanted, key, size)] = found
+                found = built[(wanted, key, size)] = _joined(frames, size)
             else:
                 found = frames
         return found
@@ -198,6 +194,20 @@ def snapshot_frame(frame: bytes) -> bytes:
     payload = frame_payload(frame)
     assert payload.startswith(_MESSAGE)
     return text_frame(_MESSAGE + b'"snapshot":true,' + payload[len(_MESSAGE) :])
+
+
+def _joined(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
+    """``frames`` joined into pieces of at least ``size`` bytes (the last one shorter)."""
+    pieces: list[tuple[bytes, int]] = []
+    first, length = 0, 0
+    for n, frame in enumerate(frames, 1):
+        length += len(frame)
+        if length >= size:
+            pieces.append((b"".join(frames[first:n]), n - first))
+            first, length = n, 0
+    if first < len(frames):
+        pieces.append((b"".join(frames[first:]), len(frames) - first))
+    return pieces
 
 
 def _cost(key: bytes, frame: bytes) -> int:

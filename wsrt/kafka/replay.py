@@ -46,7 +46,7 @@ from wsrt import protocol
 from wsrt.aio import Backoff
 from wsrt.config import Settings
 from wsrt.hub import Gate
-from wsrt.kafka.history import CHUNK_RECORDS, History
+from wsrt.kafka.history import History
 from wsrt.kafka.options import UNAVAILABLE
 from wsrt.kafka.snapshot import Snapshots
 from wsrt.logs import EventLogger, RateLimited
@@ -86,6 +86,29 @@ class ReplayJob:
     snapshot_end: bytes = b""
     #: When the job was made (monotonic seconds): snapshots are timed from it.
     created: float = field(default_factory=time.monotonic)
+
+    async def until_writable(self) -> None:
+        """Return once the client's transport takes data, or the client is gone."""
+        while self.outlet.paused and not self.outlet.closed:
+            await self.writable()
+
+    async def write_snapshot(self, stats: Stats) -> bool | None:
+        """The snapshot's frames, paced like history, then ``snapshot_end``: ``None`` when
+        written, ``True`` when the transport paused first, ``False`` when the client is gone."""
+        chunks, outlet = self.snapshot, self.outlet
+        assert chunks is not None
+        while chunks:
+            if outlet.closed:
+                return False
+            if outlet.paused:
+                return True
+            data, count = chunks.popleft()  # joined once for every client of this store state
+            if not outlet.deliver(data, count):
+                return False
+            await asyncio.sleep(0)  # let live publishes in
+        self.snapshot = None
+        stats.snapshot_seconds[self.channel.topic] += time.monotonic() - self.created
+        return None if self.reply(self.snapshot_end) else False
 
 
 class Replayer:
@@ -156,7 +179,9 @@ class Replayer:
         unknown partition) before anything was sent. Kafka errors are retried
         with backoff from where the replay stood. While the client's transport
         is paused the job gives its slot and consumer back: a client that stops
-        reading mid-replay holds neither.
+        reading mid-replay holds neither. A snapshot without ``since`` is
+        written from memory with neither; only the records published while it
+        was written take a slot and a consumer, to be read from Kafka.
         """
         stats = self.stats
         try:
@@ -166,7 +191,10 @@ class Replayer:
         started = time.monotonic()
         backoff = Backoff(self.settings.kafka_backoff_initial, self.settings.kafka_backoff_max)
         try:
-            while True:
+            if isinstance(job.start, Snapshot) and job.start.after is None:
+                await self._snapshot(job)  # from memory: no slot, no consumer
+                self._join_caught_up(job)
+            while not job.replied or job.pending or job.snapshot is not None:
                 await self._take_slot(job)
                 consumer = await self.history.consumer()
                 try:
@@ -188,8 +216,7 @@ class Replayer:
                 self._give_slot(job)
                 if not paused:
                     break
-                while job.outlet.paused and not job.outlet.closed:
-                    await job.writable()
+                await job.until_writable()
         except BaseException:
             stats.replays_cancelled += 1
             raise
@@ -205,6 +232,19 @@ class Replayer:
             channel=job.channel.name, messages=job.messages, duration_ms=round(seconds * 1000),
             rate=round(job.messages / seconds) if seconds > 0 else None,
         )  # fmt: skip
+
+    async def _snapshot(self, job: ReplayJob) -> None:
+        """Take a snapshot, answer and write it, paced by the socket; then only the records
+        published meanwhile are left (``job.pending``), for the replay that follows."""
+        gone = not self._reply(job, await self._take_snapshot(job))
+        while not gone and job.snapshot is not None:
+            written = await job.write_snapshot(self.stats)  # None: all of it; True: paused
+            if written is True:
+                await job.until_writable()
+            gone = written is False
+        if gone:
+            job.pending.clear()  # the client went away
+            job.snapshot = None
 
     async def _take_slot(self, job: ReplayJob) -> None:
         """Wait for one of ``WS_REPLAY_CONCURRENCY`` slots (counted as waiting meanwhile)."""
@@ -257,9 +297,7 @@ class Replayer:
         assert self.snapshots is not None
         topic = job.channel.topic
         await self.snapshots.loaded(topic)
-        positions, chunks, keys, complete = self.snapshots.take(
-            topic, job.live_then, job.gate.key, CHUNK_RECORDS
-        )
+        positions, chunks, keys, complete = self.snapshots.take(topic, job.live_then, job.gate.key)
         job.snapshot = deque(chunks)
         job.snapshot_end = protocol.snapshot_end_reply(job.channel.name, keys, complete)
         self.stats.snapshots[topic] += 1
@@ -289,24 +327,6 @@ class Replayer:
         )  # fmt: skip
         return True
 
-    async def _write_snapshot(self, job: ReplayJob) -> bool | None:
-        """The snapshot's frames, paced like history, then ``snapshot_end``: ``None`` when
-        written, ``True`` when the transport paused first, ``False`` when the client is gone."""
-        chunks, outlet = job.snapshot, job.outlet
-        assert chunks is not None
-        while chunks:
-            if outlet.closed:
-                return False
-            if outlet.paused:
-                return True
-            data, count = chunks.popleft()  # joined once for every client of this store state
-            if not outlet.deliver(data, count):
-                return False
-            await asyncio.sleep(0)  # let live publishes in
-        job.snapshot = None
-        self.stats.snapshot_seconds[job.channel.topic] += time.monotonic() - job.created
-        return None if job.reply(job.snapshot_end) else False
-
     # -- reading -----------------------------------------------------------------
 
     async def _read(self, consumer: AIOKafkaConsumer, job: ReplayJob) -> bool:
@@ -317,7 +337,7 @@ class Replayer:
         outlet and never counts as live backlog.
         """
         if job.snapshot is not None:
-            written = await self._write_snapshot(job)
+            written = await job.write_snapshot(self.stats)
             if written is not None:
                 return written
         topic = job.channel.topic

@@ -27,6 +27,9 @@ from wsrt.logs import EventLogger
 from wsrt.state import State
 from wsrt.wire import Skipped, envelope
 
+#: Bytes per write of a snapshot: frames from memory, so a write is a join, never a read.
+CHUNK_BYTES = 256 * 1024
+
 
 class Snapshots:
     def __init__(
@@ -64,15 +67,15 @@ class Snapshots:
         await self._loaded[topic].wait()
 
     def take(
-        self, topic: str, partitions: Mapping[int, int], key: bytes | None, chunk: int
+        self, topic: str, partitions: Mapping[int, int], key: bytes | None
     ) -> tuple[dict[int, int], list[tuple[bytes, int]], int, bool]:
         """Where the live stream stands now in ``partitions``; the newest value of every key
-        there (or of ``key``) in chunks of ``chunk`` frames to write; how many keys; and
+        there (or of ``key``) in writes of about :data:`CHUNK_BYTES`; how many keys; and
         whether that is every key. No ``await``: one step."""
         live = self.live
         positions = {p: live[(topic, p)] for p in sorted(partitions) if (topic, p) in live}
         held = self.state.topics[topic]
-        chunks = held.chunks(positions, key, chunk)
+        chunks = held.chunks(positions, key, CHUNK_BYTES)
         return positions, chunks, sum(n for _, n in chunks), held.complete
 
     async def _load_all(self, upto: dict[tuple[str, int], int]) -> None:
