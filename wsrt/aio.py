@@ -7,12 +7,15 @@
   waits for from the start (closing a replaced consumer or a client).
 * :class:`Backoff`: exponential reconnect delays with full jitter, so that a
   fleet of clients (or replicas) does not retry in lockstep.
+* :class:`TickBudget`: bytes that many tasks may write per event-loop
+  iteration together, so that bulk writes never make one iteration long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -76,3 +79,47 @@ class Backoff:
     def reset(self) -> None:
         """A success: the next failure waits the initial delay again."""
         self.attempt = 0
+
+
+class TickBudget:
+    """Bytes that every task together may write per event-loop iteration; the rest wait.
+
+    A thousand snapshots at once would otherwise write gigabytes in one
+    iteration while the live stream waits behind them. Waiters are let in
+    first come, first served, a budget's worth per iteration, so the cost of
+    waiting stays a few wake-ups per iteration however many wait.
+    """
+
+    def __init__(self, per_tick: int) -> None:
+        self.per_tick = per_tick
+        self.left = per_tick
+        self._waiting: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._tick_pending = False
+
+    async def take(self, size: int) -> None:
+        """Return once ``size`` more bytes may be written in this iteration."""
+        if self.left > 0 and not self._waiting:
+            self.left -= size
+            self._next_tick()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append((waiter, size))
+        self._next_tick()
+        await waiter
+
+    def _next_tick(self) -> None:
+        if not self._tick_pending:
+            self._tick_pending = True
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._tick_pending = False
+        self.left = self.per_tick
+        waiting = self._waiting
+        while waiting and self.left > 0:
+            waiter, size = waiting.popleft()
+            if not waiter.done():  # a waiter cancelled meanwhile takes nothing
+                self.left -= size
+                waiter.set_result(None)
+        if waiting or self.left < self.per_tick:
+            self._next_tick()

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 
 from wsrt import protocol
-from wsrt.aio import Backoff
+from wsrt.aio import Backoff, TickBudget
 from wsrt.config import Settings
 from wsrt.hub import Gate
 from wsrt.kafka.history import History
@@ -55,6 +55,10 @@ from wsrt.outlet import Outlet
 from wsrt.protocol import Channel, Since, SinceTime, Snapshot, Start
 from wsrt.replay import Plan
 from wsrt.wire import Skipped, envelope
+
+#: Bytes all snapshots together write per event-loop iteration: about a millisecond of
+#: socket writes, so the live stream's steps never wait long behind a snapshot storm.
+SNAPSHOT_BYTES_PER_TICK = 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -92,12 +96,15 @@ class ReplayJob:
         while self.outlet.paused and not self.outlet.closed:
             await self.writable()
 
-    async def write_snapshot(self, stats: Stats) -> bool | None:
-        """The snapshot's frames, paced like history, then ``snapshot_end``: ``None`` when
-        written, ``True`` when the transport paused first, ``False`` when the client is gone."""
+    async def write_snapshot(self, budget: TickBudget, stats: Stats) -> bool | None:
+        """The snapshot's frames, paced by the socket and by ``budget`` (shared by every
+        snapshot, so that together they never make one event-loop iteration long), then
+        ``snapshot_end``: ``None`` when written, ``True`` when the transport paused first,
+        ``False`` when the client is gone."""
         chunks, outlet = self.snapshot, self.outlet
         assert chunks is not None
         while chunks:
+            await budget.take(len(chunks[0][0]))
             if outlet.closed:
                 return False
             if outlet.paused:
@@ -105,7 +112,6 @@ class ReplayJob:
             data, count = chunks.popleft()  # joined once for every client of this store state
             if not outlet.deliver(data, count):
                 return False
-            await asyncio.sleep(0)  # let live publishes in
         self.snapshot = None
         stats.snapshot_seconds[self.channel.topic] += time.monotonic() - self.created
         return None if self.reply(self.snapshot_end) else False
@@ -137,6 +143,8 @@ class Replayer:
         self._unplaced: set[ReplayJob] = set()
         #: The state topics' loader and snapshots (set by the app when there are any).
         self.snapshots: Snapshots | None = None
+        #: What all snapshots together may write per event-loop iteration.
+        self.budget = TickBudget(SNAPSHOT_BYTES_PER_TICK)
 
     @property
     def placed(self) -> bool:
@@ -180,8 +188,9 @@ class Replayer:
         with backoff from where the replay stood. While the client's transport
         is paused the job gives its slot and consumer back: a client that stops
         reading mid-replay holds neither. A snapshot without ``since`` is
-        written from memory with neither; only the records published while it
-        was written take a slot and a consumer, to be read from Kafka.
+        written from memory with neither (all of them together at most
+        :data:`SNAPSHOT_BYTES_PER_TICK` per event-loop iteration); only the
+        records published meanwhile are read from Kafka.
         """
         stats = self.stats
         try:
@@ -192,7 +201,7 @@ class Replayer:
         backoff = Backoff(self.settings.kafka_backoff_initial, self.settings.kafka_backoff_max)
         try:
             if isinstance(job.start, Snapshot) and job.start.after is None:
-                await self._snapshot(job)  # from memory: no slot, no consumer
+                await self._snapshot(job)  # from memory: no consumer
                 self._join_caught_up(job)
             while not job.replied or job.pending or job.snapshot is not None:
                 await self._take_slot(job)
@@ -238,7 +247,7 @@ class Replayer:
         published meanwhile are left (``job.pending``), for the replay that follows."""
         gone = not self._reply(job, await self._take_snapshot(job))
         while not gone and job.snapshot is not None:
-            written = await job.write_snapshot(self.stats)  # None: all of it; True: paused
+            written = await job.write_snapshot(self.budget, self.stats)  # True: paused
             if written is True:
                 await job.until_writable()
             gone = written is False
@@ -337,7 +346,7 @@ class Replayer:
         outlet and never counts as live backlog.
         """
         if job.snapshot is not None:
-            written = await job.write_snapshot(self.stats)
+            written = await job.write_snapshot(self.budget, self.stats)
             if written is not None:
                 return written
         topic = job.channel.topic
