@@ -82,6 +82,8 @@ class Scale:
     state_clients: int = 1_000
     #: How long the live stream runs, alone and beside the snapshots.
     state_live_seconds: float = 30.0
+    #: The store's memory once more, at a size where fixed costs weigh little.
+    state_memory_keys: int = 100_000
     #: Extra settings of the policy runs (quick: small buffers, so that a few seconds fill them).
     policy_env: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +100,7 @@ class Scale:
             policy_clients=30, policy_slow=4, policy_keys=10, policy_seconds=3.0,
             policy_env={"WS_CLIENT_BUFFER": "16", "WS_SEND_BUFFER_BYTES": "4096"},
             state_keys=500, state_clients=20, state_live_seconds=4.0,
+            state_memory_keys=2_000,
         )  # fmt: skip
 
 
@@ -501,6 +504,8 @@ class LiveRun:
     other: dict[str, Any] | None
     #: The server's metrics after the run.
     after: dict[Any, float]
+    #: (receipt time, ms from the fetch to the last client's socket written) per probe.
+    in_server: list[tuple[float, float]] = field(default_factory=list)
 
 
 class ReplayScenarios(ThroughputScenarios):
@@ -542,6 +547,7 @@ class ReplayScenarios(ThroughputScenarios):
         seconds: float,
         beside: dict[str, Any],
         env: dict[str, str],
+        value: bytes | None = None,
     ) -> tuple[Result, LiveRun]:
         """The live stream alone, then beside a second load client (``beside``: its params).
 
@@ -549,14 +555,20 @@ class ReplayScenarios(ThroughputScenarios):
         over the whole run and over the seconds the second client's work took
         (for the run alone, the same seconds after the start of production).
         """
-        alone = self._live_run(topic, "live, no " + what, seconds, env)
-        with_it = self._live_run(topic, f"live beside {label}", seconds, env, beside)
+        alone = self._live_run(topic, "live, no " + what, seconds, env, value=value)
+        with_it = self._live_run(topic, f"live beside {label}", seconds, env, beside, value)
         done = with_it.other
         assert done is not None
         start, end = done["started"] - with_it.t0, done["ended"] - with_it.t0
         same = [d for t, d in alone.delays if start <= t - alone.t0 <= end]
         inside = [d for t, d in with_it.delays if done["started"] <= t <= done["ended"]]
         name = f"live p99 ms in the {what}' seconds"
+        alone.result.figures[name] = percentile(same, 0.99)
+        with_it.result.figures[name] = percentile(inside, 0.99)
+        # The server's share alone, free of the load clients' share of the same two cores.
+        name = f"server's part (fetch → last socket written) p99 ms, {what}' seconds"
+        same = [ms for t, ms in alone.in_server if start <= t - alone.t0 <= end]
+        inside = [ms for t, ms in with_it.in_server if done["started"] <= t <= done["ended"]]
         alone.result.figures[name] = percentile(same, 0.99)
         with_it.result.figures[name] = percentile(inside, 0.99)
         return alone.result, with_it
@@ -587,17 +599,20 @@ class ReplayScenarios(ThroughputScenarios):
         seconds: float,
         env: dict[str, str],
         beside: dict[str, Any] | None = None,
+        value: bytes | None = None,
     ) -> LiveRun:
         """One run of the live stream, beside a second load client (``beside``: its params)."""
         s = self.scale
         count = int(s.latency_rate * seconds)
-        with self.server(topic, env) as server:
+        every = str(max(1, int(s.latency_rate // 10)))  # ten probe records a second
+        with self.server(topic, {**env, "WS_LATENCY_SAMPLE_EVERY": every}) as server:
             server.wait_ready()
             samplers = min(s.samplers, s.latency_clients)
             params = {
                 "mode": "stream", "url": server.url, "token": self.token, "channel": topic,
                 "counters": s.latency_clients - samplers, "samplers": samplers,
                 "messages": count, "window": seconds + 30, "timeout": seconds + 60, "raw": True,
+                "probe_every": int(every),
             }  # fmt: skip
             second = None if beside is None else {
                 "url": server.url, "token": self.token, "channel": topic, "timeout": seconds + 120,
@@ -610,11 +625,20 @@ class ReplayScenarios(ThroughputScenarios):
                 other = stack.enter_context(self.client(second)) if second else None
                 if other is not None:
                     self.line(other, 120)  # connected; its work has started
-                self.paced(topic, count, s.latency_rate)
+                self.paced(topic, count, s.latency_rate, value=value)
                 done = self.line(other, seconds + 180) if other else None
                 result = self.line(client, seconds + 120)
                 cpu.stop()
                 after = self.metrics(server)
+                stages = {
+                    (e["partition"], e["offset"]): e["written_ms"] - e["fetched_ms"]
+                    for e in server.events if e.get("event") == "latency_sample"
+                }  # fmt: skip
+        in_server = [
+            (received / 1000, stages[(p, o)])
+            for p, o, _, received in result["probes"]
+            if (p, o) in stages
+        ]
         _, run_window = steady_rate(result["series"])
         delays = result["delays"]
         figures: dict[str, Any] = {
@@ -628,7 +652,7 @@ class ReplayScenarios(ThroughputScenarios):
             "sample in order, no gap": result["sample_gaps"] == 0
             and result["sample_out_of_order"] == 0,
         }
-        return LiveRun(Result(name, figures, checks), delays, t0, done, after)
+        return LiveRun(Result(name, figures, checks), delays, t0, done, after, in_server)
 
     def _stalled_replay(self, topic: str) -> Result:
         """A client that asks for history and reads nothing: what the server holds for it."""
@@ -698,16 +722,17 @@ class StateScenarios(ReplayScenarios):
         figures[f"{s.state_clients} clients at once: p50 / max ms"] = (
             f"{many['ms'].get('p50', 0):.0f} / {many['ms'].get('max', 0):.0f}"
         )
+        figures.update(self._store_cost(s.state_memory_keys, value))
         checks = {
             "every client got every key": many["finished"] == s.state_clients
             and many["keys_min"] == s.state_keys
             and one["keys_min"] == s.state_keys,
         }
-        # The live stream writes to the state topic too: its keys join the store.
+        # The live stream updates the state topic with values of the same size (8 new keys).
         snapshots = {"mode": "snapshot", "clients": s.state_clients}
         label = f"{s.state_clients} snapshots of {s.state_keys} keys"
         alone, beside = self._live_pair(
-            topic, label, "snapshots", s.state_live_seconds, snapshots, env
+            topic, label, "snapshots", s.state_live_seconds, snapshots, env, value
         )
         done = beside.other
         assert done is not None
@@ -716,6 +741,24 @@ class StateScenarios(ReplayScenarios):
             done["finished"] == s.state_clients and done["keys_min"] >= s.state_keys
         )
         return [Result("state on subscribe", figures, checks), alone, beside.result]
+
+    def _store_cost(self, count: int, value: bytes) -> dict[str, float]:
+        """A store of ``count`` keys against the value bytes it holds: accounted, and the
+        server's RSS growth (the fixed costs of loading weigh less than at 10,000 keys)."""
+        topic = self.new_topic("state-memory")
+        self.preload(topic, count, value, [b"key-%06d" % n for n in range(count)])
+        held = len(value % 0) * count
+        with self.server(topic, {}) as plain:
+            plain.wait_ready()
+            without = _rss_bytes(plain.pid)
+        with self.server(topic, {"WS_STATE_TOPICS": topic}) as server:
+            loaded = server.wait_for("state_loaded")
+            server.wait_ready()
+            grown = _rss_bytes(server.pid) - without
+        return {
+            f"{count:,} keys: store bytes / value bytes (accounted)": loaded["bytes"] / held,
+            f"{count:,} keys: RSS growth / value bytes": grown / held,
+        }
 
     def _snapshots(self, server: ServerProcess, topic: str, clients: int) -> dict[str, Any]:
         params = {
