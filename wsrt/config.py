@@ -358,6 +358,11 @@ class Settings:
         "First wait before reconnecting to Kafka (doubles, with jitter).", _K)
     kafka_backoff_max: float = _var("WS_KAFKA_BACKOFF_MAX_SECONDS", "2", _positive_seconds,
         "Longest wait between Kafka reconnect attempts.", _K)
+    kafka_isolation_level: str = _var(
+        "WS_KAFKA_ISOLATION_LEVEL", "read_committed",
+        _choice("read_committed", "read_uncommitted"),
+        "Transactional records: read_committed never delivers an aborted one (nor one of an "
+        "open transaction before it commits); read_uncommitted delivers all.", _K)
     kafka_security_protocol: str = _var(
         "WS_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
         _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", upper=True),

@@ -52,6 +52,7 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         "enable_auto_commit": False,
         # Broadcast replicas serve live data from the end of each partition.
         "auto_offset_reset": s.kafka_offset_reset if s.fanout_mode == "shared" else "latest",
+        "isolation_level": s.kafka_isolation_level,
         "fetch_max_wait_ms": max(1, int(s.kafka_fetch_max_wait * 1000)),
         "metadata_max_age_ms": int(s.kafka_metadata_refresh * 1000),
         "request_timeout_ms": int(s.kafka_request_timeout * 1000),
