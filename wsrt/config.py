@@ -30,6 +30,7 @@ from dotenv import dotenv_values
 from wsrt.errors import ConfigError
 from wsrt.outlet import POLICIES
 from wsrt.tokens import HMAC_ALGORITHMS
+from wsrt.wire import FORMATS, SCHEMA_FORMATS
 
 #: Secrets shorter than this are accepted with a warning (the runbook's own
 #: examples use ``dev-secret``); RFC 7518 asks for at least 256 bits for HS256.
@@ -174,18 +175,31 @@ def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
     return parse
 
 
-def _topic_policies(raw: str) -> tuple[tuple[str, str], ...]:
-    pairs: list[tuple[str, str]] = []
-    for item in _csv(raw):
-        topic, sep, policy = (part.strip() for part in item.partition("="))
-        if not sep or not topic:
-            raise ValueError(f"expected topic=policy pairs like order_book=conflate, got {item!r}")
-        if policy.lower() not in POLICIES:
-            raise ValueError(f"{policy!r} for {topic} is not one of {', '.join(POLICIES)}")
-        if topic in dict(pairs):
-            raise ValueError(f"names {topic} twice")
-        pairs.append((topic, policy.lower()))
-    return tuple(pairs)
+def _per_topic(
+    what: str, choices: tuple[str, ...], example: str, later: tuple[str, ...] = ()
+) -> Callable[[str], tuple[tuple[str, str], ...]]:
+    """A parser of ``topic=value`` pairs, each value one of ``choices``; ``later``: values
+    the design names that are not built yet (refused, saying so)."""
+
+    def parse(raw: str) -> tuple[tuple[str, str], ...]:
+        pairs: list[tuple[str, str]] = []
+        for item in _csv(raw):
+            topic, sep, value = (part.strip() for part in item.partition("="))
+            if not sep or not topic:
+                raise ValueError(f"expected topic={what} pairs like {example}, got {item!r}")
+            value = value.lower()
+            if value in later:
+                raise ValueError(
+                    f"{value} for {topic} is not built yet (there are {', '.join(choices)})"
+                )
+            if value not in choices:
+                raise ValueError(f"{value!r} for {topic} is not one of {', '.join(choices)}")
+            if topic in dict(pairs):
+                raise ValueError(f"names {topic} twice")
+            pairs.append((topic, value))
+        return tuple(pairs)
+
+    return parse
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -271,8 +285,8 @@ class Settings:
         "What a full queue does: disconnect (close 1008), conflate (newest per key), drop (gap).",
         _S)
     topic_policy_overrides: tuple[tuple[str, str], ...] = _var("WS_TOPIC_POLICIES", "",
-        _topic_policies, "Per-topic policies overriding it, e.g. order_book=conflate,lines=drop.",
-        _S)
+        _per_topic("policy", POLICIES, "order_book=conflate"),
+        "Per-topic policies overriding it, e.g. order_book=conflate,lines=drop.", _S)
     send_buffer_bytes: int = _var("WS_SEND_BUFFER_BYTES", "262144", _non_negative_int,
         "Kernel send buffer per client socket (0: OS autotuning, up to megabytes).", _S)
     shutdown_timeout: float = _var("WS_SHUTDOWN_TIMEOUT_SECONDS", "10", _positive_seconds,
@@ -358,6 +372,12 @@ class Settings:
         "First wait before reconnecting to Kafka (doubles, with jitter).", _K)
     kafka_backoff_max: float = _var("WS_KAFKA_BACKOFF_MAX_SECONDS", "2", _positive_seconds,
         "Longest wait between Kafka reconnect attempts.", _K)
+    topic_formats: tuple[tuple[str, str], ...] = _var("WS_TOPIC_FORMATS", "",
+        _per_topic("format", FORMATS, "audit=string", SCHEMA_FORMATS),
+        "Per-topic value formats, e.g. audit=string,blobs=bytes: json (the default) is "
+        "embedded, string becomes a JSON string, bytes base64.", _K)
+    headers: tuple[str, ...] = _var("WS_HEADERS", "", _csv,
+        "Kafka headers forwarded in the envelope's headers (names, or * for all).", _K)
     kafka_isolation_level: str = _var(
         "WS_KAFKA_ISOLATION_LEVEL", "read_committed",
         _choice("read_committed", "read_uncommitted"),
@@ -512,6 +532,7 @@ def load_settings(
     for name, named in (
         ("WS_TOPIC_POLICIES", [t for t, _ in values["topic_policy_overrides"]]),
         ("WS_STATE_TOPICS", values["state_topics"]),
+        ("WS_TOPIC_FORMATS", [t for t, _ in values["topic_formats"]]),
     ):
         unknown = [t for t in named if t not in served]
         if unknown:

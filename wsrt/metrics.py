@@ -314,7 +314,8 @@ class Collector:
         )
         skipped = CounterMetricFamily(
             "wsrt_kafka_skipped_records",
-            "Kafka records not delivered (not_json, empty, tombstone, undecodable), by topic.",
+            "Kafka records not delivered (not_json, not_text, empty, tombstone, undecodable), "
+            "by topic.",
             labels=["topic", "reason"],
         )
         for topic in sorted(self.hub.topics):

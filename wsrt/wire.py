@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
 
@@ -18,10 +19,18 @@ from wsrt.errors import WsrtError
 
 # Why a record was skipped (the ``reason`` label of the skip counter).
 NOT_JSON = "not_json"
+NOT_TEXT = "not_text"
 EMPTY = "empty"
 TOMBSTONE = "tombstone"
 UNDECODABLE = "undecodable"
-SKIP_REASONS = (NOT_JSON, EMPTY, TOMBSTONE, UNDECODABLE)
+SKIP_REASONS = (NOT_JSON, NOT_TEXT, EMPTY, TOMBSTONE, UNDECODABLE)
+
+# How a topic's values become ``data`` (``WS_TOPIC_FORMATS``): JSON embedded byte
+# for byte, UTF-8 text as a JSON string, anything as base64.
+JSON, STRING, BYTES = "json", "string", "bytes"
+FORMATS = (JSON, STRING, BYTES)
+#: Formats that need a schema registry: named by the design, not built yet.
+SCHEMA_FORMATS = ("avro", "protobuf", "json-schema")
 
 
 class Skipped(WsrtError):
@@ -41,14 +50,15 @@ def is_json(value: bytes) -> bool:
     return True
 
 
-def check_value(value: bytes | None) -> None:
-    """Raise :class:`Skipped` unless ``value`` can be embedded as ``data``."""
+def check_value(value: bytes | None) -> bytes:
+    """``value``, if it can be embedded as ``data`` (JSON); else raise :class:`Skipped`."""
     if value is None:
         raise Skipped(TOMBSTONE)
     if not value:
         raise Skipped(EMPTY)
     if not is_json(value):
         raise Skipped(NOT_JSON)
+    return value
 
 
 def _key_part(key: bytes | None) -> bytes:
@@ -60,7 +70,9 @@ def _key_part(key: bytes | None) -> bytes:
         return b'"' + base64.b64encode(key) + b'","key_encoding":"base64"'
 
 
-_HEAD = b'{"type":"message","channel":%b,"key":%b,"partition":%d,"offset":%d,"timestamp":%d,"data":'
+_HEAD = (
+    b'{"type":"message","channel":%b,"key":%b,"partition":%d,"offset":%d,"timestamp":%d,%b"data":'
+)
 
 
 def record_frame(
@@ -70,16 +82,30 @@ def record_frame(
     offset: int,
     timestamp: int,
     value: bytes | None,
+    form: str = JSON,
+    headers: bytes = b"",
 ) -> bytes:
     """The text frame of one record's ``message`` envelope.
 
-    ``data`` is the record value embedded byte for byte; it is parsed once here
-    only to reject what is not JSON.
+    ``data`` is the record value: for ``json`` embedded byte for byte (parsed
+    once here only to reject what is not JSON), for ``string`` a JSON string,
+    for ``bytes`` base64 with ``"data_encoding":"base64"``. ``headers`` is the
+    envelope's headers part (:meth:`Envelopes.headers_part`), or empty.
     """
-    check_value(value)
-    assert value is not None
-    head = _HEAD % (orjson.dumps(topic), _key_part(key), partition, offset, timestamp)
-    return b"".join((_header(len(head) + len(value) + 1), head, value, b"}"))
+    data = check_value(value) if form == JSON else _data_part(value, form)
+    head = _HEAD % (orjson.dumps(topic), _key_part(key), partition, offset, timestamp, headers)
+    return b"".join((_header(len(head) + len(data) + 1), head, data, b"}"))
+
+
+def _data_part(value: bytes | None, form: str) -> bytes:
+    if value is None:
+        raise Skipped(TOMBSTONE)
+    if form == STRING:
+        try:
+            return orjson.dumps(value.decode())
+        except UnicodeDecodeError:
+            raise Skipped(NOT_TEXT) from None
+    return b'"' + base64.b64encode(value) + b'","data_encoding":"base64"'
 
 
 _DELETE = b'{"type":"delete","channel":%b,"key":%b,"partition":%d,"offset":%d,"timestamp":%d}'
@@ -91,21 +117,58 @@ def delete_frame(topic: str, key: bytes, partition: int, offset: int, timestamp:
     return _header(len(payload)) + payload
 
 
-def envelope(
-    topic: str,
-    key: bytes | None,
-    partition: int,
-    offset: int,
-    timestamp: int,
-    value: bytes | None,
-    state: bool,
-) -> tuple[bytes, bool]:
-    """A record's frame and whether it is a ``delete``: on a state topic (``state``) a
-    tombstone with a key deletes that key; anywhere else it is skipped, as any record
-    that cannot be a ``message`` is (raises :class:`Skipped`)."""
-    if value is None and state and key is not None:
-        return delete_frame(topic, key, partition, offset, timestamp), True
-    return record_frame(topic, key, partition, offset, timestamp, value), False
+class Envelopes:
+    """How each topic's records become frames: its format (``WS_TOPIC_FORMATS``), the
+    Kafka headers forwarded (``WS_HEADERS``: names, or ``*``), and whether it is a state
+    topic (where a tombstone with a key is a ``delete``)."""
+
+    def __init__(
+        self, formats: Mapping[str, str], headers: Iterable[str], state_topics: Iterable[str]
+    ) -> None:
+        self.formats = dict(formats)
+        names = frozenset(headers)
+        self.every_header = "*" in names
+        self.header_names = names - {"*"}
+        self.state_topics = frozenset(state_topics)
+
+    def frame(
+        self,
+        topic: str,
+        key: bytes | None,
+        partition: int,
+        offset: int,
+        timestamp: int,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> tuple[bytes, bool]:
+        """A record's frame and whether it is a ``delete``. A record that cannot be a
+        ``message`` raises :class:`Skipped`."""
+        if value is None and key is not None and topic in self.state_topics:
+            return delete_frame(topic, key, partition, offset, timestamp), True
+        part = self.headers_part(headers) if headers else b""
+        form = self.formats.get(topic, JSON)
+        return record_frame(topic, key, partition, offset, timestamp, value, form, part), False
+
+    def headers_part(self, headers: Sequence[tuple[str, bytes]]) -> bytes:
+        """``"headers":{…},`` for the forwarded headers (UTF-8 values; others base64
+        under ``"headers_base64"``); the last of a repeated name wins; empty if none."""
+        if not (self.every_header or self.header_names):
+            return b""
+        text: dict[str, str | None] = {}
+        other: dict[str, str] = {}
+        for name, value in headers:
+            if not (self.every_header or name in self.header_names):
+                continue
+            try:
+                text[name] = None if value is None else value.decode()
+                other.pop(name, None)
+            except UnicodeDecodeError:
+                other[name] = base64.b64encode(value).decode()
+                text.pop(name, None)
+        part = b'"headers":' + orjson.dumps(text) + b"," if text else b""
+        if other:
+            part += b'"headers_base64":' + orjson.dumps(other) + b","
+        return part
 
 
 _HEADER_SMALL = struct.Struct("!BB")

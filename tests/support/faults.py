@@ -32,20 +32,19 @@ TRIGGER_STALL = b'{"stall":1}'
 
 def _consumer_raises() -> None:
     from wsrt import wire
-    from wsrt.kafka import deliver
 
-    real = wire.envelope
+    real = wire.Envelopes.frame
     fired = False
 
-    def envelope(*args: Any) -> tuple[bytes, bool]:
+    def frame(self: wire.Envelopes, *args: Any) -> tuple[bytes, bool]:
         nonlocal fired
         if args[5] == TRIGGER_RAISE and not fired:  # the value
             fired = True
             raise RuntimeError("injected: the consumer loop meets an unexpected error")
-        return real(*args)
+        return real(self, *args)
 
-    # The encoder calls envelope through the module it imported it into.
-    setattr(deliver, "envelope", envelope)  # noqa: B010
+    # The live stream meets the record first: replays of it come later.
+    setattr(wire.Envelopes, "frame", frame)  # noqa: B010
 
 
 def _client_write_raises() -> None:

@@ -24,7 +24,12 @@ TP = TopicPartition("lines", 0)
 
 def record(offset: int, value: bytes | None, key: bytes | None = b"k") -> Any:
     return SimpleNamespace(
-        key=key, value=value, partition=TP.partition, offset=offset, timestamp=1_000 + offset
+        key=key,
+        value=value,
+        partition=TP.partition,
+        offset=offset,
+        timestamp=1_000 + offset,
+        headers=(),
     )
 
 

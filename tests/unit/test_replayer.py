@@ -51,7 +51,7 @@ class FakeConsumer:
             if end > start:
                 out[tp] = [
                     SimpleNamespace(key=None, partition=tp.partition, offset=o, timestamp=0,
-                                    value=b'{"n":%d}' % o)
+                                    value=b'{"n":%d}' % o, headers=())
                     for o in range(start, end)
                 ]  # fmt: skip
                 self.positions[tp] = end

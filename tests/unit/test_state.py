@@ -7,7 +7,7 @@ import orjson
 
 from wsrt.outlet import Record
 from wsrt.state import ENTRY_OVERHEAD, State, TopicState, position, snapshot_frame
-from wsrt.wire import delete_frame, envelope, frame_payload, record_frame
+from wsrt.wire import Envelopes, delete_frame, frame_payload, record_frame
 
 
 def frame(key: bytes, offset: int, value: bytes = b'{"v":1}', partition: int = 0) -> bytes:
@@ -66,7 +66,8 @@ def test_partition_and_offset_are_read_back_from_any_key() -> None:
 
 
 def test_a_tombstone_is_a_delete_on_a_state_topic_and_skipped_elsewhere() -> None:
-    delete, deleted = envelope("book", b"BTC", 0, 9, 1_000, None, state=True)
+    state, plain = Envelopes({}, (), ["book"]), Envelopes({}, (), [])
+    delete, deleted = state.frame("book", b"BTC", 0, 9, 1_000, None)
     assert deleted and orjson.loads(frame_payload(delete)) == {
         "type": "delete", "channel": "book", "key": "BTC", "partition": 0, "offset": 9,
         "timestamp": 1_000,
@@ -77,9 +78,9 @@ def test_a_tombstone_is_a_delete_on_a_state_topic_and_skipped_elsewhere() -> Non
     from wsrt.wire import Skipped
 
     with pytest.raises(Skipped):
-        envelope("book", b"BTC", 0, 9, 1_000, None, state=False)
+        plain.frame("book", b"BTC", 0, 9, 1_000, None)
     with pytest.raises(Skipped):
-        envelope("book", None, 0, 9, 1_000, None, state=True)  # no key: nothing to delete
+        state.frame("book", None, 0, 9, 1_000, None)  # no key: nothing to delete
 
 
 def test_the_store_takes_only_its_topics_keyed_records_from_a_batch() -> None:

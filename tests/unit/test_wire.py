@@ -2,15 +2,20 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from wsrt.wire import (
+    BYTES,
     EMPTY,
     NOT_JSON,
+    NOT_TEXT,
+    STRING,
     TOMBSTONE,
+    Envelopes,
     Skipped,
     frame_payload,
     is_json,
@@ -94,3 +99,57 @@ def test_record_frames_parse_with_the_websockets_library(size: int) -> None:
 def test_is_json_accepts_any_json_value() -> None:
     assert all(is_json(v) for v in (b"1", b'"s"', b"[1]", b"null", b'{"a":{}}'))
     assert not any(is_json(v) for v in (b"", b"{", b"1 2"))
+
+
+# -- formats and headers (WS_TOPIC_FORMATS, WS_HEADERS) -----------------------
+
+
+def payload_of(envelopes: Envelopes, value: bytes | None, headers: Any = ()) -> dict[str, Any]:
+    frame, _ = envelopes.frame("t", b"k", 0, 7, 1_000, value, headers)
+    parsed: dict[str, Any] = json.loads(frame_payload(frame))
+    return parsed
+
+
+def test_a_string_topic_sends_text_as_a_json_string_and_skips_what_is_not_utf8() -> None:
+    text = Envelopes({"t": STRING}, (), ())
+    assert payload_of(text, 'caf\u00e9 "quoted"\n'.encode())["data"] == 'caf\u00e9 "quoted"\n'
+    assert payload_of(text, b"")["data"] == ""  # empty text is text
+    assert payload_of(text, b"not json at all")["data"] == "not json at all"
+    with pytest.raises(Skipped) as skipped:
+        payload_of(text, b"\xff\xfe")
+    assert skipped.value.reason == NOT_TEXT
+
+
+def test_a_bytes_topic_sends_base64_and_says_so() -> None:
+    raw = bytes(range(256))
+    got = payload_of(Envelopes({"t": BYTES}, (), ()), raw)
+    assert base64.b64decode(got["data"]) == raw and got["data_encoding"] == "base64"
+
+
+def test_headers_named_are_forwarded_utf8_as_text_others_as_base64() -> None:
+    headers = [("trace", b"abc"), ("bin", b"\xff\x00"), ("other", b"x"), ("trace", b"def")]
+    named = payload_of(Envelopes({}, ("trace", "bin", "absent"), ()), b"{}", headers)
+    assert named["headers"] == {"trace": "def"}  # the last of a repeated name
+    assert named["headers_base64"] == {"bin": base64.b64encode(b"\xff\x00").decode()}
+    every = payload_of(Envelopes({}, ("*",), ()), b"{}", [("a", b"1"), ("n", None)])
+    assert every["headers"] == {"a": "1", "n": None}
+    assert "headers" not in payload_of(Envelopes({}, (), ()), b"{}", headers)  # none asked
+
+
+def test_without_formats_or_headers_the_envelope_is_byte_for_byte_what_it_was() -> None:
+    value = b'{"b": 1,  "a": [1.50]}'
+    plain = Envelopes({}, (), ())
+    frame, _ = plain.frame("t", b"k", 0, 7, 1_000, value, [("h", b"v")])
+    assert frame == record_frame("t", b"k", 0, 7, 1_000, value)
+    assert frame_payload(frame) == (
+        b'{"type":"message","channel":"t","key":"k","partition":0,"offset":7,'
+        b'"timestamp":1000,"data":' + value + b"}"
+    )
+
+
+def test_a_snapshot_reads_partition_and_offset_back_past_any_header() -> None:
+    from wsrt.state import position, snapshot_frame
+
+    trap = [('"partition":9,"offset":9,', b'"partition":9,"offset":9,')]
+    frame, _ = Envelopes({}, ("*",), ()).frame("t", b"k", 3, 42, 1_000, b"{}", trap)
+    assert position(snapshot_frame(frame)) == (3, 42)

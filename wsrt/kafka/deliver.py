@@ -31,13 +31,18 @@ from wsrt.kafka.offsets import Offsets
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
 from wsrt.outlet import Record
-from wsrt.wire import UNDECODABLE, Skipped, envelope
+from wsrt.wire import UNDECODABLE, Envelopes, Skipped
 
 Batches = dict[TopicPartition, list[Any]]
 
 #: What aiokafka raises for a batch it cannot decode: a codec that is not
 #: installed, a corrupt batch. Live and replay both skip the record there.
 DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
+
+
+def envelopes(settings: Settings) -> Envelopes:
+    """How this server's records become frames (WS_TOPIC_FORMATS, WS_HEADERS, WS_STATE_TOPICS)."""
+    return Envelopes(dict(settings.topic_formats), settings.headers, settings.state_topics)
 
 
 class Encoder:
@@ -48,11 +53,11 @@ class Encoder:
         stats: Stats,
         log: EventLogger,
         sample_every: int = 0,
-        state_topics: frozenset[str] = frozenset(),
+        envelopes: Envelopes | None = None,
     ) -> None:
         self.publish = publish
-        #: WS_STATE_TOPICS: their tombstones are ``delete`` events, not skipped.
-        self.state_topics = state_topics
+        #: Formats, headers and state topics: how records become frames.
+        self.envelopes = envelopes if envelopes is not None else Envelopes({}, (), ())
         self.offsets = offsets
         self.stats = stats
         self.log = log
@@ -72,13 +77,13 @@ class Encoder:
         stats = self.stats
         # Nothing counts as taken before the hub took it: an exception while
         # encoding leaves every position where it was, for a replacement to re-read.
+        frame_of = self.envelopes.frame
         for tp, messages in batches.items():
             topic = tp.topic
-            state = topic in self.state_topics
             for m in messages:
                 try:
-                    frame, deleted = envelope(
-                        topic, m.key, m.partition, m.offset, m.timestamp, m.value, state
+                    frame, deleted = frame_of(
+                        topic, m.key, m.partition, m.offset, m.timestamp, m.value, m.headers
                     )
                 except Skipped as skip:
                     skips.append((topic, m.partition, m.offset, skip.reason))

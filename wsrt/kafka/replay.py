@@ -46,6 +46,7 @@ from wsrt import protocol
 from wsrt.aio import Backoff, TickBudget
 from wsrt.config import Settings
 from wsrt.hub import Gate
+from wsrt.kafka.deliver import envelopes
 from wsrt.kafka.history import History
 from wsrt.kafka.options import UNAVAILABLE
 from wsrt.kafka.snapshot import Snapshots
@@ -54,7 +55,7 @@ from wsrt.metrics import Stats
 from wsrt.outlet import Outlet
 from wsrt.protocol import Channel, Since, SinceTime, Snapshot, Start
 from wsrt.replay import Plan
-from wsrt.wire import Skipped, envelope
+from wsrt.wire import Skipped
 
 #: Bytes all snapshots together write per event-loop iteration: about a millisecond of
 #: socket writes, so the live stream's steps never wait long behind a snapshot storm.
@@ -128,6 +129,8 @@ class Replayer:
         stats: Stats,
     ) -> None:
         self.settings = settings
+        #: How records become frames, as the live stream makes them.
+        self.envelopes = envelopes(settings)
         #: The live stream's positions (the source's :class:`Offsets`), read, never written.
         self.live = live
         self.log = log
@@ -351,7 +354,7 @@ class Replayer:
                 return written
         topic = job.channel.topic
         key = job.gate.key
-        state = topic in self.settings.state_topics
+        frame_of = self.envelopes.frame
         outlet = job.outlet
         while True:
             self._join_caught_up(job)
@@ -366,8 +369,8 @@ class Replayer:
                     if key is not None and m.key != key:
                         continue
                     try:
-                        frame, _ = envelope(
-                            topic, m.key, m.partition, m.offset, m.timestamp, m.value, state
+                        frame, _ = frame_of(
+                            topic, m.key, m.partition, m.offset, m.timestamp, m.value, m.headers
                         )
                         frames.append(frame)
                     except Skipped:

@@ -21,11 +21,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from wsrt.aio import abandon_after, detach
 from wsrt.config import Settings
+from wsrt.kafka.deliver import envelopes
 from wsrt.kafka.history import History
 from wsrt.kafka.offsets import Offsets
 from wsrt.logs import EventLogger
 from wsrt.state import State
-from wsrt.wire import Skipped, envelope
+from wsrt.wire import Skipped
 
 #: Bytes per write of a snapshot: frames from memory, so a write is a join, never a read.
 CHUNK_BYTES = 256 * 1024
@@ -42,6 +43,8 @@ class Snapshots:
         loading: Callable[[str | None], None],
     ) -> None:
         self.settings = settings
+        #: How records become frames, as the live stream makes them.
+        self.envelopes = envelopes(settings)
         self.state = state
         self.history = history
         #: Where the live stream stands (read, never written).
@@ -106,6 +109,7 @@ class Snapshots:
         try:
             reading = await self._starts(consumer, topic, upto)
             held = self.state.topics[topic]
+            frame_of = self.envelopes.frame
             while reading:
                 batches, reached = await self.history.fetch(consumer, topic, reading)
                 for tp, messages in batches.items():
@@ -114,9 +118,10 @@ class Snapshots:
                         if m.offset >= end or m.key is None:
                             continue
                         try:
-                            frame, deleted = envelope(
-                                topic, m.key, m.partition, m.offset, m.timestamp, m.value, True
-                            )
+                            frame, deleted = frame_of(
+                                topic, m.key, m.partition, m.offset, m.timestamp, m.value,
+                                m.headers,
+                            )  # fmt: skip
                         except Skipped:
                             continue
                         held.apply(m.key, m.partition, m.offset, None if deleted else frame)

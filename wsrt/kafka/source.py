@@ -40,7 +40,7 @@ from wsrt.config import Settings
 from wsrt.health import Liveness, Readiness, Status
 from wsrt.kafka.assign import Assigner, Notices
 from wsrt.kafka.commit import Committer
-from wsrt.kafka.deliver import Batches, Encoder, UndecodableSkipper
+from wsrt.kafka.deliver import Batches, Encoder, UndecodableSkipper, envelopes
 from wsrt.kafka.offsets import Offsets
 from wsrt.kafka.options import UNAVAILABLE, consumer_options, discover, explain, metadata_client
 from wsrt.kafka.watch import SourceHealth, Watch
@@ -106,8 +106,7 @@ class KafkaSource:
         self.offsets = offsets if offsets is not None else Offsets()
         stats.kafka_lag = self.offsets.lag
         self.encoder = Encoder(
-            publish, self.offsets, stats, log, settings.latency_sample_every,
-            frozenset(settings.state_topics),
+            publish, self.offsets, stats, log, settings.latency_sample_every, envelopes(settings)
         )  # fmt: skip
         self.health = SourceHealth(readiness)
         #: ``on_positioned`` hears, in the step that positioned them, that positions are known.
