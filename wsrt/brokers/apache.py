@@ -125,44 +125,47 @@ class ApacheKafka(Broker):
         if (data / "meta.properties").exists():
             return  # restarted on the same data: keep the log
         properties = self.workdir / "server.properties"
-        properties.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    f"log.dirs={data}",
-                    "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=3",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    # Compacted topics in the tests are cleaned within a second, not 15.
-                    "log.cleaner.backoff.ms=500",
-                    "auto.create.topics.enable=false",
-                    "",
-                ]
-            )
-        )
+        properties.write_text("\n".join([*self.properties(data), ""]))
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [*self._java(), "kafka.tools.StorageTool", "format",
              # "=" form: a base64 id may begin with "-".
-             f"--cluster-id={cluster_id}", "-c", str(properties)],
+             f"--cluster-id={cluster_id}", "-c", str(properties), *self.format_options()],
             capture_output=True,
             text=True,
         )  # fmt: skip
         if result.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+
+    def properties(self, data: Path) -> list[str]:
+        """The broker's server.properties, one line each (``data``: its log directory)."""
+        return [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={data}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=3",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Compacted topics in the tests are cleaned within a second, not 15.
+            "log.cleaner.backoff.ms=500",
+            "auto.create.topics.enable=false",
+        ]
+
+    def format_options(self) -> list[str]:
+        """More options for formatting the storage (a subclass adds SCRAM users there)."""
+        return []
 
     def _java(self) -> list[str]:
         assert self.java is not None and self.libs is not None
