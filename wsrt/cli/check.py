@@ -97,7 +97,7 @@ async def check_kafka(settings: Settings, seconds: float) -> Result:
             await client.bootstrap()
             found, missing = await discover(client, settings.kafka_topics)
     except (KafkaError, OSError, TimeoutError) as exc:
-        return Result("kafka", False, await explain(exc, settings.kafka_brokers))
+        return Result("kafka", False, await explain(exc, settings))
     finally:
         await client.close()
     if missing:

@@ -10,13 +10,20 @@ import asyncio
 import errno
 import re
 import socket
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.helpers import create_ssl_context
 
-from wsrt.aio import Abandoned
+from wsrt.aio import Abandoned, abandon_after
 from wsrt.config import Settings
 
 #: Errors that mean "Kafka is not reachable or not answering": retry, report, never crash.
@@ -86,19 +93,23 @@ async def discover(
 PROBE_SECONDS = 1.0
 
 
-async def explain(exc: BaseException, brokers: tuple[str, ...]) -> str:
+async def explain(exc: BaseException, settings: Settings) -> str:
     """Why Kafka is unavailable, in plain words for readiness, logs and ``wsrt check``.
 
     ``cannot reach Kafka at 127.0.0.1:9999: connection refused`` rather than
     aiokafka's ``Unable to bootstrap from [('127.0.0.1', 9999, <AddressFamily…>)]``:
-    when the client could not connect, each broker's port is tried to say why.
+    when the client could not connect, each broker is tried to say why, the
+    way the settings say to talk to it (TCP, then TLS, then SASL), so that a
+    wrong password, an untrusted certificate or a listener of another
+    protocol each get their own words.
     """
+    brokers = settings.kafka_brokers
     where = ",".join(brokers)
     if isinstance(exc, Abandoned | TimeoutError):
         # A hung broker, or a port that is not Kafka's.
         return f"Kafka at {where} is not answering" + (f" ({exc})" if str(exc) else "")
     if isinstance(exc, OSError | KafkaConnectionError):
-        causes = await asyncio.gather(*(_tcp_reason(broker) for broker in brokers))
+        causes = await asyncio.gather(*(_reason(broker, settings) for broker in brokers))
         if len(set(causes)) == 1:
             return f"cannot reach Kafka at {where}: {causes[0]}"
         return "cannot reach Kafka: " + "; ".join(
@@ -111,12 +122,35 @@ async def explain(exc: BaseException, brokers: tuple[str, ...]) -> str:
     return f"Kafka at {where}: {words}" + (f" ({detail})" if detail else "")
 
 
-async def _tcp_reason(broker: str) -> str:
-    """What a plain TCP connect to ``host:port`` says, in words."""
+async def _reason(broker: str, settings: Settings) -> str:
+    """What TCP, TLS and SASL say when ``broker`` is tried as the settings say."""
     host, _, port = broker.rpartition(":")
+    host = host.strip("[]")
+    tcp = await _tcp_reason(host, int(port))
+    if tcp is not None:
+        return tcp
+    protocol = settings.kafka_security_protocol
+    options = client_options(settings)
+    if protocol in ("SSL", "SASL_SSL"):
+        tls = await _tls_reason(host, int(port), options["ssl_context"])
+        if tls is not None:
+            return tls
+    elif await _tls_reason(host, int(port), _unverified()) is None:
+        return (
+            f"the port speaks TLS, and WS_KAFKA_SECURITY_PROTOCOL is {protocol} (SSL or SASL_SSL?)"
+        )
+    sasl = await _sasl_reason(host, int(port), settings, options)
+    if sasl is not None:
+        return sasl
+    # The port answers, Kafka's protocol does not: a listener of another protocol, or no broker.
+    return "the port answers but not as Kafka (check WS_KAFKA_SECURITY_PROTOCOL)"
+
+
+async def _tcp_reason(host: str, port: int) -> str | None:
+    """What a plain TCP connect to ``host:port`` says, in words (``None``: it connects)."""
     try:
         async with asyncio.timeout(PROBE_SECONDS):
-            _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            _, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
         return f"no answer within {PROBE_SECONDS:g}s (a firewall, or the wrong address)"
     except socket.gaierror:
@@ -126,5 +160,88 @@ async def _tcp_reason(broker: str) -> str:
             return "connection refused"
         return (exc.strerror or str(exc)).lower()
     writer.close()
-    # The port answers, Kafka's protocol does not: a TLS or SASL mismatch, or not a broker.
-    return "the port answers but not as Kafka (check WS_KAFKA_SECURITY_PROTOCOL)"
+    return None
+
+
+async def _tls_reason(host: str, port: int, context: ssl.SSLContext) -> str | None:
+    """What a TLS handshake with ``context`` says (``None``: it succeeds)."""
+    try:
+        async with asyncio.timeout(PROBE_SECONDS):
+            _, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        said = exc.verify_message or str(exc)
+        if exc.verify_code == X509_HOSTNAME_MISMATCH or "mismatch" in said.lower():
+            return f"Kafka's certificate is not for {host} ({said})"
+        return (
+            f"Kafka's certificate is not trusted ({said}): WS_KAFKA_SSL_CAFILE must name "
+            "the CA that signed it"
+        )
+    except ssl.SSLError as exc:
+        if exc.reason in NOT_TLS:
+            return "the port does not speak TLS (WS_KAFKA_SECURITY_PROTOCOL: PLAINTEXT?)"
+        if exc.reason in CERTIFICATE_REFUSED:
+            return f"Kafka refused the client certificate ({exc.reason}; WS_KAFKA_SSL_CERTFILE)"
+        return f"the TLS handshake failed ({exc.reason or exc})"
+    except TimeoutError:
+        return (
+            f"no answer to the TLS handshake within {PROBE_SECONDS:g}s: the port may not speak "
+            "TLS (WS_KAFKA_SECURITY_PROTOCOL: PLAINTEXT?)"
+        )
+    except ConnectionResetError:
+        return (
+            "the port closed the connection at the TLS handshake: it may not speak TLS "
+            "(WS_KAFKA_SECURITY_PROTOCOL: PLAINTEXT?)"
+        )
+    except OSError as exc:
+        return f"the TLS handshake failed ({exc.strerror or exc or type(exc).__name__})"
+    writer.close()
+    return None
+
+
+async def _sasl_reason(
+    host: str, port: int, settings: Settings, options: dict[str, Any]
+) -> str | None:
+    """What Kafka says to a connection as the settings make it (``None``: it logs in)."""
+    try:
+        conn = await abandon_after(
+            create_conn(
+                host, port, client_id=options["client_id"],
+                request_timeout_ms=int(PROBE_SECONDS * 1000),
+                ssl_context=options.get("ssl_context"),
+                security_protocol=settings.kafka_security_protocol,
+                sasl_mechanism=options.get("sasl_mechanism"),
+                sasl_plain_username=options.get("sasl_plain_username"),
+                sasl_plain_password=options.get("sasl_plain_password"),
+            ),
+            PROBE_SECONDS * 2, "kafka login",
+        )  # fmt: skip
+    except SaslAuthenticationFailed:
+        return (
+            f"Kafka refused the SASL login for user {settings.kafka_sasl_username} "
+            f"({settings.kafka_sasl_mechanism})"
+        )
+    except UnsupportedSaslMechanismError as exc:
+        _, said, offered = str(exc).partition("Enabled mechanisms are: ")
+        return (
+            f"Kafka does not offer SASL {settings.kafka_sasl_mechanism} there "
+            f"(WS_KAFKA_SASL_MECHANISM" + (f"; it offers {offered})" if said else ")")
+        )
+    except Exception:  # any other failure: the generic words
+        return None
+    conn.close()
+    return None
+
+
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+#: What OpenSSL says when the other side does not speak TLS at all.
+NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+#: What it says when the server refused (or required) the client's certificate.
+CERTIFICATE_REFUSED = ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE")
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH (also said for an IP address that does not match).
+X509_HOSTNAME_MISMATCH = 62

@@ -162,7 +162,7 @@ class KafkaSource:
                 await self._consume(link)
             except UNAVAILABLE as exc:
                 failing = True
-                self._unavailable(await explain(exc, s.kafka_brokers))
+                self._unavailable(await explain(exc, s))
                 await link.close(commit=False)
                 delay = backoff.next()
                 with contextlib.suppress(TimeoutError):
@@ -244,7 +244,7 @@ class KafkaSource:
         try:
             await self.assigner.refresh(link.consumer, link.client)
         except UNAVAILABLE as exc:
-            self.health.unreachable(await explain(exc, self.settings.kafka_brokers))
+            self.health.unreachable(await explain(exc, self.settings))
 
 
 class Supervisor:
@@ -310,7 +310,7 @@ class Supervisor:
                 discover(link.client, src.settings.kafka_topics), seconds, "metadata request"
             )
         except UNAVAILABLE as exc:
-            src.health.unreachable(await explain(exc, src.settings.kafka_brokers))
+            src.health.unreachable(await explain(exc, src.settings))
             return None
         src.health.reachable()
         assigned = link.consumer.assignment()

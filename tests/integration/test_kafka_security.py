@@ -1,0 +1,164 @@
+"""Kafka with TLS and SASL, for real: Apache Kafka with a SASL_SSL listener (SCRAM and PLAIN).
+
+The broker's certificate is signed by a CA this run makes; the SCRAM user is
+created with Kafka's own storage tool. Each working combination delivers a
+record end to end, and each mistake an operator makes gets its own plain
+words, the same from ``wsrt check --kafka`` and from ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+from aiokafka import AIOKafkaProducer
+
+from tests.integration.harness import auth, messages, next_json
+from tests.integration.test_replay import needs_apache
+from tests.support.secure_kafka import (
+    PLAIN_PASSWORD,
+    PLAIN_USER,
+    SCRAM_PASSWORD,
+    SCRAM_USER,
+    SecureKafka,
+)
+from wsrt.brokers import Broker, create_topics
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "secured"
+
+
+@pytest.fixture(scope="module")
+def secure(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """One SASL_SSL broker for the module, stopped at its end (also on failure)."""
+    needs_apache(broker, "SASL_SSL here (this module runs in the Apache Kafka run only)")
+    kafka = SecureKafka(tmp_path_factory.mktemp("secure-kafka"))
+    kafka.start()
+    try:
+        asyncio.run(create_topics(kafka.bootstrap, {TOPIC: 1}))
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+def sasl_ssl(kafka: SecureKafka, mechanism: str, user: str, password: str) -> dict[str, str]:
+    return {
+        "WS_KAFKA_BROKERS": kafka.secure_bootstrap,
+        "WS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "WS_KAFKA_SASL_MECHANISM": mechanism,
+        "WS_KAFKA_SASL_USERNAME": user,
+        "WS_KAFKA_SASL_PASSWORD": password,
+        "WS_KAFKA_SSL_CAFILE": str(kafka.certificates.ca),
+    }
+
+
+def check_kafka(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wsrt", "check", "--kafka", "--topics", TOPIC],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "WS_AUTH_SECRET": "x" * 32, "WS_KAFKA_TOPICS": TOPIC, **env},
+    )  # fmt: skip
+
+
+def kafka_line(result: subprocess.CompletedProcess[str]) -> str:
+    found = re.search(r"^(ok|FAIL)\s+kafka\s+(.*)$", result.stdout, re.M)
+    assert found, result.stdout + result.stderr
+    return f"{found[1]} {found[2]}"
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "user", "password"),
+    [("SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD), ("PLAIN", PLAIN_USER, PLAIN_PASSWORD)],
+)
+async def test_sasl_ssl_delivers_end_to_end(
+    secure: SecureKafka, servers: Any, mechanism: str, user: str, password: str
+) -> None:
+    env = sasl_ssl(secure, mechanism, user, password)
+    assert kafka_line(check_kafka(env)).startswith(f"ok {secure.secure_bootstrap}")
+    server = servers([TOPIC], env, brokers=secure.secure_bootstrap)
+    async with websockets.connect(
+        f"{server.url}?channels={TOPIC}", additional_headers=auth()
+    ) as ws:
+        assert (await next_json(ws))["type"] == "subscribed"
+        producer = AIOKafkaProducer(bootstrap_servers=secure.bootstrap)
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(TOPIC, b'{"via":"%s"}' % mechanism.encode())
+        finally:
+            await producer.stop()
+        (got,) = await messages(ws, 1)
+    assert (got["offset"], got["data"]) == (sent.offset, {"via": mechanism})
+
+
+MISTAKES = {
+    "wrong SCRAM password": (
+        lambda k: {**sasl_ssl(k, "SCRAM-SHA-512", SCRAM_USER, "wrong")},
+        "Kafka refused the SASL login for user wsrt (SCRAM-SHA-512)",
+    ),
+    "wrong PLAIN password": (
+        lambda k: {**sasl_ssl(k, "PLAIN", PLAIN_USER, "wrong")},
+        "Kafka refused the SASL login for user wsrt-plain (PLAIN)",
+    ),
+    "a mechanism the listener does not offer": (
+        lambda k: {**sasl_ssl(k, "SCRAM-SHA-256", SCRAM_USER, SCRAM_PASSWORD)},
+        "Kafka does not offer SASL SCRAM-SHA-256 there (WS_KAFKA_SASL_MECHANISM)",
+    ),
+    "a CA that did not sign the broker's certificate": (
+        lambda k: {
+            **sasl_ssl(k, "SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD),
+            "WS_KAFKA_SSL_CAFILE": str(k.certificates.other_ca),
+        },
+        "Kafka's certificate is not trusted (self-signed certificate in certificate chain): "
+        "WS_KAFKA_SSL_CAFILE must name the CA that signed it",
+    ),
+    "a host name the certificate is not for": (
+        lambda k: {
+            **sasl_ssl(k, "SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD),
+            "WS_KAFKA_BROKERS": f"localhost:{k.secure_port}",
+        },
+        "Kafka's certificate is not for localhost",
+    ),
+    "PLAINTEXT against the SASL_SSL listener": (
+        lambda k: {"WS_KAFKA_BROKERS": k.secure_bootstrap},
+        "the port speaks TLS, and WS_KAFKA_SECURITY_PROTOCOL is PLAINTEXT (SSL or SASL_SSL?)",
+    ),
+    "SSL against the PLAINTEXT listener": (
+        lambda k: {
+            "WS_KAFKA_BROKERS": k.bootstrap,
+            "WS_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "WS_KAFKA_SSL_CAFILE": str(k.certificates.ca),
+        },
+        "it may not speak TLS (WS_KAFKA_SECURITY_PROTOCOL: PLAINTEXT?)",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_each_mistake_gets_its_own_words_from_check(secure: SecureKafka, mistake: str) -> None:
+    settings, words = MISTAKES[mistake]
+    result = check_kafka(settings(secure))
+    assert result.returncode == 1
+    line = kafka_line(result)
+    assert line.startswith("FAIL cannot reach Kafka at ") and words in line, line
+
+
+def test_healthz_says_the_same_as_check(secure: SecureKafka, servers: Any) -> None:
+    settings, words = MISTAKES["wrong SCRAM password"]
+    env = settings(secure)
+    server = servers([TOPIC], env, ready=False, brokers=env["WS_KAFKA_BROKERS"])
+    said = server.wait_for("readiness", lambda e: words in e.get("reason", ""))
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(f"{server.http}/healthz", timeout=10)
+    assert answer.value.code == 503 and json.load(answer.value)["reason"] == said["reason"]
+    assert kafka_line(check_kafka(env)) == f"FAIL {said['reason']}"
