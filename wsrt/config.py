@@ -483,6 +483,24 @@ def child_environment(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
+def _secret_file(name: str, sources: Mapping[str, str], raw: str | None) -> str | None:
+    """A secret's value from the file ``<name>_FILE`` names (a mounted Secret), if it does.
+
+    The file's content is the value, less one trailing line break.
+    """
+    path = sources.get(f"{name}_FILE")
+    if not path:
+        return raw
+    if sources.get(name):
+        raise ConfigError(f"{name}_FILE", f"give {name} or {name}_FILE, not both")
+    try:
+        content = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{name}_FILE", f"cannot read {path}: {reason}") from None
+    return content.removesuffix("\n").removesuffix("\r")
+
+
 def load_settings(
     flags: Mapping[str, object | None] | None = None,
     *,
@@ -509,6 +527,8 @@ def load_settings(
     values: dict[str, Any] = {}
     for var in VARIABLES:
         raw = sources.get(var.name, var.default)
+        if var.parse is _secret:
+            raw = _secret_file(var.name, sources, raw)
         if raw is None:
             values[var.attr] = None
             continue

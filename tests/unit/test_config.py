@@ -83,6 +83,32 @@ def test_secret_is_required_only_when_asked() -> None:
     assert err.value.variable == "WS_AUTH_SECRET"
 
 
+def test_every_secret_may_come_from_a_file(tmp_path) -> None:
+    secrets = {
+        "WS_AUTH_SECRET": ("auth_secret", SECRET),
+        "WS_KAFKA_SASL_PASSWORD": ("kafka_sasl_password", "p@ss word"),
+        "WS_TOKEN": ("token", "eyJ.x.y"),
+    }
+    env = {}
+    for name, (_, value) in secrets.items():
+        path = tmp_path / name.lower()
+        path.write_text(value + "\n")  # as `kubectl create secret --from-file` often has it
+        env[f"{name}_FILE"] = str(path)
+    settings = load(env)
+    for attr, value in secrets.values():
+        assert getattr(settings, attr) == value
+
+
+def test_a_secret_file_that_cannot_be_read_or_doubles_a_value_names_itself(tmp_path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"WS_AUTH_SECRET_FILE": str(tmp_path / "absent")})
+    assert err.value.variable == "WS_AUTH_SECRET_FILE" and "No such file" in str(err.value)
+    (tmp_path / "secret").write_text(SECRET)
+    with pytest.raises(ConfigError) as err:
+        load({"WS_AUTH_SECRET_FILE": str(tmp_path / "secret"), "WS_AUTH_SECRET": SECRET})
+    assert err.value.variable == "WS_AUTH_SECRET_FILE" and "not both" in str(err.value)
+
+
 def test_short_secret_is_accepted_with_a_warning() -> None:
     s = load({"WS_AUTH_SECRET": "dev-secret"}, require_secret=True)
     assert s.auth_secret == "dev-secret"
