@@ -1,4 +1,4 @@
-"""Kafka with TLS and SASL, for real: Apache Kafka with a SASL_SSL listener (SCRAM and PLAIN).
+"""Kafka with TLS and SASL, for real: Apache Kafka with SASL_SSL (SCRAM, PLAIN) and mutual TLS.
 
 The broker's certificate is signed by a CA this run makes; the SCRAM user is
 created with Kafka's own storage tool. Each working combination delivers a
@@ -17,6 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,6 +64,17 @@ def sasl_ssl(kafka: SecureKafka, mechanism: str, user: str, password: str) -> di
     }
 
 
+def mtls(kafka: SecureKafka, cert: Path | None = None, key: Path | None = None) -> dict[str, str]:
+    c = kafka.certificates
+    return {
+        "WS_KAFKA_BROKERS": kafka.mtls_bootstrap,
+        "WS_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "WS_KAFKA_SSL_CAFILE": str(c.ca),
+        "WS_KAFKA_SSL_CERTFILE": str(cert or c.client),
+        "WS_KAFKA_SSL_KEYFILE": str(key or c.client_key),
+    }
+
+
 def check_kafka(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wsrt", "check", "--kafka", "--topics", TOPIC],
@@ -77,16 +89,17 @@ def kafka_line(result: subprocess.CompletedProcess[str]) -> str:
     return f"{found[1]} {found[2]}"
 
 
-@pytest.mark.parametrize(
-    ("mechanism", "user", "password"),
-    [("SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD), ("PLAIN", PLAIN_USER, PLAIN_PASSWORD)],
-)
-async def test_sasl_ssl_delivers_end_to_end(
-    secure: SecureKafka, servers: Any, mechanism: str, user: str, password: str
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN", "mutual TLS"])
+async def test_each_security_setup_delivers_end_to_end(
+    secure: SecureKafka, servers: Any, mechanism: str
 ) -> None:
-    env = sasl_ssl(secure, mechanism, user, password)
-    assert kafka_line(check_kafka(env)).startswith(f"ok {secure.secure_bootstrap}")
-    server = servers([TOPIC], env, brokers=secure.secure_bootstrap)
+    env = {
+        "SCRAM-SHA-512": lambda: sasl_ssl(secure, mechanism, SCRAM_USER, SCRAM_PASSWORD),
+        "PLAIN": lambda: sasl_ssl(secure, mechanism, PLAIN_USER, PLAIN_PASSWORD),
+        "mutual TLS": lambda: mtls(secure),
+    }[mechanism]()
+    assert kafka_line(check_kafka(env)).startswith(f"ok {env['WS_KAFKA_BROKERS']}")
+    server = servers([TOPIC], env, brokers=env["WS_KAFKA_BROKERS"])
     async with websockets.connect(
         f"{server.url}?channels={TOPIC}", additional_headers=auth()
     ) as ws:
@@ -132,6 +145,15 @@ MISTAKES = {
     "PLAINTEXT against the SASL_SSL listener": (
         lambda k: {"WS_KAFKA_BROKERS": k.secure_bootstrap},
         "the port speaks TLS, and WS_KAFKA_SECURITY_PROTOCOL is PLAINTEXT (SSL or SASL_SSL?)",
+    ),
+    "no client certificate where Kafka wants one": (
+        lambda k: {**mtls(k), "WS_KAFKA_SSL_CERTFILE": "", "WS_KAFKA_SSL_KEYFILE": ""},
+        "Kafka wants a client certificate (mutual TLS): set WS_KAFKA_SSL_CERTFILE and "
+        "WS_KAFKA_SSL_KEYFILE",
+    ),
+    "a client certificate from a CA the broker does not trust": (
+        lambda k: mtls(k, k.certificates.stranger, k.certificates.stranger_key),
+        "Kafka refused the client certificate",
     ),
     "SSL against the PLAINTEXT listener": (
         lambda k: {

@@ -3,9 +3,10 @@
 The broker keeps its PLAINTEXT listener (the tests' producer and admin use
 it) and adds a SASL_SSL one with SCRAM-SHA-512 (the user created with
 Kafka's own storage tool at format time) and PLAIN (users in the JAAS
-configuration). Its certificate is signed by a CA this run makes, for
-127.0.0.1 only, so that a client connecting to ``localhost`` meets a
-hostname mismatch.
+configuration), and an SSL one that requires a client certificate (mutual
+TLS). Its certificate is signed by a CA this run makes, for 127.0.0.1 only,
+so that a client connecting to ``localhost`` meets a hostname mismatch; the
+same CA signs a client certificate, and another CA one that Kafka refuses.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ class Certificates:
     broker: Path
     #: A CA that signed nothing here: trusting it is trusting the wrong one.
     other_ca: Path
+    #: A client certificate the CA signed, and its key (mutual TLS).
+    client: Path
+    client_key: Path
+    #: A client certificate the other CA signed: Kafka refuses it.
+    stranger: Path
+    stranger_key: Path
 
 
 def make_certificates(directory: Path) -> Certificates:
@@ -67,18 +74,30 @@ def make_certificates(directory: Path) -> Certificates:
     def pem(cert: x509.Certificate) -> bytes:
         return cert.public_bytes(serialization.Encoding.PEM)
 
-    ca_key, other_key, broker_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    def private(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(5)]
+    ca_key, other_key, broker_key, client_key, stranger_key = keys
     ca = certificate("wsrt test CA", ca_key, "wsrt test CA", ca_key, ca=True)
     other = certificate("some other CA", other_key, "some other CA", other_key, ca=True)
     broker = certificate("kafka", broker_key, "wsrt test CA", ca_key, ca=False)
-    key = broker_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )  # fmt: skip
-    out = Certificates(directory / "ca.pem", directory / "broker.pem", directory / "other-ca.pem")
+    client = certificate("wsrt", client_key, "wsrt test CA", ca_key, ca=False)
+    stranger = certificate("wsrt", stranger_key, "some other CA", other_key, ca=False)
+    out = Certificates(
+        *(directory / f"{n}.pem" for n in ("ca", "broker", "other-ca", "client", "client-key")),
+        *(directory / f"{n}.pem" for n in ("stranger", "stranger-key")),
+    )
     out.ca.write_bytes(pem(ca))
     out.other_ca.write_bytes(pem(other))
-    out.broker.write_bytes(key + pem(broker) + pem(ca))
+    out.broker.write_bytes(private(broker_key) + pem(broker) + pem(ca))
+    out.client.write_bytes(pem(client))
+    out.client_key.write_bytes(private(client_key))
+    out.stranger.write_bytes(pem(stranger))
+    out.stranger_key.write_bytes(private(stranger_key))
     return out
 
 
@@ -88,15 +107,20 @@ class SecureKafka(ApacheKafka):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir=workdir)
         self.secure_port = free_port()
+        self.mtls_port = free_port()
         self.certificates = make_certificates(self.workdir)
 
     @property
     def secure_bootstrap(self) -> str:
         return f"127.0.0.1:{self.secure_port}"
 
+    @property
+    def mtls_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.mtls_port}"
+
     def properties(self, data: Path) -> list[str]:
         plain, controller = f"PLAINTEXT://127.0.0.1:{self.port}", "CONTROLLER://"
-        secure = f"SASL_SSL://127.0.0.1:{self.secure_port}"
+        secure = f"SASL_SSL://127.0.0.1:{self.secure_port},SSL://127.0.0.1:{self.mtls_port}"
         lines = []
         for line in super().properties(data):
             if line.startswith("listeners="):
@@ -104,7 +128,7 @@ class SecureKafka(ApacheKafka):
             elif line.startswith("advertised.listeners="):
                 line += f",{secure}"
             elif line.startswith("listener.security.protocol.map="):
-                line += ",SASL_SSL:SASL_SSL"
+                line += ",SASL_SSL:SASL_SSL,SSL:SSL"
             lines.append(line)
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         plain_login = (
@@ -118,6 +142,9 @@ class SecureKafka(ApacheKafka):
             f"listener.name.sasl_ssl.plain.sasl.jaas.config={plain_login}",
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={self.certificates.broker}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.certificates.ca}",
+            "listener.name.ssl.ssl.client.auth=required",
         ]
 
     def format_options(self) -> list[str]:

@@ -132,10 +132,10 @@ async def _reason(broker: str, settings: Settings) -> str:
     protocol = settings.kafka_security_protocol
     options = client_options(settings)
     if protocol in ("SSL", "SASL_SSL"):
-        tls = await _tls_reason(host, int(port), options["ssl_context"])
+        tls = await _tls_reason(host, int(port), options["ssl_context"], settings)
         if tls is not None:
             return tls
-    elif await _tls_reason(host, int(port), _unverified()) is None:
+    elif await _tls_reason(host, int(port), _unverified(), settings) is None:
         return (
             f"the port speaks TLS, and WS_KAFKA_SECURITY_PROTOCOL is {protocol} (SSL or SASL_SSL?)"
         )
@@ -163,7 +163,9 @@ async def _tcp_reason(host: str, port: int) -> str | None:
     return None
 
 
-async def _tls_reason(host: str, port: int, context: ssl.SSLContext) -> str | None:
+async def _tls_reason(
+    host: str, port: int, context: ssl.SSLContext, settings: Settings
+) -> str | None:
     """What a TLS handshake with ``context`` says (``None``: it succeeds)."""
     try:
         async with asyncio.timeout(PROBE_SECONDS):
@@ -180,7 +182,7 @@ async def _tls_reason(host: str, port: int, context: ssl.SSLContext) -> str | No
         if exc.reason in NOT_TLS:
             return "the port does not speak TLS (WS_KAFKA_SECURITY_PROTOCOL: PLAINTEXT?)"
         if exc.reason in CERTIFICATE_REFUSED:
-            return f"Kafka refused the client certificate ({exc.reason}; WS_KAFKA_SSL_CERTFILE)"
+            return _certificate_refused(exc.reason, settings)
         return f"the TLS handshake failed ({exc.reason or exc})"
     except TimeoutError:
         return (
@@ -226,8 +228,11 @@ async def _sasl_reason(
             f"Kafka does not offer SASL {settings.kafka_sasl_mechanism} there "
             f"(WS_KAFKA_SASL_MECHANISM" + (f"; it offers {offered})" if said else ")")
         )
-    except Exception:  # any other failure: the generic words
-        return None
+    except Exception as exc:  # TLS 1.3 refuses a client certificate after the handshake
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError) and cause.reason in CERTIFICATE_REFUSED:
+            return _certificate_refused(cause.reason, settings)
+        return None  # any other failure: the generic words
     conn.close()
     return None
 
@@ -242,6 +247,23 @@ def _unverified() -> ssl.SSLContext:
 #: What OpenSSL says when the other side does not speak TLS at all.
 NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
 #: What it says when the server refused (or required) the client's certificate.
-CERTIFICATE_REFUSED = ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE")
+CERTIFICATE_REFUSED = (
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+)  # fmt: skip
+
+
+def _certificate_refused(reason: str, settings: Settings) -> str:
+    if not settings.kafka_ssl_certfile:
+        return (
+            "Kafka wants a client certificate (mutual TLS): set WS_KAFKA_SSL_CERTFILE and "
+            "WS_KAFKA_SSL_KEYFILE"
+        )
+    return (
+        f"Kafka refused the client certificate {settings.kafka_ssl_certfile} "
+        f"({reason.lower().replace('_', ' ')}): is it signed by a CA the broker trusts?"
+    )
+
+
 #: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH (also said for an IP address that does not match).
 X509_HOSTNAME_MISMATCH = 62
