@@ -27,6 +27,8 @@ from aiokafka import AIOKafkaProducer
 from tests.integration.harness import auth, messages, next_json
 from tests.integration.test_replay import needs_apache
 from tests.support.secure_kafka import (
+    LIMITED_PASSWORD,
+    LIMITED_USER,
     PLAIN_PASSWORD,
     PLAIN_USER,
     SCRAM_PASSWORD,
@@ -75,6 +77,22 @@ def mtls(kafka: SecureKafka, cert: Path | None = None, key: Path | None = None) 
     }
 
 
+async def arrives(server: Any, kafka: SecureKafka, data: dict[str, str]) -> None:
+    """A record produced (over PLAINTEXT) reaches a client of ``server``."""
+    async with websockets.connect(
+        f"{server.url}?channels={TOPIC}", additional_headers=auth()
+    ) as ws:
+        assert (await next_json(ws))["type"] == "subscribed"
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(TOPIC, json.dumps(data).encode())
+        finally:
+            await producer.stop()
+        (got,) = await messages(ws, 1)
+    assert (got["offset"], got["data"]) == (sent.offset, data)
+
+
 def check_kafka(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wsrt", "check", "--kafka", "--topics", TOPIC],
@@ -100,18 +118,7 @@ async def test_each_security_setup_delivers_end_to_end(
     }[mechanism]()
     assert kafka_line(check_kafka(env)).startswith(f"ok {env['WS_KAFKA_BROKERS']}")
     server = servers([TOPIC], env, brokers=env["WS_KAFKA_BROKERS"])
-    async with websockets.connect(
-        f"{server.url}?channels={TOPIC}", additional_headers=auth()
-    ) as ws:
-        assert (await next_json(ws))["type"] == "subscribed"
-        producer = AIOKafkaProducer(bootstrap_servers=secure.bootstrap)
-        await producer.start()
-        try:
-            sent = await producer.send_and_wait(TOPIC, b'{"via":"%s"}' % mechanism.encode())
-        finally:
-            await producer.stop()
-        (got,) = await messages(ws, 1)
-    assert (got["offset"], got["data"]) == (sent.offset, {"via": mechanism})
+    await arrives(server, secure, {"via": mechanism})
 
 
 MISTAKES = {
@@ -184,3 +191,58 @@ def test_healthz_says_the_same_as_check(secure: SecureKafka, servers: Any) -> No
         urllib.request.urlopen(f"{server.http}/healthz", timeout=10)
     assert answer.value.code == 503 and json.load(answer.value)["reason"] == said["reason"]
     assert kafka_line(check_kafka(env)) == f"FAIL {said['reason']}"
+
+
+async def test_each_missing_acl_gets_its_own_words_and_readiness_never_flaps(
+    secure: SecureKafka, servers: Any
+) -> None:
+    """A user with no ACLs, then Describe on the topic, then Read on the group, then Read on
+    the topic: each step's refusal is named, readiness stays down while Kafka refuses
+    (the consumer is retried, but a successful assignment does not make it ok), and once
+    the last ACL exists the server is ready by itself and delivers."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    admin = AdminClient({"bootstrap.servers": secure.bootstrap})
+
+    def allow(
+        kind: ResourceType, name: str, operation: AclOperation, prefixed: bool = False
+    ) -> None:
+        pattern = ResourcePatternType.PREFIXED if prefixed else ResourcePatternType.LITERAL
+        binding = AclBinding(
+            kind, name, pattern, f"User:{LIMITED_USER}", "*", operation, AclPermissionType.ALLOW
+        )
+        for done in admin.create_acls([binding]).values():
+            done.result(timeout=30)
+
+    env = {
+        **sasl_ssl(secure, "SCRAM-SHA-512", LIMITED_USER, LIMITED_PASSWORD),
+        "WS_REPLICA_ID": "acl",
+    }
+    describe = f"Kafka does not let user {LIMITED_USER} describe topic(s) {TOPIC}"
+    assert describe in kafka_line(check_kafka(env))
+    server = servers([TOPIC], env, ready=False, brokers=env["WS_KAFKA_BROKERS"])
+    server.wait_for("readiness", lambda e: describe in e.get("reason", ""))
+
+    allow(ResourceType.TOPIC, TOPIC, AclOperation.DESCRIBE)
+    group = f"Kafka does not let user {LIMITED_USER} use consumer group ws-realtime-acl"
+    server.wait_for("readiness", lambda e: group in e.get("reason", ""))
+
+    allow(ResourceType.GROUP, "ws-realtime", AclOperation.READ, prefixed=True)
+    read = f"Kafka does not let user {LIMITED_USER} read topic(s) {TOPIC}"
+    denied = server.wait_for("readiness", lambda e: read in e.get("reason", ""))
+    start = server.events.index(denied)
+    for _ in range(3):  # three more consumers joined and were refused
+        start = server.events.index(server.wait_for("kafka_started", start=start + 1))
+    after = server.events[server.events.index(denied) + 1 :]
+    assert not [e for e in after if e.get("event") == "readiness"], after  # no ok between
+
+    allow(ResourceType.TOPIC, TOPIC, AclOperation.READ)
+    server.wait_ready()
+    await arrives(server, secure, {"acl": "granted"})

@@ -25,6 +25,8 @@ from wsrt.brokers import free_port
 from wsrt.brokers.apache import ApacheKafka
 
 SCRAM_USER, SCRAM_PASSWORD = "wsrt", "scram-secret-0123"
+#: A SCRAM user that may do only what the ACLs a test creates allow.
+LIMITED_USER, LIMITED_PASSWORD = "limited", "limited-secret-0123"
 PLAIN_USER, PLAIN_PASSWORD = "wsrt-plain", "plain-secret-0123"
 
 
@@ -145,8 +147,14 @@ class SecureKafka(ApacheKafka):
             "ssl.truststore.type=PEM",
             f"ssl.truststore.location={self.certificates.ca}",
             "listener.name.ssl.ssl.client.auth=required",
+            # ACLs apply (StandardAuthorizer); all but the limited user may do anything.
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:ANONYMOUS;User:{SCRAM_USER};User:{PLAIN_USER};User:CN=wsrt",
         ]
 
     def format_options(self) -> list[str]:
         # The SCRAM user lives in the cluster metadata: created with it.
-        return ["--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"]
+        return [
+            "--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]",
+            "--add-scram", f"SCRAM-SHA-512=[name={LIMITED_USER},password={LIMITED_PASSWORD}]",
+        ]  # fmt: skip

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from wsrt.kafka.watch import LOOP_STALLED, STALLED, Watch
+from wsrt.health import Readiness, Status
+from wsrt.kafka.watch import LOOP_STALLED, STALLED, SourceHealth, Watch
 
 
 def test_a_loop_that_turns_is_never_stalled() -> None:
@@ -44,3 +45,17 @@ def test_an_unknown_probe_result_is_not_a_stall() -> None:
     w.observed(10, None)  # brokers unreachable: readiness says so, replacing would not help
     w.turned(50)
     assert w.verdict(50) is None
+
+
+def test_a_refusal_holds_readiness_down_until_a_fetch_succeeds() -> None:
+    readiness = Readiness()
+    health = SourceHealth(readiness)
+    health.placed(Status.OK, "")
+    health.denied("Kafka does not let user x read topic(s) t")
+    assert (readiness.status, readiness.reason) == (
+        Status.DEGRADED, "Kafka does not let user x read topic(s) t"
+    )  # fmt: skip
+    health.placed(Status.OK, "")  # the next consumer is assigned again: still refused
+    assert readiness.status is Status.DEGRADED
+    health.allowed()  # a fetch succeeded
+    assert readiness.status is Status.OK

@@ -88,18 +88,20 @@ async def check_subscribe(settings: Settings, channel: str, token: str, seconds:
 
 
 async def check_kafka(settings: Settings, seconds: float) -> Result:
-    from wsrt.kafka.options import discover, explain, metadata_client
+    from wsrt.kafka.options import denied_words, discover, explain, metadata_client
 
     where = ",".join(settings.kafka_brokers)
     client = metadata_client(settings.replace(kafka_request_timeout=seconds))
     try:
         async with asyncio.timeout(seconds):
             await client.bootstrap()
-            found, missing = await discover(client, settings.kafka_topics)
+            found, missing, denied = await discover(client, settings.kafka_topics)
     except (KafkaError, OSError, TimeoutError) as exc:
         return Result("kafka", False, await explain(exc, settings))
     finally:
         await client.close()
+    if denied:
+        return Result("kafka", False, f"{where}: {denied_words(denied, settings)}")
     if missing:
         return Result("kafka", False, f"{where}: missing topic(s) {', '.join(missing)}")
     parts = [f"{topic} {len(found[topic])}p" for topic in settings.kafka_topics]

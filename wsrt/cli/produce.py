@@ -19,7 +19,7 @@ from wsrt.cli.common import (
     setting,
     settings_or_exit,
 )
-from wsrt.kafka.options import discover
+from wsrt.kafka.options import denied_words, discover
 from wsrt.protocol import channel_list
 from wsrt.tools.feed import producer, publish, samples
 from wsrt.wire import is_json
@@ -119,7 +119,9 @@ def produce(
             await kafka.stop()
             fail(f"cannot reach Kafka at {where}: {exc}")
         try:
-            _, missing = await discover(kafka.client, tuple(topics))
+            _, missing, denied = await discover(kafka.client, tuple(topics))
+            if denied:
+                fail(denied_words(denied, settings))
             if missing:
                 fail(f"topic {missing[0]!r} does not exist on {where}")
             messages = (

@@ -38,7 +38,7 @@ from wsrt.config import Settings
 from wsrt.health import Status
 from wsrt.kafka.commit import Committer
 from wsrt.kafka.offsets import Offsets, Partition, describe, describe_partitions
-from wsrt.kafka.options import discover
+from wsrt.kafka.options import denied_words, discover
 from wsrt.logs import EventLogger
 from wsrt.metrics import Stats
 
@@ -158,7 +158,7 @@ class Assigner:
     async def refresh(self, consumer: AIOKafkaConsumer, client: AIOKafkaClient) -> None:
         """Broadcast: look for topics and partitions, assign every one found."""
         s = self.settings
-        found, missing = await abandon_after(
+        found, missing, denied = await abandon_after(
             discover(client, s.kafka_topics), s.kafka_start_timeout, "metadata"
         )
         assigned = await assign_every_partition(
@@ -166,8 +166,10 @@ class Assigner:
         )
         self._live = False
         if assigned is not None:
-            self.assigned(assigned, missing)
-        if missing:
+            self.assigned(assigned, missing + denied)
+        if denied:
+            self.report(Status.DEGRADED, denied_words(denied, s))
+        elif missing:
             self.report(Status.DEGRADED, f"topics not found: {', '.join(missing)}")
         else:
             self.report(Status.OK, "")

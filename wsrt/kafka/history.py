@@ -259,5 +259,5 @@ class History:
             client = metadata_client(self.settings)
             await abandon_after(client.bootstrap(), self.settings.kafka_start_timeout, "metadata")
             self._client = client
-        found, _ = await abandon_after(discover(self._client, (topic,)), seconds, "metadata")
-        return found.get(topic, set())
+        seen = await abandon_after(discover(self._client, (topic,)), seconds, "metadata")
+        return seen.found.get(topic, set())

@@ -11,23 +11,28 @@ import errno
 import re
 import socket
 import ssl
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 from wsrt.aio import Abandoned, abandon_after
 from wsrt.config import Settings
 
 #: Errors that mean "Kafka is not reachable or not answering": retry, report, never crash.
 UNAVAILABLE = (KafkaError, OSError, Abandoned)
+#: Of those, the ones where Kafka answers but refuses this client (an ACL is missing).
+DENIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError)
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -73,20 +78,57 @@ def metadata_client(settings: Settings) -> AIOKafkaClient:
     )
 
 
-async def discover(
-    client: AIOKafkaClient, topics: tuple[str, ...]
-) -> tuple[dict[str, set[int]], list[str]]:
-    """One metadata request: the partitions of each of ``topics`` that exists, and the missing."""
+class Discovered(NamedTuple):
+    #: Topic → its partitions, for each topic that exists.
+    found: dict[str, set[int]]
+    #: Topics that do not exist.
+    missing: list[str]
+    #: Topics Kafka does not let this client describe (an ACL is missing; Kafka does
+    #: not say whether they exist).
+    denied: list[str]
+
+
+async def discover(client: AIOKafkaClient, topics: tuple[str, ...]) -> Discovered:
+    """The partitions of each of ``topics`` that exists, the missing and the denied.
+
+    Kafka leaves topics a client may not describe out of the list of all
+    topics: those not in it are asked for by name (never created), and the
+    answer says which are denied rather than missing.
+    """
     cluster = await client.fetch_all_metadata()
     found: dict[str, set[int]] = {}
-    missing: list[str] = []
+    absent: list[str] = []
     for topic in topics:
         partitions = cluster.partitions_for_topic(topic)
         if partitions:
             found[topic] = set(partitions)
         else:
-            missing.append(topic)
-    return found, missing
+            absent.append(topic)
+    denied: list[str] = []
+    node = client.get_random_node()
+    if absent and node is not None:
+        answer = await client.send(node, MetadataRequest(absent, allow_auto_topic_creation=False))
+        denied = [
+            t[1] for t in answer.topics if t[0] == TopicAuthorizationFailedError.errno
+        ]  # fmt: skip
+    return Discovered(found, [t for t in absent if t not in denied], denied)
+
+
+def denied_words(topics: list[str], settings: Settings) -> str:
+    """Topics Kafka would not describe to this client, in plain words."""
+    return (
+        f"Kafka does not let {principal(settings)} describe topic(s) {', '.join(topics)} "
+        "(a Describe ACL is missing; Kafka does not say whether they exist)"
+    )
+
+
+def principal(settings: Settings) -> str:
+    """Who wsrt is to Kafka, as an operator would look it up in the ACLs."""
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return f"user {settings.kafka_sasl_username}"
+    if settings.kafka_ssl_certfile:
+        return f"the client certificate {settings.kafka_ssl_certfile}"
+    return "this client (no SASL user or client certificate: ANONYMOUS)"
 
 
 #: How long :func:`explain` tries each broker's port.
@@ -115,11 +157,25 @@ async def explain(exc: BaseException, settings: Settings) -> str:
         return "cannot reach Kafka: " + "; ".join(
             f"{b} {c}" for b, c in zip(brokers, causes, strict=True)
         )
+    detail = _detail(exc)
+    if isinstance(exc, GroupAuthorizationFailedError):
+        return (
+            f"Kafka does not let {principal(settings)} use consumer group {detail or '?'} "
+            "(a Read ACL on the group is missing)"
+        )
+    if isinstance(exc, TopicAuthorizationFailedError):
+        return (
+            f"Kafka does not let {principal(settings)} read topic(s) {detail or '?'} "
+            "(a Read ACL on the topic is missing)"
+        )
     words = re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__.removesuffix("Error")).lower()
-    # aiokafka's text repeats the class: "[Error 15] GroupCoordinatorNotAvailableError: …".
-    detail = str(exc).removeprefix(f"[Error {getattr(exc, 'errno', '')}] ")
-    detail = detail.removeprefix(type(exc).__name__).lstrip(": ").strip()
     return f"Kafka at {where}: {words}" + (f" ({detail})" if detail else "")
+
+
+def _detail(exc: BaseException) -> str:
+    """aiokafka's text without the class it repeats: "[Error 15] GroupCoordinator…: …"."""
+    detail = str(exc).removeprefix(f"[Error {getattr(exc, 'errno', '')}] ")
+    return detail.removeprefix(type(exc).__name__).lstrip(": ").strip()
 
 
 async def _reason(broker: str, settings: Settings) -> str:

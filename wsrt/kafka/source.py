@@ -42,7 +42,14 @@ from wsrt.kafka.assign import Assigner, Notices
 from wsrt.kafka.commit import Committer
 from wsrt.kafka.deliver import Batches, Encoder, UndecodableSkipper, envelopes
 from wsrt.kafka.offsets import Offsets
-from wsrt.kafka.options import UNAVAILABLE, consumer_options, discover, explain, metadata_client
+from wsrt.kafka.options import (
+    DENIED,
+    UNAVAILABLE,
+    consumer_options,
+    discover,
+    explain,
+    metadata_client,
+)
 from wsrt.kafka.watch import SourceHealth, Watch
 from wsrt.logs import EventLogger
 from wsrt.metrics import Stats
@@ -162,7 +169,10 @@ class KafkaSource:
                 await self._consume(link)
             except UNAVAILABLE as exc:
                 failing = True
-                self._unavailable(await explain(exc, s))
+                if isinstance(exc, DENIED):
+                    self.health.denied(await explain(exc, s))  # until a fetch succeeds
+                else:
+                    self._unavailable(await explain(exc, s))
                 await link.close(commit=False)
                 delay = backoff.next()
                 with contextlib.suppress(TimeoutError):
@@ -230,6 +240,7 @@ class KafkaSource:
                     await skipper.skip(exc, link.committer)
                     continue
                 skipper.clear()
+                self.health.allowed()
                 if batches:
                     self.encoder.deliver(consumer, batches, fetched)
                     self.watch.delivered(loop.time())

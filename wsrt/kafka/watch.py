@@ -67,6 +67,9 @@ class SourceHealth:
         self._problem = False
         #: Something else holds readiness back once placed (loading state topics).
         self._held: str | None = None
+        #: Kafka refuses this client something (an ACL): not ready until a fetch succeeds,
+        #: however often the assignment that precedes the failing fetch succeeds.
+        self._denied: str | None = None
 
     def placed(self, status: Status, reason: str, *, problem: bool = False) -> None:
         """Where the assignment stands; ``problem``: a failure to report as a warning."""
@@ -91,6 +94,16 @@ class SourceHealth:
         self._held = reason
         self._apply()
 
+    def denied(self, reason: str) -> None:
+        self._denied = reason
+        self._apply()
+
+    def allowed(self) -> None:
+        """A fetch succeeded: whatever Kafka refused before, it allows now."""
+        if self._denied is not None:
+            self._denied = None
+            self._apply()
+
     def reachable(self) -> None:
         if self._unreachable is not None:
             self._unreachable = None
@@ -99,6 +112,9 @@ class SourceHealth:
     def _apply(self) -> None:
         if self._unreachable is not None:
             self.readiness.set(Status.DEGRADED, self._unreachable, problem=True)
+        elif self._denied is not None:
+            status = Status.DEGRADED if self.ready_once else Status.STARTING
+            self.readiness.set(status, self._denied, problem=True)
         elif self._held is not None and self._placement[0] is Status.OK:
             self.readiness.set(Status.STARTING, self._held)
         else:
