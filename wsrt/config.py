@@ -399,6 +399,9 @@ class Settings:
         "CA bundle for SSL / SASL_SSL (default: system trust store).", _K)
     kafka_ssl_certfile: str | None = _var("WS_KAFKA_SSL_CERTFILE", "", _optional,
         "Client certificate for mutual TLS.", _K)
+    kafka_ssl_check_hostname: bool = _var("WS_KAFKA_SSL_CHECK_HOSTNAME", "true", _bool,
+        "Check that each broker's certificate is for the host name connected to (off: any "
+        "certificate the CA signed is accepted for any broker).", _K)
     kafka_ssl_keyfile: str | None = _var("WS_KAFKA_SSL_KEYFILE", "", _optional,
         "Client private key for mutual TLS.", _K)
     # -- auth ------------------------------------------------------------------
@@ -501,6 +504,48 @@ def _secret_file(name: str, sources: Mapping[str, str], raw: str | None) -> str 
     return content.removesuffix("\n").removesuffix("\r")
 
 
+def _together(values: dict[str, Any], require_secret: bool) -> list[str]:
+    """Checks of settings against each other: raises :class:`ConfigError`, or returns
+    the warnings (printed once by the CLI)."""
+    warnings: list[str] = []
+    secret = values["auth_secret"]
+    if require_secret and secret is None:
+        raise ConfigError(
+            "WS_AUTH_SECRET", "is required (the HMAC secret that signs client tokens)"
+        )
+    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        warnings.append(
+            f"WS_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
+            "use a long random secret in production"
+        )
+    served = values["kafka_topics"]
+    for name, named in (
+        ("WS_TOPIC_POLICIES", [t for t, _ in values["topic_policy_overrides"]]),
+        ("WS_STATE_TOPICS", values["state_topics"]),
+        ("WS_TOPIC_FORMATS", [t for t, _ in values["topic_formats"]]),
+    ):
+        unknown = [t for t in named if t not in served]
+        if unknown:
+            raise ConfigError(
+                name, f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS ({','.join(served)})"
+            )
+    if not values["kafka_ssl_check_hostname"] and values["kafka_security_protocol"] in (
+        "SSL", "SASL_SSL",
+    ):  # fmt: skip
+        warnings.append(
+            "WS_KAFKA_SSL_CHECK_HOSTNAME is off: any certificate the CA signed is accepted "
+            "for any broker"
+        )
+    if values["kafka_security_protocol"].startswith("SASL") and not (
+        values["kafka_sasl_username"] and values["kafka_sasl_password"]
+    ):
+        raise ConfigError(
+            "WS_KAFKA_SASL_USERNAME",
+            "SASL needs WS_KAFKA_SASL_USERNAME and WS_KAFKA_SASL_PASSWORD",
+        )
+    return warnings
+
+
 def load_settings(
     flags: Mapping[str, object | None] | None = None,
     *,
@@ -537,35 +582,7 @@ def load_settings(
         except ValueError as exc:
             raise ConfigError(var.name, str(exc)) from None
 
-    warnings: list[str] = []
-    secret = values["auth_secret"]
-    if require_secret and secret is None:
-        raise ConfigError(
-            "WS_AUTH_SECRET", "is required (the HMAC secret that signs client tokens)"
-        )
-    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
-        warnings.append(
-            f"WS_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
-            "use a long random secret in production"
-        )
-    served = values["kafka_topics"]
-    for name, named in (
-        ("WS_TOPIC_POLICIES", [t for t, _ in values["topic_policy_overrides"]]),
-        ("WS_STATE_TOPICS", values["state_topics"]),
-        ("WS_TOPIC_FORMATS", [t for t, _ in values["topic_formats"]]),
-    ):
-        unknown = [t for t in named if t not in served]
-        if unknown:
-            raise ConfigError(
-                name, f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS ({','.join(served)})"
-            )
+    warnings = _together(values, require_secret)
     if values["replica_id"] is None:
         values["replica_id"] = _default_replica_id()
-    if values["kafka_security_protocol"].startswith("SASL") and not (
-        values["kafka_sasl_username"] and values["kafka_sasl_password"]
-    ):
-        raise ConfigError(
-            "WS_KAFKA_SASL_USERNAME",
-            "SASL needs WS_KAFKA_SASL_USERNAME and WS_KAFKA_SASL_PASSWORD",
-        )
     return Settings(**values, warnings=tuple(warnings))

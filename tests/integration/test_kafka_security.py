@@ -107,7 +107,9 @@ def kafka_line(result: subprocess.CompletedProcess[str]) -> str:
     return f"{found[1]} {found[2]}"
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN", "mutual TLS"])
+@pytest.mark.parametrize(
+    "mechanism", ["SCRAM-SHA-512", "PLAIN", "mutual TLS", "no host name check"]
+)
 async def test_each_security_setup_delivers_end_to_end(
     secure: SecureKafka, servers: Any, mechanism: str
 ) -> None:
@@ -115,6 +117,12 @@ async def test_each_security_setup_delivers_end_to_end(
         "SCRAM-SHA-512": lambda: sasl_ssl(secure, mechanism, SCRAM_USER, SCRAM_PASSWORD),
         "PLAIN": lambda: sasl_ssl(secure, mechanism, PLAIN_USER, PLAIN_PASSWORD),
         "mutual TLS": lambda: mtls(secure),
+        # The certificate is for 127.0.0.1: by name it is accepted only unchecked.
+        "no host name check": lambda: {
+            **sasl_ssl(secure, "SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD),
+            "WS_KAFKA_BROKERS": f"localhost:{secure.secure_port}",
+            "WS_KAFKA_SSL_CHECK_HOSTNAME": "false",
+        },
     }[mechanism]()
     assert kafka_line(check_kafka(env)).startswith(f"ok {env['WS_KAFKA_BROKERS']}")
     server = servers([TOPIC], env, brokers=env["WS_KAFKA_BROKERS"])

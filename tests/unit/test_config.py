@@ -109,6 +109,14 @@ def test_a_secret_file_that_cannot_be_read_or_doubles_a_value_names_itself(tmp_p
     assert err.value.variable == "WS_AUTH_SECRET_FILE" and "not both" in str(err.value)
 
 
+def test_kafka_tls_without_a_host_name_check_is_accepted_with_a_warning() -> None:
+    tls = {"WS_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    assert load(tls).kafka_ssl_check_hostname and load(tls).warnings == ()
+    unchecked = load({**tls, "WS_KAFKA_SSL_CHECK_HOSTNAME": "false"})
+    assert not unchecked.kafka_ssl_check_hostname
+    assert [w for w in unchecked.warnings if "WS_KAFKA_SSL_CHECK_HOSTNAME is off" in w]
+
+
 def test_short_secret_is_accepted_with_a_warning() -> None:
     s = load({"WS_AUTH_SECRET": "dev-secret"}, require_secret=True)
     assert s.auth_secret == "dev-secret"

@@ -43,11 +43,13 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "client_id": f"wsrt-{settings.replica_id}",
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
+        context = create_ssl_context(
             cafile=settings.kafka_ssl_cafile,
             certfile=settings.kafka_ssl_certfile,
             keyfile=settings.kafka_ssl_keyfile,
         )
+        context.check_hostname = settings.kafka_ssl_check_hostname
+        options["ssl_context"] = context
     if settings.kafka_security_protocol.startswith("SASL"):
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
@@ -229,7 +231,10 @@ async def _tls_reason(
     except ssl.SSLCertVerificationError as exc:
         said = exc.verify_message or str(exc)
         if exc.verify_code == X509_HOSTNAME_MISMATCH or "mismatch" in said.lower():
-            return f"Kafka's certificate is not for {host} ({said})"
+            return (
+                f"Kafka's certificate is not for {host} ({said}): connect by a name it is "
+                "for, or set WS_KAFKA_SSL_CHECK_HOSTNAME=false"
+            )
         return (
             f"Kafka's certificate is not trusted ({said}): WS_KAFKA_SSL_CAFILE must name "
             "the CA that signed it"
