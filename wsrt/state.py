@@ -17,7 +17,6 @@ longest ago is evicted and counted: snapshots then say ``complete: false``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from wsrt.outlet import Record
 from wsrt.wire import frame_payload, text_frame
@@ -52,7 +51,9 @@ class TopicState:
         self.keyset = 0
         #: Partitions wanted → their keys in snapshot order, as of ``keyset``.
         self._orders: tuple[int, dict[frozenset[int], list[bytes]]] = (0, {})
-        self._built: tuple[int, dict[tuple[frozenset[int], bytes | None, int], list[Any]]] = (0, {})
+        self._built: tuple[
+            int, dict[tuple[frozenset[int], bytes | None, int], list[tuple[bytes, int]]]
+        ] = (0, {})
 
     @property
     def complete(self) -> bool:
@@ -100,39 +101,23 @@ class TopicState:
             self.keyset += 1
         return evicted
 
-    def position(self, key: bytes) -> tuple[int, int] | None:
-        """(partition, offset) of the value held for ``key``."""
-        held = self.entries.get(key)
-        return None if held is None else position(held)
-
-    def snapshot(self, partitions: Iterable[int], key: bytes | None = None) -> list[bytes]:
-        """The ``snapshot: true`` frames of ``partitions`` (or one ``key``): by partition, key.
+    def chunks(
+        self, partitions: Iterable[int], key: bytes | None, size: int
+    ) -> list[tuple[bytes, int]]:
+        """The ``snapshot: true`` frames of ``partitions`` (or one ``key``), by partition
+        then key, joined into writes of about ``size`` bytes: (bytes, frames).
 
         Built once per change of the store: clients that subscribe while it is
         unchanged (a reconnect storm) share the list, which must not be changed.
         """
-        return self._cached(frozenset(partitions), key, 0)
-
-    def chunks(
-        self, partitions: Iterable[int], key: bytes | None, size: int
-    ) -> list[tuple[bytes, int]]:
-        """:meth:`snapshot` joined into writes of about ``size`` bytes: (bytes, frames)."""
-        return self._cached(frozenset(partitions), key, size)
-
-    def _cached(self, wanted: frozenset[int], key: bytes | None, size: int) -> list[Any]:
+        wanted = frozenset(partitions)
         version, built = self._built
         if version != self.version:
             built = {}
             self._built = (self.version, built)
         found = built.get((wanted, key, size))
         if found is None:
-            frames = built.get((wanted, key, 0))
-            if frames is None:
-                frames = built[(wanted, key, 0)] = self._build(wanted, key)
-            if size:
-                found = built[(wanted, key, size)] = _joined(frames, size)
-            else:
-                found = frames
+            found = built[(wanted, key, size)] = _joined(self._build(wanted, key), size)
         return found
 
     def _build(self, wanted: frozenset[int], key: bytes | None) -> list[bytes]:

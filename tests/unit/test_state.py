@@ -19,7 +19,7 @@ def test_the_newest_value_per_key_wins_and_an_older_one_never_replaces_it() -> N
     state.apply(b"BTC", 0, 5, frame(b"BTC", 5, b'{"v":5}'))
     state.apply(b"BTC", 0, 3, frame(b"BTC", 3, b'{"v":3}'))  # the loader, behind the live stream
     state.apply(b"ETH", 1, 2, frame(b"ETH", 2, partition=1))
-    assert {k: state.position(k) for k in state.entries} == {b"BTC": (0, 5), b"ETH": (1, 2)}
+    assert {k: position(f) for k, f in state.entries.items()} == {b"BTC": (0, 5), b"ETH": (1, 2)}
     state.apply(b"BTC", 0, 6, None)  # a delete
     assert list(state.entries) == [b"ETH"] and state.complete
 
@@ -40,18 +40,23 @@ def test_past_its_bounds_the_key_updated_longest_ago_is_evicted() -> None:
     assert list(small.entries) == [b"b", b"c"] and small.bytes <= small.max_bytes
 
 
+def frames(state: TopicState, partitions: set[int], key: bytes | None = None) -> list[bytes]:
+    """A snapshot's frames one by one (writes of at least one byte: one frame each)."""
+    return [f for f, _ in state.chunks(partitions, key, 1)]
+
+
 def test_a_snapshot_is_the_same_envelope_marked_snapshot_by_partition_then_key() -> None:
     state = TopicState("book", max_keys=10, max_bytes=1 << 20)
     state.apply(b"z", 0, 1, frame(b"z", 1))
     state.apply(b"a", 1, 2, frame(b"a", 2, partition=1))
     state.apply(b"m", 0, 3, frame(b"m", 3))
-    got = [orjson.loads(frame_payload(f)) for f in state.snapshot({0, 1})]
+    got = [orjson.loads(frame_payload(f)) for f in frames(state, {0, 1})]
     assert [(m["partition"], m["key"], m["snapshot"]) for m in got] == [
         (0, "m", True), (0, "z", True), (1, "a", True)
     ]  # fmt: skip
-    assert [orjson.loads(frame_payload(f))["key"] for f in state.snapshot({0})] == ["m", "z"]
-    assert [orjson.loads(frame_payload(f))["offset"] for f in state.snapshot({1}, b"a")] == [2]
-    assert state.snapshot({0}, b"a") == []  # that key lives in partition 1
+    assert [orjson.loads(frame_payload(f))["key"] for f in frames(state, {0})] == ["m", "z"]
+    assert [orjson.loads(frame_payload(f))["offset"] for f in frames(state, {1}, b"a")] == [2]
+    assert frames(state, {0}, b"a") == []  # that key lives in partition 1
     live = frame(b"z", 1)
     assert orjson.loads(frame_payload(snapshot_frame(live))) == {
         **orjson.loads(frame_payload(live)), "snapshot": True
