@@ -59,3 +59,37 @@ def test_a_refusal_holds_readiness_down_until_a_fetch_succeeds() -> None:
     assert readiness.status is Status.DEGRADED
     health.allowed()  # a fetch succeeded
     assert readiness.status is Status.OK
+
+
+def test_a_cluster_serving_every_partition_is_ready_and_says_what_it_lacks() -> None:
+    from wsrt.kafka.options import Replication, replication_words
+
+    health = SourceHealth(Readiness())
+    health.placed(Status.OK, "")
+    health.replication(*replication_words(Replication([], 2, [3])))
+    assert health.readiness.ready
+    assert health.readiness.reason == (
+        "serving every partition; Kafka broker id 3 away, 2 partition(s) under-replicated"
+    )
+    health.replication(*replication_words(Replication([], 1, [])))
+    assert health.readiness.ready and "catching up" in health.readiness.reason
+    health.replication(*replication_words(Replication([], 0, [])))
+    assert (health.readiness.status, health.readiness.reason) == (Status.OK, "")
+
+
+def test_a_partition_without_leader_is_an_outage_until_one_is_elected() -> None:
+    from wsrt.kafka.options import Replication, replication_words
+
+    health = SourceHealth(Readiness())
+    health.placed(Status.OK, "")
+    health.replication(*replication_words(Replication(["t[0]", "t[2]"], 2, [2, 3])))
+    assert health.readiness.status is Status.DEGRADED
+    assert health.readiness.reason == "Kafka has no leader for t[0], t[2] (broker id 2, 3 away)"
+    health.replication(*replication_words(Replication([], 2, [2, 3])))
+    assert health.readiness.ready
+    # An unreachable cluster still says so first; a start-up is not made ready by a note.
+    health.unreachable("cannot reach Kafka at x:1: connection refused")
+    assert health.readiness.reason.startswith("cannot reach")
+    starting = SourceHealth(Readiness())
+    starting.replication(*replication_words(Replication([], 1, [3])))
+    assert starting.readiness.status is Status.STARTING

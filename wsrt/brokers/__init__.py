@@ -54,10 +54,14 @@ def make_broker(kind: str, port: int | None = None) -> Broker:
 
 
 async def create_topics(
-    bootstrap: str, topics: dict[str, int], configs: dict[str, str] | None = None
+    bootstrap: str,
+    topics: dict[str, int],
+    configs: dict[str, str] | None = None,
+    replication: int = 1,
 ) -> None:
     """Create topics with the given partition counts (existing ones are left alone),
-    each with ``configs`` (topic configuration, such as ``message.timestamp.type``)."""
+    each with ``configs`` (topic configuration, such as ``message.timestamp.type``)
+    and ``replication`` copies of each partition (a cluster's)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -67,7 +71,7 @@ async def create_topics(
         for name, partitions in topics.items():
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(name, partitions, 1, topic_configs=configs or {})]
+                    [NewTopic(name, partitions, replication, topic_configs=configs or {})]
                 )
     finally:
         await admin.close()

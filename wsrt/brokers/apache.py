@@ -113,6 +113,12 @@ class ApacheKafka(Broker):
         self.controller_port = free_port()
         self.java = shutil.which("java")
         self.libs: Path | None = None
+        #: The KRaft cluster id the storage is formatted with (shared by a cluster's nodes).
+        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        #: The JVM's heap (a node of a test cluster runs with less).
+        self.heap = ("-Xms256m", "-Xmx768m")
+        #: More JVM options (system properties a test broker needs).
+        self.jvm_options: list[str] = []
 
     def describe(self) -> str:
         return f"Apache Kafka {KAFKA_VERSION} (KRaft) on {self.bootstrap}"
@@ -126,11 +132,10 @@ class ApacheKafka(Broker):
             return  # restarted on the same data: keep the log
         properties = self.workdir / "server.properties"
         properties.write_text("\n".join([*self.properties(data), ""]))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [*self._java(), "kafka.tools.StorageTool", "format",
              # "=" form: a base64 id may begin with "-".
-             f"--cluster-id={cluster_id}", "-c", str(properties), *self.format_options()],
+             f"--cluster-id={self.cluster_id}", "-c", str(properties), *self.format_options()],
             capture_output=True,
             text=True,
         )  # fmt: skip
@@ -171,8 +176,8 @@ class ApacheKafka(Broker):
         assert self.java is not None and self.libs is not None
         return [
             self.java,
-            "-Xms256m",
-            "-Xmx768m",
+            *self.heap,
+            *self.jvm_options,
             "-XX:+UseSerialGC",
             f"-Dlog4j2.configurationFile={_resource('log4j2.yaml')}",
             "-cp",

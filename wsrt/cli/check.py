@@ -88,24 +88,27 @@ async def check_subscribe(settings: Settings, channel: str, token: str, seconds:
 
 
 async def check_kafka(settings: Settings, seconds: float) -> Result:
-    from wsrt.kafka.options import denied_words, discover, explain, metadata_client
+    from wsrt.kafka import options
 
     where = ",".join(settings.kafka_brokers)
-    client = metadata_client(settings.replace(kafka_request_timeout=seconds))
+    client = options.metadata_client(settings.replace(kafka_request_timeout=seconds))
     try:
         async with asyncio.timeout(seconds):
             await client.bootstrap()
-            found, missing, denied = await discover(client, settings.kafka_topics)
+            seen = await options.discover(client, settings.kafka_topics)
     except (KafkaError, OSError, TimeoutError) as exc:
-        return Result("kafka", False, await explain(exc, settings))
+        return Result("kafka", False, await options.explain(exc, settings))
     finally:
         await client.close()
-    if denied:
-        return Result("kafka", False, f"{where}: {denied_words(denied, settings)}")
-    if missing:
-        return Result("kafka", False, f"{where}: missing topic(s) {', '.join(missing)}")
-    parts = [f"{topic} {len(found[topic])}p" for topic in settings.kafka_topics]
-    return Result("kafka", True, f"{where}: {', '.join(parts)}")
+    if seen.denied:
+        return Result("kafka", False, f"{where}: {options.denied_words(seen.denied, settings)}")
+    if seen.missing:
+        return Result("kafka", False, f"{where}: missing topic(s) {', '.join(seen.missing)}")
+    outage, note = options.replication_words(seen.replication)
+    if outage:
+        return Result("kafka", False, f"{where}: {outage}")
+    parts = [f"{topic} {len(seen.found[topic])}p" for topic in settings.kafka_topics]
+    return Result("kafka", True, f"{where}: {', '.join(parts)}" + (f" ({note})" if note else ""))
 
 
 def check_metrics(settings: Settings, interval: float, timeout: float) -> list[Result]:

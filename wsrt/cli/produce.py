@@ -119,7 +119,7 @@ def produce(
             await kafka.stop()
             fail(f"cannot reach Kafka at {where}: {exc}")
         try:
-            _, missing, denied = await discover(kafka.client, tuple(topics))
+            _, missing, denied, _ = await discover(kafka.client, tuple(topics))
             if denied:
                 fail(denied_words(denied, settings))
             if missing:

@@ -147,7 +147,7 @@ class Gateway:
         """This process's ``/healthz`` body."""
         r = self.readiness
         body: dict[str, object] = {"status": str(r.status)}
-        if not r.ready:
+        if r.reason:  # also when ready: a cluster serving every partition with a broker away
             body["reason"] = r.reason
         body["connections"] = self.connection_count
         return body

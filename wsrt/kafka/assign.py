@@ -158,7 +158,7 @@ class Assigner:
     async def refresh(self, consumer: AIOKafkaConsumer, client: AIOKafkaClient) -> None:
         """Broadcast: look for topics and partitions, assign every one found."""
         s = self.settings
-        found, missing, denied = await abandon_after(
+        found, missing, denied, _ = await abandon_after(
             discover(client, s.kafka_topics), s.kafka_start_timeout, "metadata"
         )
         assigned = await assign_every_partition(

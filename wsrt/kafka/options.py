@@ -80,6 +80,17 @@ def metadata_client(settings: Settings) -> AIOKafkaClient:
     )
 
 
+class Replication(NamedTuple):
+    """The found partitions' leaders and replicas, as the metadata answer says."""
+
+    #: Partitions without a leader (``topic[partition]``): nobody serves them now.
+    leaderless: list[str]
+    #: Partitions with fewer replicas in sync than they have.
+    under_replicated: int
+    #: Brokers that hold replicas but are not in the cluster's list of live brokers.
+    away: list[int]
+
+
 class Discovered(NamedTuple):
     #: Topic → its partitions, for each topic that exists.
     found: dict[str, set[int]]
@@ -88,6 +99,8 @@ class Discovered(NamedTuple):
     #: Topics Kafka does not let this client describe (an ACL is missing; Kafka does
     #: not say whether they exist).
     denied: list[str]
+    #: Where the found partitions stand in a cluster of several brokers.
+    replication: Replication
 
 
 async def discover(client: AIOKafkaClient, topics: tuple[str, ...]) -> Discovered:
@@ -97,15 +110,32 @@ async def discover(client: AIOKafkaClient, topics: tuple[str, ...]) -> Discovere
     topics: those not in it are asked for by name (never created), and the
     answer says which are denied rather than missing.
     """
-    cluster = await client.fetch_all_metadata()
+    try:
+        cluster = await client.fetch_all_metadata()
+    except KafkaError:
+        # A broker closes a connection whose SASL session expired (OAUTHBEARER with
+        # connections.max.reauth.ms: aiokafka does not re-authenticate), and the
+        # request that meets it fails. Asked once more, on new connections.
+        cluster = await client.fetch_all_metadata()
     found: dict[str, set[int]] = {}
     absent: list[str] = []
+    live = {b.nodeId for b in cluster.brokers()}
+    leaderless: list[str] = []
+    under = 0
+    holders: set[int] = set()
     for topic in topics:
         partitions = cluster.partitions_for_topic(topic)
         if partitions:
             found[topic] = set(partitions)
         else:
             absent.append(topic)
+        # aiokafka keeps replicas and in-sync sets only here (ClusterMetadata has no accessor).
+        for p, meta in sorted(cluster._partitions.get(topic, {}).items()):
+            if meta.leader == -1:
+                leaderless.append(f"{topic}[{p}]")
+            under += len(meta.isr) < len(meta.replicas)
+            holders.update(meta.replicas)
+    replication = Replication(leaderless, under, sorted(holders - live))
     denied: list[str] = []
     node = client.get_random_node()
     if absent and node is not None:
@@ -113,7 +143,32 @@ async def discover(client: AIOKafkaClient, topics: tuple[str, ...]) -> Discovere
         denied = [
             t[1] for t in answer.topics if t[0] == TopicAuthorizationFailedError.errno
         ]  # fmt: skip
-    return Discovered(found, [t for t in absent if t not in denied], denied)
+    return Discovered(found, [t for t in absent if t not in denied], denied, replication)
+
+
+def replication_words(r: Replication) -> tuple[str | None, str | None]:
+    """What the cluster's state means for delivery: ``(outage, note)``, each ``None`` when moot.
+
+    An outage: partitions nobody leads (their records cannot be read). A note:
+    every partition is served, but brokers are away or replicas out of sync,
+    which an operator should know and a load balancer should not act on.
+    """
+    away = ", ".join(map(str, r.away))
+    if r.leaderless:
+        shown = ", ".join(r.leaderless[:5]) + (" …" if len(r.leaderless) > 5 else "")
+        outage = f"Kafka has no leader for {shown}"
+        return outage + (f" (broker id {away} away)" if away else ""), None
+    if r.away:
+        return None, (
+            f"serving every partition; Kafka broker id {away} away, "
+            f"{r.under_replicated} partition(s) under-replicated"
+        )
+    if r.under_replicated:
+        return None, (
+            f"serving every partition; {r.under_replicated} partition(s) under-replicated "
+            "(replicas catching up)"
+        )
+    return None, None
 
 
 def denied_words(topics: list[str], settings: Settings) -> str:
@@ -152,6 +207,9 @@ async def explain(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, Abandoned | TimeoutError):
         # A hung broker, or a port that is not Kafka's.
         return f"Kafka at {where} is not answering" + (f" ({exc})" if str(exc) else "")
+    if type(exc) is KafkaError and "Unable to get cluster metadata" in str(exc):
+        # aiokafka asked every known broker for metadata and none answered in time.
+        return f"Kafka at {where} is not answering (no broker answered a metadata request)"
     if isinstance(exc, OSError | KafkaConnectionError):
         causes = await asyncio.gather(*(_reason(broker, settings) for broker in brokers))
         if len(set(causes)) == 1:

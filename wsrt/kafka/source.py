@@ -49,11 +49,15 @@ from wsrt.kafka.options import (
     discover,
     explain,
     metadata_client,
+    replication_words,
 )
 from wsrt.kafka.watch import SourceHealth, Watch
 from wsrt.logs import EventLogger
 from wsrt.metrics import Stats
 from wsrt.outlet import Record
+
+#: The longest a metadata request may take at one broker before the next is asked.
+PROBE_METADATA_SECONDS = 3.0
 
 
 class _Link:
@@ -63,7 +67,11 @@ class _Link:
         s = source.settings
         self.settings = s
         self.consumer = AIOKafkaConsumer(**consumer_options(s))
-        self.client = metadata_client(s)
+        # Metadata answers fast: a node that does not (frozen) is left for the next one
+        # within PROBE_METADATA_SECONDS, not the request time-out.
+        self.client = metadata_client(
+            s.replace(kafka_request_timeout=min(s.kafka_request_timeout, PROBE_METADATA_SECONDS))
+        )
         self.committer = Committer(
             self.consumer, source.offsets, source.log, source.stats, s.kafka_commit_timeout
         )
@@ -317,18 +325,21 @@ class Supervisor:
         src = self.source
         seconds = src.settings.kafka_request_timeout
         try:
-            await abandon_after(
+            found = await abandon_after(
                 discover(link.client, src.settings.kafka_topics), seconds, "metadata request"
             )
         except UNAVAILABLE as exc:
             src.health.unreachable(await explain(exc, src.settings))
             return None
         src.health.reachable()
+        src.health.replication(*replication_words(found.replication))
         assigned = link.consumer.assignment()
         if not assigned:
             return False
         try:
-            ends = await abandon_after(link.consumer.end_offsets(list(assigned)), seconds)
+            # Bounded by the probe interval: a leader that hangs must not delay the next probe.
+            bound = min(seconds, max(PROBE_METADATA_SECONDS, src.settings.kafka_probe_interval))
+            ends = await abandon_after(link.consumer.end_offsets(list(assigned)), bound)
         except UNAVAILABLE:
             return True  # the brokers answer, our consumer does not: as good as waiting
         self._waiting = src.offsets.behind(ends)

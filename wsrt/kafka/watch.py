@@ -70,6 +70,9 @@ class SourceHealth:
         #: Kafka refuses this client something (an ACL): not ready until a fetch succeeds,
         #: however often the assignment that precedes the failing fetch succeeds.
         self._denied: str | None = None
+        #: Partitions nobody leads (an outage), or what a cluster that serves them all lacks.
+        self._leaderless: str | None = None
+        self._note: str | None = None
 
     def placed(self, status: Status, reason: str, *, problem: bool = False) -> None:
         """Where the assignment stands; ``problem``: a failure to report as a warning."""
@@ -104,6 +107,12 @@ class SourceHealth:
             self._denied = None
             self._apply()
 
+    def replication(self, outage: str | None, note: str | None) -> None:
+        """What the last metadata answer said of leaders and replicas."""
+        if (outage, note) != (self._leaderless, self._note):
+            self._leaderless, self._note = outage, note
+            self._apply()
+
     def reachable(self) -> None:
         if self._unreachable is not None:
             self._unreachable = None
@@ -117,5 +126,9 @@ class SourceHealth:
             self.readiness.set(status, self._denied, problem=True)
         elif self._held is not None and self._placement[0] is Status.OK:
             self.readiness.set(Status.STARTING, self._held)
+        elif self._leaderless is not None and self._placement[0] is Status.OK:
+            self.readiness.set(Status.DEGRADED, self._leaderless, problem=True)
+        elif self._note is not None and self._placement == (Status.OK, ""):
+            self.readiness.set(Status.OK, self._note)
         else:
             self.readiness.set(*self._placement, problem=self._problem)
