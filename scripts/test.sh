@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: its own virtual environment,
-# Debian's chromium where missing, lint and type checks, then unit, browser and
+# Debian's chromium (and nodejs, npm) where missing, lint and type checks, then unit, browser and
 # integration tests against a real Kafka broker that the run starts and stops itself.
 #
 #   scripts/test.sh                              # Apache Kafka where Java is present
@@ -20,6 +20,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -q
     $sudo apt-get install -y -q chromium
+fi
+
+# The OAuth issuer of the Kafka security tests is oidc-provider, run with Node.js.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "== installing Debian's nodejs and npm for the OAuth issuer of the tests (apt-get)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q nodejs npm
 fi
 
 echo "== ruff"

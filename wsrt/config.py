@@ -239,6 +239,15 @@ def _ws_url(raw: str) -> str:
     return url
 
 
+def _http_url(raw: str) -> str | None:
+    url = raw.strip()
+    if not url:
+        return None
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        raise ValueError(f"must be an http:// or https:// URL, got {raw!r}")
+    return url
+
+
 def _default_replica_id() -> str:
     # Two processes on one host never share a broadcast group.
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
@@ -389,12 +398,22 @@ class Settings:
         "Kafka security protocol.", _K)
     kafka_sasl_mechanism: str = _var(
         "WS_KAFKA_SASL_MECHANISM", "PLAIN",
-        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", upper=True),
-        "SASL mechanism when the protocol is SASL_*.", _K)
+        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", upper=True),
+        "SASL mechanism when the protocol is SASL_* (OAUTHBEARER: tokens from "
+        "WS_KAFKA_SASL_OAUTH_TOKEN_URL).", _K)
     kafka_sasl_username: str | None = _var("WS_KAFKA_SASL_USERNAME", "", _optional,
         "SASL user name.", _K)
     kafka_sasl_password: str | None = _var("WS_KAFKA_SASL_PASSWORD", "", _secret,
         "SASL password.", _K)
+    kafka_sasl_oauth_token_url: str | None = _var("WS_KAFKA_SASL_OAUTH_TOKEN_URL", "",
+        _http_url, "OAUTHBEARER: the OAuth token endpoint (client credentials grant; https "
+        "trusts WS_KAFKA_SSL_CAFILE when set, else the system store).", _K)
+    kafka_sasl_oauth_client_id: str | None = _var("WS_KAFKA_SASL_OAUTH_CLIENT_ID", "",
+        _optional, "OAUTHBEARER: the OAuth client id.", _K)
+    kafka_sasl_oauth_client_secret: str | None = _var("WS_KAFKA_SASL_OAUTH_CLIENT_SECRET", "",
+        _secret, "OAUTHBEARER: the OAuth client secret.", _K)
+    kafka_sasl_oauth_scope: str | None = _var("WS_KAFKA_SASL_OAUTH_SCOPE", "", _optional,
+        "OAUTHBEARER: the scope to ask for (default: none, the endpoint's default).", _K)
     kafka_ssl_cafile: str | None = _var("WS_KAFKA_SSL_CAFILE", "", _optional,
         "CA bundle for SSL / SASL_SSL (default: system trust store).", _K)
     kafka_ssl_certfile: str | None = _var("WS_KAFKA_SSL_CERTFILE", "", _optional,
@@ -536,14 +555,27 @@ def _together(values: dict[str, Any], require_secret: bool) -> list[str]:
             "WS_KAFKA_SSL_CHECK_HOSTNAME is off: any certificate the CA signed is accepted "
             "for any broker"
         )
-    if values["kafka_security_protocol"].startswith("SASL") and not (
-        values["kafka_sasl_username"] and values["kafka_sasl_password"]
-    ):
+    _sasl_together(values)
+    return warnings
+
+
+def _sasl_together(values: dict[str, Any]) -> None:
+    """What each SASL mechanism needs besides itself."""
+    if not values["kafka_security_protocol"].startswith("SASL"):
+        return
+    if values["kafka_sasl_mechanism"] == "OAUTHBEARER":
+        for name in ("token_url", "client_id", "client_secret"):
+            if not values[f"kafka_sasl_oauth_{name}"]:
+                raise ConfigError(
+                    f"WS_KAFKA_SASL_OAUTH_{name.upper()}",
+                    "OAUTHBEARER needs WS_KAFKA_SASL_OAUTH_TOKEN_URL, "
+                    "WS_KAFKA_SASL_OAUTH_CLIENT_ID and WS_KAFKA_SASL_OAUTH_CLIENT_SECRET",
+                )
+    elif not (values["kafka_sasl_username"] and values["kafka_sasl_password"]):
         raise ConfigError(
             "WS_KAFKA_SASL_USERNAME",
             "SASL needs WS_KAFKA_SASL_USERNAME and WS_KAFKA_SASL_PASSWORD",
         )
-    return warnings
 
 
 def load_settings(

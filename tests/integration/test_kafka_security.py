@@ -1,7 +1,9 @@
-"""Kafka with TLS and SASL, for real: Apache Kafka with SASL_SSL (SCRAM, PLAIN) and mutual TLS.
+"""Kafka with TLS and SASL, for real: SASL_SSL (SCRAM, PLAIN, OAUTHBEARER) and mutual TLS.
 
 The broker's certificate is signed by a CA this run makes; the SCRAM user is
-created with Kafka's own storage tool. Each working combination delivers a
+created with Kafka's own storage tool; OAUTHBEARER tokens come from a real
+issuer (oidc-provider, tests/support/oidc.py) whose signing keys the broker
+validates them with. Each working combination delivers a
 record end to end, and each mistake an operator makes gets its own plain
 words, the same from ``wsrt check --kafka`` and from ``/healthz``.
 """
@@ -14,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration.harness import auth, messages, next_json
 from tests.integration.test_replay import needs_apache
+from tests.support.oidc import CLIENT_ID, CLIENT_SECRET, Issuer
 from tests.support.secure_kafka import (
     LIMITED_PASSWORD,
     LIMITED_USER,
@@ -35,18 +39,31 @@ from tests.support.secure_kafka import (
     SCRAM_USER,
     SecureKafka,
 )
-from wsrt.brokers import Broker, create_topics
+from wsrt.brokers import Broker, create_topics, free_port
 
 pytestmark = pytest.mark.integration
 
 TOPIC = "secured"
 
 
+#: The issuer's tokens live this long: a test outlives several.
+TOKEN_TTL = 8
+
+
 @pytest.fixture(scope="module")
-def secure(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+def issuer(broker: Broker) -> Iterator[Issuer]:
+    needs_apache(broker, "SASL_SSL here (this module runs in the Apache Kafka run only)")
+    with Issuer(ttl=TOKEN_TTL) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def secure(
+    broker: Broker, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecureKafka]:
     """One SASL_SSL broker for the module, stopped at its end (also on failure)."""
     needs_apache(broker, "SASL_SSL here (this module runs in the Apache Kafka run only)")
-    kafka = SecureKafka(tmp_path_factory.mktemp("secure-kafka"))
+    kafka = SecureKafka(tmp_path_factory.mktemp("secure-kafka"), issuer)
     kafka.start()
     try:
         asyncio.run(create_topics(kafka.bootstrap, {TOPIC: 1}))
@@ -62,6 +79,20 @@ def sasl_ssl(kafka: SecureKafka, mechanism: str, user: str, password: str) -> di
         "WS_KAFKA_SASL_MECHANISM": mechanism,
         "WS_KAFKA_SASL_USERNAME": user,
         "WS_KAFKA_SASL_PASSWORD": password,
+        "WS_KAFKA_SSL_CAFILE": str(kafka.certificates.ca),
+    }
+
+
+def oauthbearer(
+    kafka: SecureKafka, secret: str = CLIENT_SECRET, token_url: str | None = None
+) -> dict[str, str]:
+    return {
+        "WS_KAFKA_BROKERS": kafka.secure_bootstrap,
+        "WS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "WS_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+        "WS_KAFKA_SASL_OAUTH_TOKEN_URL": token_url or kafka.issuer.token_url,
+        "WS_KAFKA_SASL_OAUTH_CLIENT_ID": CLIENT_ID,
+        "WS_KAFKA_SASL_OAUTH_CLIENT_SECRET": secret,
         "WS_KAFKA_SSL_CAFILE": str(kafka.certificates.ca),
     }
 
@@ -108,7 +139,7 @@ def kafka_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.mark.parametrize(
-    "mechanism", ["SCRAM-SHA-512", "PLAIN", "mutual TLS", "no host name check"]
+    "mechanism", ["SCRAM-SHA-512", "PLAIN", "OAUTHBEARER", "mutual TLS", "no host name check"]
 )
 async def test_each_security_setup_delivers_end_to_end(
     secure: SecureKafka, servers: Any, mechanism: str
@@ -116,6 +147,7 @@ async def test_each_security_setup_delivers_end_to_end(
     env = {
         "SCRAM-SHA-512": lambda: sasl_ssl(secure, mechanism, SCRAM_USER, SCRAM_PASSWORD),
         "PLAIN": lambda: sasl_ssl(secure, mechanism, PLAIN_USER, PLAIN_PASSWORD),
+        "OAUTHBEARER": lambda: oauthbearer(secure),
         "mutual TLS": lambda: mtls(secure),
         # The certificate is for 127.0.0.1: by name it is accepted only unchecked.
         "no host name check": lambda: {
@@ -156,6 +188,14 @@ MISTAKES = {
             "WS_KAFKA_BROKERS": f"localhost:{k.secure_port}",
         },
         "Kafka's certificate is not for localhost",
+    ),
+    "a wrong OAuth client secret": (
+        lambda k: oauthbearer(k, secret="wrong"),
+        f"refused client {CLIENT_ID} (HTTP 401: invalid_client",
+    ),
+    "an OAuth token endpoint that is down": (
+        lambda k: oauthbearer(k, token_url=f"http://127.0.0.1:{free_port()}/token"),
+        "cannot reach the OAuth token endpoint http://127.0.0.1:",
     ),
     "PLAINTEXT against the SASL_SSL listener": (
         lambda k: {"WS_KAFKA_BROKERS": k.secure_bootstrap},
@@ -255,3 +295,37 @@ async def test_each_missing_acl_gets_its_own_words_and_readiness_never_flaps(
     allow(ResourceType.TOPIC, TOPIC, AclOperation.READ)
     server.wait_ready()
     await arrives(server, secure, {"acl": "granted"})
+
+
+async def test_oauthbearer_tokens_are_renewed_before_they_expire(
+    secure: SecureKafka, issuer: Issuer, servers: Any
+) -> None:
+    """Delivery over three token lifetimes, every record once and in order.
+
+    The broker closes an OAUTHBEARER connection when its token expires
+    (``connections.max.reauth.ms``); the client connects again with the
+    next token, which wsrt fetched before the last one expired.
+    """
+    env = oauthbearer(secure)
+    server = servers([TOPIC], env, brokers=env["WS_KAFKA_BROKERS"])
+    granted = issuer.tokens()
+    sent: list[int] = []
+    async with websockets.connect(
+        f"{server.url}?channels={TOPIC}", additional_headers=auth()
+    ) as ws:
+        assert (await next_json(ws))["type"] == "subscribed"
+        producer = AIOKafkaProducer(bootstrap_servers=secure.bootstrap)
+        await producer.start()
+        try:
+            deadline = time.monotonic() + 10 * TOKEN_TTL
+            while not await asyncio.to_thread(issuer.wait_tokens, granted + 3, 0.2):
+                assert time.monotonic() < deadline, f"{issuer.tokens() - granted} new tokens"
+                sent.append((await producer.send_and_wait(TOPIC, b'{"renewed":1}')).offset)
+        finally:
+            await producer.stop()
+        got = await messages(ws, len(sent))
+    assert [m["offset"] for m in got] == sent
+    said = [e for e in server.events if e.get("event") == "readiness"]
+    ready = next(i for i, e in enumerate(said) if e.get("status") == "ok")
+    lapses = [e for e in said[ready:] if e.get("status") != "ok"]
+    assert not lapses, [e.get("reason") for e in lapses]  # never a lapse while tokens change

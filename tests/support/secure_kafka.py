@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.oidc import AUDIENCE, CLIENT_ID, Issuer
 from wsrt.brokers import free_port
 from wsrt.brokers.apache import ApacheKafka
 
@@ -106,11 +107,16 @@ def make_certificates(directory: Path) -> Certificates:
 class SecureKafka(ApacheKafka):
     """Apache Kafka with a SASL_SSL listener beside its PLAINTEXT one."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, issuer: Issuer) -> None:
         super().__init__(workdir=workdir)
         self.secure_port = free_port()
         self.mtls_port = free_port()
         self.certificates = make_certificates(self.workdir)
+        self.issuer = issuer
+        # Kafka fetches signing keys only from URLs it is told to allow.
+        self.jvm_options.append(
+            f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={issuer.jwks_url}"
+        )
 
     @property
     def secure_bootstrap(self) -> str:
@@ -137,11 +143,25 @@ class SecureKafka(ApacheKafka):
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
             f'user_{PLAIN_USER}="{PLAIN_PASSWORD}";'
         )
+        oauth_login = (
+            "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+        )
+        validator = (
+            "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler"
+        )
         return [
             *lines,
-            "sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN,OAUTHBEARER",
             f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
             f"listener.name.sasl_ssl.plain.sasl.jaas.config={plain_login}",
+            # OAUTHBEARER: JWTs the issuer signed (keys from its JWKS), for audience "kafka".
+            f"listener.name.sasl_ssl.oauthbearer.sasl.jaas.config={oauth_login}",
+            f"listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class={validator}",
+            f"sasl.oauthbearer.jwks.endpoint.url={self.issuer.jwks_url}",
+            f"sasl.oauthbearer.expected.issuer={self.issuer.url}",
+            f"sasl.oauthbearer.expected.audience={AUDIENCE}",
+            # A connection lives at most as long as its token: the client must bring a new one.
+            "listener.name.sasl_ssl.oauthbearer.connections.max.reauth.ms=10000",
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={self.certificates.broker}",
             "ssl.truststore.type=PEM",
@@ -149,7 +169,8 @@ class SecureKafka(ApacheKafka):
             "listener.name.ssl.ssl.client.auth=required",
             # ACLs apply (StandardAuthorizer); all but the limited user may do anything.
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            f"super.users=User:ANONYMOUS;User:{SCRAM_USER};User:{PLAIN_USER};User:CN=wsrt",
+            f"super.users=User:ANONYMOUS;User:{SCRAM_USER};User:{PLAIN_USER};User:CN=wsrt;"
+            f"User:{CLIENT_ID}",
         ]
 
     def format_options(self) -> list[str]:

@@ -179,3 +179,24 @@ def test_workers_auto_is_one_per_cpu() -> None:
     assert load({}).workers == 1
     assert load({"WS_WORKERS": "auto"}).workers == os.cpu_count()
     assert load({"WS_WORKERS": " 3 "}).workers == 3
+
+
+def test_oauthbearer_names_what_it_lacks_and_reads_its_secret_from_a_file(tmp_path) -> None:
+    oauth = {
+        "WS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "WS_KAFKA_SASL_MECHANISM": "oauthbearer",
+        "WS_KAFKA_SASL_OAUTH_TOKEN_URL": "https://idp.example.com/token",
+        "WS_KAFKA_SASL_OAUTH_CLIENT_ID": "wsrt",
+    }
+    with pytest.raises(ConfigError) as missing:
+        load(oauth)
+    assert missing.value.variable == "WS_KAFKA_SASL_OAUTH_CLIENT_SECRET"
+    secret = tmp_path / "client-secret"
+    secret.write_text("s3cret\n")
+    settings = load({**oauth, "WS_KAFKA_SASL_OAUTH_CLIENT_SECRET_FILE": str(secret)})
+    assert settings.kafka_sasl_mechanism == "OAUTHBEARER"
+    assert settings.kafka_sasl_oauth_client_secret == "s3cret"
+    assert settings.kafka_sasl_username is None  # no user or password needed
+    with pytest.raises(ConfigError) as bad:
+        load({**oauth, "WS_KAFKA_SASL_OAUTH_TOKEN_URL": "idp.example.com/token"})
+    assert bad.value.variable == "WS_KAFKA_SASL_OAUTH_TOKEN_URL"

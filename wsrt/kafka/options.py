@@ -28,6 +28,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from wsrt.aio import Abandoned, abandon_after
 from wsrt.config import Settings
+from wsrt.kafka import oauth
 
 #: Errors that mean "Kafka is not reachable or not answering": retry, report, never crash.
 UNAVAILABLE = (KafkaError, OSError, Abandoned)
@@ -52,9 +53,24 @@ def client_options(settings: Settings) -> dict[str, Any]:
         options["ssl_context"] = context
     if settings.kafka_security_protocol.startswith("SASL"):
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password
+        if settings.kafka_sasl_mechanism == "OAUTHBEARER":
+            options["sasl_oauth_token_provider"] = token_endpoint(settings)
+        else:
+            options["sasl_plain_username"] = settings.kafka_sasl_username
+            options["sasl_plain_password"] = settings.kafka_sasl_password
     return options
+
+
+def token_endpoint(settings: Settings) -> oauth.TokenEndpoint:
+    """The process's OAUTHBEARER token source for these settings."""
+    s = settings
+    assert s.kafka_sasl_oauth_token_url and s.kafka_sasl_oauth_client_id
+    assert s.kafka_sasl_oauth_client_secret
+    return oauth.shared(
+        s.kafka_sasl_oauth_token_url, s.kafka_sasl_oauth_client_id,
+        s.kafka_sasl_oauth_client_secret, s.kafka_sasl_oauth_scope, s.kafka_request_timeout,
+        s.kafka_ssl_cafile,
+    )  # fmt: skip
 
 
 def consumer_options(settings: Settings) -> dict[str, Any]:
@@ -182,6 +198,8 @@ def denied_words(topics: list[str], settings: Settings) -> str:
 def principal(settings: Settings) -> str:
     """Who wsrt is to Kafka, as an operator would look it up in the ACLs."""
     if settings.kafka_security_protocol.startswith("SASL"):
+        if settings.kafka_sasl_mechanism == "OAUTHBEARER":
+            return f"the OAuth client {settings.kafka_sasl_oauth_client_id} (the token's sub)"
         return f"user {settings.kafka_sasl_username}"
     if settings.kafka_ssl_certfile:
         return f"the client certificate {settings.kafka_ssl_certfile}"
@@ -323,6 +341,12 @@ async def _sasl_reason(
     host: str, port: int, settings: Settings, options: dict[str, Any]
 ) -> str | None:
     """What Kafka says to a connection as the settings make it (``None``: it logs in)."""
+    oauth_provider = options.get("sasl_oauth_token_provider")
+    if oauth_provider is not None:
+        try:
+            await oauth_provider.token()
+        except oauth.TokenEndpointError as exc:
+            return str(exc)
     try:
         conn = await abandon_after(
             create_conn(
@@ -333,10 +357,17 @@ async def _sasl_reason(
                 sasl_mechanism=options.get("sasl_mechanism"),
                 sasl_plain_username=options.get("sasl_plain_username"),
                 sasl_plain_password=options.get("sasl_plain_password"),
+                sasl_oauth_token_provider=oauth_provider,
             ),
             PROBE_SECONDS * 2, "kafka login",
         )  # fmt: skip
     except SaslAuthenticationFailed:
+        if oauth_provider is not None:
+            return (
+                f"Kafka refused the OAUTHBEARER token of client "
+                f"{settings.kafka_sasl_oauth_client_id} from {settings.kafka_sasl_oauth_token_url} "
+                "(its issuer, audience or signing key is not the one the broker expects?)"
+            )
         return (
             f"Kafka refused the SASL login for user {settings.kafka_sasl_username} "
             f"({settings.kafka_sasl_mechanism})"
