@@ -53,6 +53,10 @@ DOWN_SECONDS = 20.0
 SCENARIOS = ("stop", "kill", "freeze", "server-kill")
 #: On a three-node cluster (tests/support/kafka_cluster.py), each in broadcast and shared mode.
 CLUSTER_SCENARIOS = ("leader-kill", "rolling", "isr-shrink")
+#: The server's log events that say what its consumer did.
+CONSUMER_EVENTS = (
+    "kafka_assigned", "kafka_revoked", "kafka_positioned", "kafka_restarted", "kafka_stalled",
+)  # fmt: skip
 #: How long a cluster's node stays away once the cluster has noticed (fenced it).
 AWAY_SECONDS = 10.0
 #: Longest a recovery may take before the suite gives up on a cycle.
@@ -81,6 +85,8 @@ class Outcome:
     reasons: set[str] = field(default_factory=set)
     #: The reasons it gave while ok (a cluster that serves every partition with a node away).
     notes: set[str] = field(default_factory=set)
+    #: What the server's consumer did (assigned, revoked, restarted), for a failure's message.
+    consumer: list[str] = field(default_factory=list)
 
     @property
     def recovered(self) -> bool:
@@ -184,6 +190,17 @@ class Lane:
             noted_s=self.first_note(started),
         )
 
+    def _repeats(self) -> list[tuple[int, int, int]]:
+        """(connection, partition, offset) of each arrival at or below one seen before."""
+        found = []
+        for n, arrivals in enumerate(self.connections):
+            top: dict[int, int] = {}
+            for p, o, _ in arrivals:
+                if o <= top.get(p, -1):
+                    found.append((n, p, o))
+                top[p] = max(top.get(p, -1), o)
+        return found
+
     def account(self, scenario: str, cycles: list[Cycle], acked: set[tuple[int, int]]) -> Outcome:
         name = scenario if len(self.rig.lanes) == 1 else f"{scenario} ({self.mode})"
         outcome = Outcome(name, cycles, produced=len(acked))
@@ -200,6 +217,14 @@ class Lane:
                 top[p] = max(top.get(p, -1), o)
         outcome.lost = len(acked - seen)
         assert self.server is not None
+        outcome.consumer = [
+            f"{e.get('ts')} {e.get('event')} "
+            f"{e.get('reason') or e.get('positions') or e.get('partitions') or ''}"
+            for e in self.server.events
+            if e.get("event") in CONSUMER_EVENTS
+        ]
+        if outcome.duplicated or outcome.out_of_order:
+            outcome.consumer += [f"{self.mode}: first repeats {self._repeats()[:10]}"]
         for e in self.server.events:
             if e.get("event") == "readiness" and e.get("reason"):
                 target = outcome.notes if e.get("status") == "ok" else outcome.reasons

@@ -52,9 +52,10 @@ async def test_a_cluster_losing_a_broker_loses_no_record(scenario: str, tmp_path
     print("\n" + shown)
     assert {o.scenario for o in outcomes} == {f"{scenario} (broadcast)", f"{scenario} (shared)"}
     for outcome in outcomes:
+        print("\n".join(outcome.consumer))
         assert outcome.recovered, shown
         assert outcome.produced > 0 and outcome.lost == 0, shown
-        assert outcome.duplicated == 0 and outcome.out_of_order == 0, shown
+        assert outcome.duplicated == 0 and outcome.out_of_order == 0, (shown, outcome.consumer)
         for cycle in outcome.cycles:
             assert cycle.degraded_s is None or (
                 cycle.ok_s is not None and cycle.ok_s <= TRUTHFUL_WITHIN

@@ -27,11 +27,21 @@ class FakeConsumer:
         self.earliest = earliest
         self.seeks: dict[TopicPartition, int] = {}
         self.fail_position = False
+        self.paused: set[TopicPartition] = set()
+        #: What was paused while the listener waited on the broker (the loop could fetch then).
+        self.paused_while_waiting: list[set[TopicPartition]] = []
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks[tp] = offset
 
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
     async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.paused_while_waiting.append(set(self.paused))
         return {tp: self.earliest for tp in tps}
 
     async def position(self, tp: TopicPartition) -> int:
@@ -137,3 +147,16 @@ def test_a_replaced_consumers_late_callbacks_change_nothing() -> None:
     listener.retired = True
     asyncio.run(listener.on_partitions_revoked([T0]))
     assert offsets.positions[T0] == 5
+
+
+def test_no_fetch_is_handed_over_until_a_partition_back_is_placed() -> None:
+    """The group's commit may lag behind what the clients have: the consume loop,
+    which runs while the listener awaits the broker, must not deliver from it."""
+    consumer = FakeConsumer({T0: 40, T1: 7})
+    listener, offsets, _, _ = rig(consumer)
+    asyncio.run(listener.on_partitions_assigned([T0, T1]))
+    offsets.taken(T0, 50, None)
+    asyncio.run(listener.on_partitions_revoked([T0, T1]))
+    asyncio.run(listener.on_partitions_assigned([T0, T1]))
+    assert consumer.paused_while_waiting[-1] == {T0, T1}
+    assert consumer.paused == set() and consumer.seeks[T0] == 50

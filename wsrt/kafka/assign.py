@@ -227,11 +227,17 @@ class GroupListener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         if self.retired:
             return
+        partitions = set(assigned)
+        # Until placed, a fetch must not hand over records from where the group's
+        # commit stands (it may lag behind what our clients already have): paused
+        # in this step, before the first await lets the consume loop run.
+        self.consumer.pause(*partitions)
         try:
-            await self._place(set(assigned))
+            await self._place(partitions)
         except BaseException as exc:
             self.failed = exc
             raise
+        self.consumer.resume(*partitions)
 
     async def _place(self, partitions: set[TopicPartition]) -> None:
         a = self.assigner

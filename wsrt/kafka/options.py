@@ -90,9 +90,15 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
 
 
 def metadata_client(settings: Settings) -> AIOKafkaClient:
-    """A client for metadata requests only (not started)."""
+    """A client for metadata requests only (not started).
+
+    Its own view of the cluster is refreshed as often as the consumer's, so a
+    broker the cluster fenced is soon no longer asked.
+    """
     return AIOKafkaClient(
-        **client_options(settings), request_timeout_ms=int(settings.kafka_request_timeout * 1000)
+        **client_options(settings),
+        request_timeout_ms=int(settings.kafka_request_timeout * 1000),
+        metadata_max_age_ms=int(settings.kafka_metadata_refresh * 1000),
     )
 
 
