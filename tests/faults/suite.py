@@ -506,7 +506,8 @@ def main() -> None:
 
     print(
         f"Apache Kafka 4.1.1 (KRaft), wsrt {version('wsrt')}, aiokafka {version('aiokafka')}, "
-        f"{PARTITIONS} partitions, {RATE:g} msg/s acks=all idempotent, faults of {DOWN_SECONDS:g} s; "
+        f"{PARTITIONS} partitions, {RATE:g} msg/s acks=all (idempotent on a cluster), "
+        f"faults of {DOWN_SECONDS:g} s; "
         f"clusters of {SIZE} nodes, replication {REPLICATION}, min.insync.replicas 2"
     )
     print(table(outcomes))
