@@ -30,7 +30,7 @@ from dotenv import dotenv_values
 from wsrt.errors import ConfigError
 from wsrt.outlet import POLICIES
 from wsrt.tokens import HMAC_ALGORITHMS
-from wsrt.wire import FORMATS, SCHEMA_FORMATS
+from wsrt.wire import FORMATS, LATER_FORMATS, SCHEMA_FORMATS
 
 #: Secrets shorter than this are accepted with a warning (the runbook's own
 #: examples use ``dev-secret``); RFC 7518 asks for at least 256 bits for HS256.
@@ -382,9 +382,19 @@ class Settings:
     kafka_backoff_max: float = _var("WS_KAFKA_BACKOFF_MAX_SECONDS", "2", _positive_seconds,
         "Longest wait between Kafka reconnect attempts.", _K)
     topic_formats: tuple[tuple[str, str], ...] = _var("WS_TOPIC_FORMATS", "",
-        _per_topic("format", FORMATS, "audit=string", SCHEMA_FORMATS),
-        "Per-topic value formats, e.g. audit=string,blobs=bytes: json (the default) is "
-        "embedded, string becomes a JSON string, bytes base64.", _K)
+        _per_topic("format", FORMATS, "audit=string", LATER_FORMATS),
+        "Per-topic value formats, e.g. audit=string,blobs=bytes,orders=avro: json (the "
+        "default) is embedded, string becomes a JSON string, bytes base64; avro and "
+        "json-schema are decoded with schemas from WS_SCHEMA_REGISTRY_URL.", _K)
+    schema_registry_url: str | None = _var("WS_SCHEMA_REGISTRY_URL", "", _http_url,
+        "A Confluent-compatible Schema Registry (for avro and json-schema topics), e.g. "
+        "http://registry:8081 or Apicurio's http://registry:8080/apis/ccompat/v7.", _K)
+    schema_registry_username: str | None = _var("WS_SCHEMA_REGISTRY_USERNAME", "", _optional,
+        "Schema Registry basic auth user.", _K)
+    schema_registry_password: str | None = _var("WS_SCHEMA_REGISTRY_PASSWORD", "", _secret,
+        "Schema Registry basic auth password.", _K)
+    schema_registry_cafile: str | None = _var("WS_SCHEMA_REGISTRY_CAFILE", "", _optional,
+        "CA bundle for an https Schema Registry (default: system trust store).", _K)
     headers: tuple[str, ...] = _var("WS_HEADERS", "", _csv,
         "Kafka headers forwarded in the envelope's headers (names, or * for all).", _K)
     kafka_isolation_level: str = _var(
@@ -548,6 +558,12 @@ def _together(values: dict[str, Any], require_secret: bool) -> list[str]:
             raise ConfigError(
                 name, f"names {unknown[0]}, which is not in WS_KAFKA_TOPICS ({','.join(served)})"
             )
+    framed = [t for t, f in values["topic_formats"] if f in SCHEMA_FORMATS]
+    if framed and not values["schema_registry_url"]:
+        raise ConfigError(
+            "WS_SCHEMA_REGISTRY_URL",
+            f"is required: WS_TOPIC_FORMATS makes {framed[0]} a schema format",
+        )
     if not values["kafka_ssl_check_hostname"] and values["kafka_security_protocol"] in (
         "SSL", "SASL_SSL",
     ):  # fmt: skip

@@ -14,3 +14,11 @@ class ConfigError(WsrtError):
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
         self.problem = problem
+
+
+def unreachable_words(exc: BaseException) -> str:
+    """Why an HTTP request got no answer, in words (``connection refused``, ``timed out``)."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason) or type(reason).__name__

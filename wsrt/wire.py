@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import orjson
 
@@ -23,14 +24,25 @@ NOT_TEXT = "not_text"
 EMPTY = "empty"
 TOMBSTONE = "tombstone"
 UNDECODABLE = "undecodable"
-SKIP_REASONS = (NOT_JSON, NOT_TEXT, EMPTY, TOMBSTONE, UNDECODABLE)
+#: A Schema Registry has no schema of that id; a value that its schema does not decode.
+UNKNOWN_SCHEMA = "unknown_schema"
+SCHEMA_MISMATCH = "schema_mismatch"
+SKIP_REASONS = (NOT_JSON, NOT_TEXT, EMPTY, TOMBSTONE, UNDECODABLE, UNKNOWN_SCHEMA, SCHEMA_MISMATCH)
 
 # How a topic's values become ``data`` (``WS_TOPIC_FORMATS``): JSON embedded byte
 # for byte, UTF-8 text as a JSON string, anything as base64.
 JSON, STRING, BYTES = "json", "string", "bytes"
-FORMATS = (JSON, STRING, BYTES)
-#: Formats that need a schema registry: named by the design, not built yet.
-SCHEMA_FORMATS = ("avro", "protobuf", "json-schema")
+#: Formats whose values are framed for a Schema Registry (wsrt.schemas decodes them).
+SCHEMA_FORMATS = ("avro", "json-schema")
+FORMATS = (JSON, STRING, BYTES, *SCHEMA_FORMATS)
+#: Formats the design names that are not built yet.
+LATER_FORMATS = ("protobuf",)
+
+
+class Decodes(Protocol):
+    """What turns a framed value (or key) into JSON text: :class:`wsrt.schemas.Schemas`."""
+
+    def decode(self, value: bytes | None) -> bytes: ...
 
 
 class Skipped(WsrtError):
@@ -84,15 +96,18 @@ def record_frame(
     value: bytes | None,
     form: str = JSON,
     headers: bytes = b"",
+    data: bytes | None = None,
 ) -> bytes:
     """The text frame of one record's ``message`` envelope.
 
     ``data`` is the record value: for ``json`` embedded byte for byte (parsed
     once here only to reject what is not JSON), for ``string`` a JSON string,
     for ``bytes`` base64 with ``"data_encoding":"base64"``. ``headers`` is the
-    envelope's headers part (:meth:`Envelopes.headers_part`), or empty.
+    envelope's headers part (:meth:`Envelopes.headers_part`), or empty. ``data``:
+    the value already decoded to JSON (a schema format).
     """
-    data = check_value(value) if form == JSON else _data_part(value, form)
+    if data is None:
+        data = check_value(value) if form == JSON else _data_part(value, form)
     head = _HEAD % (orjson.dumps(topic), _key_part(key), partition, offset, timestamp, headers)
     return b"".join((_header(len(head) + len(data) + 1), head, data, b"}"))
 
@@ -123,9 +138,16 @@ class Envelopes:
     topic (where a tombstone with a key is a ``delete``)."""
 
     def __init__(
-        self, formats: Mapping[str, str], headers: Iterable[str], state_topics: Iterable[str]
+        self,
+        formats: Mapping[str, str],
+        headers: Iterable[str],
+        state_topics: Iterable[str],
+        schemas: Decodes | None = None,
     ) -> None:
         self.formats = dict(formats)
+        #: Topics whose values (and framed keys) a Schema Registry describes.
+        self.schema_topics = frozenset(t for t, f in self.formats.items() if f in SCHEMA_FORMATS)
+        self.schemas = schemas
         names = frozenset(headers)
         self.every_header = "*" in names
         self.header_names = names - {"*"}
@@ -147,7 +169,25 @@ class Envelopes:
             return delete_frame(topic, key, partition, offset, timestamp), True
         part = self.headers_part(headers) if headers else b""
         form = self.formats.get(topic, JSON)
-        return record_frame(topic, key, partition, offset, timestamp, value, form, part), False
+        data = None
+        if topic in self.schema_topics:
+            assert self.schemas is not None
+            if value is None:
+                raise Skipped(TOMBSTONE)
+            data = self.schemas.decode(value)
+            key = self.route_key(topic, key)  # a framed key: its compact JSON text
+        frame = record_frame(topic, key, partition, offset, timestamp, value, form, part, data)
+        return frame, False
+
+    def route_key(self, topic: str, key: bytes | None) -> bytes | None:
+        """The key ``topic:key`` channels match: a framed key's JSON text, else the key."""
+        if key is None or key[:1] != b"\0" or topic not in self.schema_topics:
+            return key
+        assert self.schemas is not None
+        try:
+            return self.schemas.decode(key)
+        except Skipped:
+            return key
 
     def headers_part(self, headers: Sequence[tuple[str, bytes]]) -> bytes:
         """``"headers":{…},`` for the forwarded headers (UTF-8 values; others base64

@@ -124,7 +124,7 @@ def test_configmap_sets_every_non_secret_setting() -> None:
     secret_or_client = {
         "WS_AUTH_SECRET", "WS_KAFKA_SASL_USERNAME", "WS_KAFKA_SASL_PASSWORD", "WS_REPLICA_ID",
         "WS_KAFKA_SSL_CAFILE", "WS_KAFKA_SSL_CERTFILE", "WS_KAFKA_SSL_KEYFILE", "WS_URL", "WS_TOKEN",
-        "WS_KAFKA_SASL_OAUTH_CLIENT_SECRET",
+        "WS_KAFKA_SASL_OAUTH_CLIENT_SECRET", "WS_SCHEMA_REGISTRY_PASSWORD",
     }  # fmt: skip
     assert set(config) == KNOWN - secret_or_client
 

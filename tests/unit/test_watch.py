@@ -93,3 +93,13 @@ def test_a_partition_without_leader_is_an_outage_until_one_is_elected() -> None:
     starting = SourceHealth(Readiness())
     starting.replication(*replication_words(Replication([], 1, [3])))
     assert starting.readiness.status is Status.STARTING
+
+
+def test_a_registry_that_does_not_answer_is_an_outage_until_it_does() -> None:
+    health = SourceHealth(Readiness())
+    health.placed(Status.OK, "")
+    health.registry("cannot reach the Schema Registry at http://r:8081: connection refused")
+    assert health.readiness.status is Status.DEGRADED
+    assert health.readiness.reason.startswith("cannot reach the Schema Registry")
+    health.registry(None)
+    assert health.readiness.ready

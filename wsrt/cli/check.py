@@ -111,6 +111,23 @@ async def check_kafka(settings: Settings, seconds: float) -> Result:
     return Result("kafka", True, f"{where}: {', '.join(parts)}" + (f" ({note})" if note else ""))
 
 
+def check_registry(settings: Settings, timeout: float) -> Result:
+    """The Schema Registry of the schema formats answers (with its subjects)."""
+    from wsrt.kafka.registry import Registry, RegistryUnavailable
+
+    s = settings
+    assert s.schema_registry_url
+    client = Registry(
+        s.schema_registry_url, s.schema_registry_username, s.schema_registry_password,
+        s.schema_registry_cafile, timeout,
+    )  # fmt: skip
+    try:
+        subjects = client.subjects()
+    except RegistryUnavailable as exc:
+        return Result("registry", False, str(exc))
+    return Result("registry", True, f"{client.url}: {subjects} subject(s)")
+
+
 def check_metrics(settings: Settings, interval: float, timeout: float) -> list[Result]:
     """Two scrapes ``interval`` apart: what on-call wants to see first."""
     from wsrt.metrics import total
@@ -159,7 +176,10 @@ def check(
         help="Also subscribe to this channel and wait for one message.",
     ),
     kafka: bool = typer.Option(
-        False, "--kafka", help="Also check the brokers and that every topic exists."
+        False,
+        "--kafka",
+        help="Also check the brokers, that every topic exists, and the Schema Registry "
+        "(when WS_SCHEMA_REGISTRY_URL is set).",
     ),
     metrics: bool = typer.Option(
         False, "--metrics", help="Also show connections, delivery rate, lag, slow consumers."
@@ -209,6 +229,8 @@ def check(
         results.append(asyncio.run(check_subscribe(settings, subscribe, bearer, timeout)))
     if kafka:
         results.append(asyncio.run(check_kafka(settings, timeout)))
+        if settings.schema_registry_url:
+            results.append(check_registry(settings, timeout))
     if metrics:
         results += check_metrics(settings, interval, timeout)
     color = sys.stdout.isatty() and not tool_setting("NO_COLOR")

@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import typer
 from aiokafka.errors import KafkaError
 
@@ -19,6 +20,7 @@ from wsrt.cli.common import (
     setting,
     settings_or_exit,
 )
+from wsrt.config import Settings
 from wsrt.kafka.options import denied_words, discover
 from wsrt.protocol import channel_list
 from wsrt.tools.feed import producer, publish, samples
@@ -39,6 +41,45 @@ def _read_lines(source: str) -> list[bytes]:
                 EXIT_USAGE,
             )
     return messages
+
+
+def _framed(
+    form: str, schema: str | None, lines: list[bytes] | None, topic: str, settings: Settings
+) -> list[bytes]:
+    """Each line encoded with ``schema`` in Confluent framing, the schema registered first."""
+    from wsrt.kafka.registry import Registry, RegistryUnavailable
+    from wsrt.schemas import avro_encoder, framed
+
+    kinds = {"avro": "AVRO", "json-schema": "JSON"}
+    if form not in kinds:
+        fail(f"--format: {form} is not one of json, avro, json-schema", EXIT_USAGE)
+    if lines is None or schema is None:
+        fail(f"--format {form} needs --file and --schema", EXIT_USAGE)
+    if not settings.schema_registry_url:
+        fail(f"--format {form} needs --registry (or WS_SCHEMA_REGISTRY_URL)", EXIT_USAGE)
+    try:
+        text = Path(schema).read_text()
+        encode = avro_encoder(text) if form == "avro" else None
+    except OSError as exc:
+        fail(f"--schema: cannot read {schema}: {exc.strerror}", EXIT_USAGE)
+    except ValueError as exc:  # fastavro's schema errors are ValueErrors too
+        fail(f"--schema: {schema} is not an Avro schema: {exc}", EXIT_USAGE)
+    payloads = []
+    for number, line in enumerate(lines, 1):
+        try:
+            payloads.append(encode(orjson.loads(line)) if encode else line)
+        except ValueError as exc:
+            fail(f"--file: line {number} {exc}", EXIT_USAGE)
+    s = settings
+    client = Registry(
+        s.schema_registry_url or "", s.schema_registry_username, s.schema_registry_password,
+        s.schema_registry_cafile, s.kafka_request_timeout,
+    )  # fmt: skip
+    try:
+        ident = client.register(f"{topic}-value", text, kinds[form])
+    except RegistryUnavailable as exc:
+        fail(str(exc))
+    return [framed(ident, payload) for payload in payloads]
 
 
 async def _given(
@@ -80,6 +121,17 @@ def produce(
         metavar="PER_SECOND",
         help="Messages per second; 0 = as fast as possible.",
     ),
+    form: str = typer.Option(
+        "json",
+        "--format",
+        metavar="FORMAT",
+        help="json (as given), avro or json-schema: each --file line framed for a Schema "
+        "Registry, the --schema registered under TOPIC-value first.",
+    ),
+    schema: str = typer.Option(
+        None, "--schema", metavar="PATH", help="The Avro (.avsc) or JSON Schema of --format."
+    ),
+    registry: str = setting("WS_SCHEMA_REGISTRY_URL", "--registry", metavar="URL"),
     key: str = typer.Option(
         None,
         "--key",
@@ -94,7 +146,10 @@ def produce(
 
     Without --file it sends realistic samples for lines, order_book and
     analytics (keyed by event, symbol and metric). With --file every line must
-    be JSON; the whole input is checked before anything is sent.
+    be JSON; the whole input is checked before anything is sent. With
+    --format avro (or json-schema) and --schema, each line is encoded with
+    that schema, registered in the Schema Registry under TOPIC-value, and
+    sent in Confluent framing.
     """
     if count < 0 or rate < 0:
         fail("--count and --rate must be 0 or more", EXIT_USAGE)
@@ -102,11 +157,14 @@ def produce(
     if file is not None and len(topics) != 1:
         fail("--file sends to exactly one --topic", EXIT_USAGE)
     settings = settings_or_exit(
-        {"WS_KAFKA_BROKERS": brokers}, env_file, require_secret=False, warn=False
-    )
+        {"WS_KAFKA_BROKERS": brokers, "WS_SCHEMA_REGISTRY_URL": registry},
+        env_file, require_secret=False, warn=False,
+    )  # fmt: skip
     quiet_libraries()
     key_bytes = key.encode() if key is not None else None
     given = _read_lines(file) if file is not None else None
+    if form != "json":
+        given = _framed(form, schema, given, topics[0], settings)
 
     async def run() -> int:
         kafka = producer(settings)

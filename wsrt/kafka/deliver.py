@@ -28,6 +28,7 @@ from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodec
 from wsrt.config import Settings
 from wsrt.kafka.commit import Committer
 from wsrt.kafka.offsets import Offsets
+from wsrt.kafka.registry import registry
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats
 from wsrt.outlet import Record
@@ -41,8 +42,13 @@ DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
 
 
 def envelopes(settings: Settings) -> Envelopes:
-    """How this server's records become frames (WS_TOPIC_FORMATS, WS_HEADERS, WS_STATE_TOPICS)."""
-    return Envelopes(dict(settings.topic_formats), settings.headers, settings.state_topics)
+    """How this server's records become frames (WS_TOPIC_FORMATS, WS_HEADERS, WS_STATE_TOPICS;
+    the process's schema cache for schema formats)."""
+    schemas = registry(settings)
+    return Envelopes(
+        dict(settings.topic_formats), settings.headers, settings.state_topics,
+        schemas.schemas if schemas is not None else None,
+    )  # fmt: skip
 
 
 class Encoder:
@@ -78,8 +84,11 @@ class Encoder:
         # Nothing counts as taken before the hub took it: an exception while
         # encoding leaves every position where it was, for a replacement to re-read.
         frame_of = self.envelopes.frame
+        framed_keys = self.envelopes.schema_topics
+        route_key = self.envelopes.route_key
         for tp, messages in batches.items():
             topic = tp.topic
+            keyed = topic in framed_keys
             for m in messages:
                 try:
                     frame, deleted = frame_of(
@@ -88,7 +97,8 @@ class Encoder:
                 except Skipped as skip:
                     skips.append((topic, m.partition, m.offset, skip.reason))
                     continue
-                records.append(Record(topic, m.key, frame, m.partition, m.offset, deleted))
+                key = route_key(topic, m.key) if keyed else m.key
+                records.append(Record(topic, key, frame, m.partition, m.offset, deleted))
                 timestamps.append(m.timestamp)
         if not self.sample_every:
             self.publish(records)

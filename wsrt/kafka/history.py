@@ -28,10 +28,12 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from wsrt import protocol
 from wsrt.aio import abandon_after, detach
 from wsrt.config import Settings
-from wsrt.kafka.deliver import DECODE_ERRORS
+from wsrt.kafka.deliver import DECODE_ERRORS, envelopes
 from wsrt.kafka.options import UNAVAILABLE, consumer_options, discover, metadata_client
+from wsrt.kafka.registry import registry
 from wsrt.protocol import Channel, ProtocolError, Since, SinceTime, Start
 from wsrt.replay import Bounds, KeyScan, Plan, is_keyed_rewind, plan, scan_window
+from wsrt.wire import SCHEMA_FORMATS
 
 #: Records per replay read: one read's decoding and encoding stay well under a
 #: millisecond, so live publishes interleave with replays, never wait behind them.
@@ -76,6 +78,11 @@ class History:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.rate = RateLimit(settings.replay_rate)
+        self.registry = registry(settings)
+        self.envelopes = envelopes(settings)
+        self.schema_topics = frozenset(
+            t for t, f in settings.topic_formats if f in SCHEMA_FORMATS
+        )  # fmt: skip
         self._idle: list[AIOKafkaConsumer] = []
         self._client: AIOKafkaClient | None = None
 
@@ -150,14 +157,32 @@ class History:
             for tp, messages in batches.items():
                 p = tp.partition
                 for m in messages:
-                    if m.offset < ends[p] and m.key == key:
+                    if m.offset < ends[p] and self._route_key(topic, m.key) == key:
                         scan.matched(p, m.offset)
             reading.update(reached)
             reading = {p: o for p, o in reading.items() if o < ends[p]}
         consumer.assign([])  # the replay proper positions it afresh
         return scan.plan()
 
+    def _route_key(self, topic: str, key: bytes | None) -> bytes | None:
+        if topic not in self.schema_topics or self.registry is None:
+            return key
+        return self.envelopes.route_key(topic, key)
+
     async def fetch(
+        self, consumer: AIOKafkaConsumer, topic: str, positions: dict[int, int]
+    ) -> tuple[dict[TopicPartition, list[Any]], dict[int, int]]:
+        """:meth:`_fetch`, and the schemas its records need loaded (a schema format).
+
+        A registry that does not answer pauses the replay or the state load
+        until it does: an outage, never a skipped record.
+        """
+        batches, reached = await self._fetch(consumer, topic, positions)
+        if self.registry is not None and topic in self.schema_topics and batches:
+            await self.registry.load_waiting(self.registry.needed(self.schema_topics, batches))
+        return batches, reached
+
+    async def _fetch(
         self, consumer: AIOKafkaConsumer, topic: str, positions: dict[int, int]
     ) -> tuple[dict[TopicPartition, list[Any]], dict[int, int]]:
         """One read of ``positions``' partitions (assigned and positioned as needed).

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.errors import KafkaConnectionError
 
+from wsrt.errors import unreachable_words
+
 #: A token is renewed once this share of its lifetime has passed.
 RENEW_AT = 0.8
 #: A token without ``expires_in`` is renewed after this many seconds.
@@ -98,9 +100,7 @@ class TokenEndpoint(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is
         except urllib.error.HTTPError as exc:
             raise TokenEndpointError(self._refused(exc)) from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, OSError) and reason.strerror:
-                reason = reason.strerror.lower()
+            reason = unreachable_words(exc)
             raise TokenEndpointError(
                 f"cannot reach the OAuth token endpoint {self.url}: {reason}"
             ) from None

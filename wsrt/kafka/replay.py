@@ -366,7 +366,7 @@ class Replayer:
             frames: list[bytes] = []
             for messages in batches.values():
                 for m in messages:
-                    if key is not None and m.key != key:
+                    if key is not None and self.envelopes.route_key(topic, m.key) != key:
                         continue
                     try:
                         frame, _ = frame_of(

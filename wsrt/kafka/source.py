@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
@@ -51,6 +52,7 @@ from wsrt.kafka.options import (
     metadata_client,
     replication_words,
 )
+from wsrt.kafka.registry import RegistryUnavailable, registry
 from wsrt.kafka.watch import SourceHealth, Watch
 from wsrt.logs import EventLogger
 from wsrt.metrics import Stats
@@ -124,6 +126,8 @@ class KafkaSource:
             publish, self.offsets, stats, log, settings.latency_sample_every, envelopes(settings)
         )  # fmt: skip
         self.health = SourceHealth(readiness)
+        #: The Schema Registry of the schema formats' topics (``None``: no such topic).
+        self.registry = registry(settings)
         #: ``on_positioned`` hears, in the step that positioned them, that positions are known.
         self.assigner = Assigner(
             settings, self.offsets, log, stats, self.health.placed, on_positioned, on_unplaced,
@@ -249,6 +253,8 @@ class KafkaSource:
                     continue
                 skipper.clear()
                 self.health.allowed()
+                if batches and not await self._schemas_ready(batches, stopping):
+                    break
                 if batches:
                     self.encoder.deliver(consumer, batches, fetched)
                     self.watch.delivered(loop.time())
@@ -256,6 +262,28 @@ class KafkaSource:
                     link.committer.kick()  # the hub took the batch: commit its offsets
         finally:
             stopping.cancel()
+
+    async def _schemas_ready(self, batches: Batches, stopping: asyncio.Future[Any]) -> bool:
+        """Load the schemas ``batches`` need, holding them while the registry does not
+        answer (nothing skipped, nothing committed past them); False when stopping."""
+        if self.registry is None:
+            return True
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(self.settings.kafka_backoff_initial, self.settings.kafka_backoff_max)
+        topics = self.encoder.envelopes.schema_topics
+        while ids := self.registry.needed(topics, batches):
+            try:
+                await self.registry.load(ids)
+            except RegistryUnavailable as exc:
+                self.health.registry(str(exc))
+                # Waiting on the registry: not a stalled consumer, not a dead loop.
+                self.watch.delivered(loop.time())
+                self.liveness.beat()
+                await asyncio.wait({stopping}, timeout=backoff.next())
+                if stopping.done():
+                    return False
+        self.health.registry(None)
+        return True
 
     async def _refresh(self, link: _Link) -> None:
         """Broadcast: pick up new topics and partitions. Failing here only marks readiness:

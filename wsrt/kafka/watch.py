@@ -73,6 +73,8 @@ class SourceHealth:
         #: Partitions nobody leads (an outage), or what a cluster that serves them all lacks.
         self._leaderless: str | None = None
         self._note: str | None = None
+        #: The Schema Registry does not answer: the schema formats' records wait.
+        self._registry: str | None = None
 
     def placed(self, status: Status, reason: str, *, problem: bool = False) -> None:
         """Where the assignment stands; ``problem``: a failure to report as a warning."""
@@ -113,6 +115,12 @@ class SourceHealth:
             self._leaderless, self._note = outage, note
             self._apply()
 
+    def registry(self, reason: str | None) -> None:
+        """The Schema Registry failed (``reason``) or answers again (``None``)."""
+        if reason != self._registry:
+            self._registry = reason
+            self._apply()
+
     def reachable(self) -> None:
         if self._unreachable is not None:
             self._unreachable = None
@@ -124,6 +132,8 @@ class SourceHealth:
         elif self._denied is not None:
             status = Status.DEGRADED if self.ready_once else Status.STARTING
             self.readiness.set(status, self._denied, problem=True)
+        elif self._registry is not None:
+            self.readiness.set(Status.DEGRADED, self._registry, problem=True)
         elif self._held is not None and self._placement[0] is Status.OK:
             self.readiness.set(Status.STARTING, self._held)
         elif self._leaderless is not None and self._placement[0] is Status.OK:

@@ -1,0 +1,285 @@
+"""Avro and JSON Schema values through a real Schema Registry (Apicurio Registry 2.6).
+
+Records are written by confluent-kafka's own serializers (their framing and
+schema ids, the schemas registered by them), never by wsrt's code. Each
+arrives as the JSON the mapping promises, live and in a replay; an Avro key
+is a ``topic:key`` channel; an id the registry does not know and a value
+its schema does not decode are skipped by reason while the records around
+them arrive; and a registry that is away holds the records until it is back,
+skipping none, with /healthz naming it meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import decimal
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from tests.integration.harness import auth, messages, next_json
+from tests.integration.test_replay import needs_apache, subscribe
+from tests.support.registry import ApicurioRegistry
+from wsrt.brokers import Broker
+from wsrt.tools.client import scrape
+
+pytestmark = pytest.mark.integration
+
+QUOTE = {
+    "type": "record", "name": "Quote", "namespace": "wsrt.test",
+    "fields": [
+        {"name": "event", "type": "string"},
+        {"name": "price", "type": {
+            "type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "note", "type": ["null", "string"], "default": None},
+        {"name": "side", "type": {"type": "enum", "name": "Side", "symbols": ["BACK", "LAY"]}},
+        {"name": "raw", "type": "bytes"},
+        {"name": "legs", "type": {"type": "array", "items": {
+            "type": "record", "name": "Leg", "fields": [{"name": "odds", "type": "double"}]}}},
+        {"name": "tags", "type": {"type": "map", "values": "int"}},
+    ],
+}  # fmt: skip
+KEY = {"type": "record", "name": "EventKey", "fields": [{"name": "event", "type": "string"}]}
+AT = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
+
+
+def quote(n: int, note: str | None = None) -> dict[str, Any]:
+    return {
+        "event": f"EVT-{n % 2}", "price": decimal.Decimal(f"{n}.25"),
+        "at": AT + datetime.timedelta(milliseconds=n), "note": note,
+        "side": "LAY" if n % 2 else "BACK", "raw": bytes([n, 255]),
+        "legs": [{"odds": 1.5 + n}], "tags": {"n": n},
+    }  # fmt: skip
+
+
+def as_json(n: int, note: str | None = None) -> dict[str, Any]:
+    """What the mapping promises for :func:`quote`."""
+    return {
+        "event": f"EVT-{n % 2}", "price": f"{n}.25",
+        "at": int(AT.timestamp() * 1000) + n, "note": note,
+        "side": "LAY" if n % 2 else "BACK", "raw": base64.b64encode(bytes([n, 255])).decode(),
+        "legs": [{"odds": 1.5 + n}], "tags": {"n": n},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def registry(
+    broker: Broker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApicurioRegistry]:
+    needs_apache(broker, "a Schema Registry here (Apicurio runs in the Apache Kafka run only)")
+    with ApicurioRegistry(tmp_path_factory.mktemp("registry")) as started:
+        yield started
+
+
+class Writer:
+    """confluent-kafka's serializers, registering their schemas as a producer would."""
+
+    def __init__(self, registry: ApicurioRegistry, topic: str) -> None:
+        self.client = SchemaRegistryClient({"url": registry.url})
+        self.topic = topic
+        self.value = AvroSerializer(self.client, json.dumps(QUOTE))
+        self.key = AvroSerializer(self.client, json.dumps(KEY))
+
+    def values(self, *records: dict[str, Any]) -> list[bytes]:
+        ctx = SerializationContext(self.topic, MessageField.VALUE)
+        return [self.value(r, ctx) for r in records]
+
+    def key_of(self, event: str) -> bytes:
+        return self.key({"event": event}, SerializationContext(self.topic, MessageField.KEY))
+
+
+def skips(server: Any, topic: str) -> dict[str, float]:
+    """The skipped records of ``topic`` by reason, from the server's /metrics."""
+    return {
+        dict(labels)["reason"]: v for (name, labels), v in scrape(server.http).items()
+        if name == "wsrt_kafka_skipped_records_total" and dict(labels).get("topic") == topic
+        and v
+    }  # fmt: skip
+
+
+def check_registry(registry: ApicurioRegistry) -> str:
+    """The ``registry`` line of ``wsrt check --kafka`` (brokers and topics are not asked)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "wsrt", "check", "--kafka", "--timeout", "5"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "WS_SCHEMA_REGISTRY_URL": registry.url, "WS_KAFKA_BROKERS": "127.0.0.1:9"},
+    )  # fmt: skip
+    found = re.search(r"^(ok|FAIL)\s+registry\s+(.*)$", result.stdout, re.M)
+    assert found, result.stdout + result.stderr
+    return f"{found[1]} registry {found[2]}"
+
+
+def env(registry: ApicurioRegistry, formats: str) -> dict[str, str]:
+    return {"WS_TOPIC_FORMATS": formats, "WS_SCHEMA_REGISTRY_URL": registry.url}
+
+
+async def test_avro_values_and_keys_arrive_as_json_live_by_key_and_replayed(
+    registry: ApicurioRegistry, make_topics, servers, producer
+) -> None:
+    (topic,) = await make_topics("avro")
+    writer = Writer(registry, topic)
+    server = servers([topic], env(registry, f"{topic}=avro"))
+    key_channel = f'{topic}:{{"event":"EVT-1"}}'
+    whole_url = f"{server.url}?channels={topic}"
+    async with (
+        websockets.connect(whole_url, additional_headers=auth()) as ws,
+        websockets.connect(server.url, additional_headers=auth()) as by_key,
+    ):
+        assert (await next_json(ws))["type"] == "subscribed"
+        assert (await subscribe(by_key, key_channel))["type"] == "subscribed"
+        values = writer.values(*(quote(n, note="x" if n == 2 else None) for n in range(4)))
+        for n, value in enumerate(values):
+            await producer.send_and_wait(topic, value, key=writer.key_of(f"EVT-{n % 2}"))
+        whole = await messages(ws, 4)
+        keyed = await messages(by_key, 2)
+    assert [m["data"] for m in whole] == [as_json(n, "x" if n == 2 else None) for n in range(4)]
+    assert [m["key"] for m in whole] == ['{"event":"EVT-0"}', '{"event":"EVT-1"}'] * 2
+    assert [(m["key"], m["offset"]) for m in keyed] == [('{"event":"EVT-1"}', n) for n in (1, 3)]
+
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        reply = await subscribe(ws, key_channel, since={"0": 0})
+        assert reply["type"] == "subscribed", reply
+        replayed = await messages(ws, 2)
+    assert [m["data"] for m in replayed] == [as_json(1), as_json(3)]
+
+
+async def test_json_schema_values_and_what_cannot_be_decoded(
+    registry: ApicurioRegistry, make_topics, servers, producer
+) -> None:
+    avro, documents = await make_topics("avro-bad", "jsonschema")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    client = SchemaRegistryClient({"url": registry.url})
+    to_json = JSONSerializer(json.dumps(schema), client)
+    ctx = SerializationContext(documents, MessageField.VALUE)
+    server = servers([avro, documents], env(registry, f"{avro}=avro,{documents}=json-schema"))
+    (good,) = Writer(registry, avro).values(quote(7))
+    unknown = b"\0" + struct.pack(">I", 987_654) + good[5:]  # an id nobody registered
+    mismatch = good[:5] + b"\x01"  # the schema's id, not its shape
+    url = f"{server.url}?channels={avro},{documents}"
+    async with websockets.connect(url, additional_headers=auth()) as ws:
+        assert [(await next_json(ws))["type"] for _ in range(2)] == ["subscribed"] * 2
+        for value in (unknown, mismatch, b"not framed", good):
+            await producer.send_and_wait(avro, value)
+        for n in range(3):
+            await producer.send_and_wait(documents, to_json({"n": n}, ctx))
+        live = await messages(ws, 4)
+    assert [m["data"] for m in live if m["channel"] == documents] == [{"n": n} for n in range(3)]
+    decoded = [m for m in live if m["channel"] == avro]
+    assert [(m["offset"], m["data"]) for m in decoded] == [(3, as_json(7))]
+    assert skips(server, avro) == {"unknown_schema": 1.0, "schema_mismatch": 2.0}
+
+
+async def test_a_registry_away_holds_the_records_until_it_is_back(
+    registry: ApicurioRegistry, make_topics, servers, producer
+) -> None:
+    """A schema new to the server while the registry is stopped: nothing skipped, /healthz
+    degraded naming the registry, then every record, in order, once it answers."""
+    (topic,) = await make_topics("avro-outage")
+    writer = Writer(registry, topic)
+    server = servers([topic], env(registry, f"{topic}=avro"))
+    held = writer.values(*(quote(n) for n in range(5)))  # serialised (registered) beforehand
+    url = f"{server.url}?channels={topic}"
+    async with websockets.connect(url, additional_headers=auth()) as ws:
+        assert (await next_json(ws))["type"] == "subscribed"
+        assert check_registry(registry).startswith(f"ok registry {registry.url}: ")
+        await asyncio.to_thread(registry.stop)
+        said_by_check = check_registry(registry)
+        assert said_by_check.startswith(
+            f"FAIL registry cannot reach the Schema Registry at {registry.url}: connection refused"
+        ), said_by_check
+        mark = server.mark()
+        for value in held:
+            await producer.send_and_wait(topic, value)
+        said = server.wait_for(
+            "readiness", lambda e: "Schema Registry" in e.get("reason", ""), start=mark
+        )
+        assert said["status"] == "degraded", said
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"{server.http}/healthz", timeout=10)
+        assert answer.value.code == 503 and registry.url in json.load(answer.value)["reason"]
+        # Started from this thread: a child dies with the thread that started it (and the
+        # threads of this test's event loop end with the test).
+        registry.start()
+        arrived = await messages(ws, len(held), timeout=60)
+    assert [(m["offset"], m["data"]) for m in arrived] == [(n, as_json(n)) for n in range(5)]
+    server.wait_for("readiness", lambda e: e.get("status") == "ok", start=mark)
+    assert skips(server, topic) == {}
+
+
+LINE = {
+    "type": "record", "name": "Line",
+    "fields": [
+        {"name": "event", "type": "string"}, {"name": "odds", "type": "double"},
+        {"name": "note", "type": ["null", "string"], "default": None},
+    ],
+}  # fmt: skip
+
+
+async def test_wsrt_produce_writes_avro_that_confluents_deserializer_reads(
+    registry: ApicurioRegistry, bootstrap: str, make_topics, servers, tmp_path
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    (topic,) = await make_topics("produced-avro")
+    lines = [
+        {"event": "EVT-1", "odds": 2.5, "note": None},
+        {"event": "EVT-2", "odds": 1.25, "note": "x"},
+    ]
+    (tmp_path / "line.avsc").write_text(json.dumps(LINE))
+    (tmp_path / "lines.jsonl").write_text("".join(json.dumps(v) + "\n" for v in lines))
+    server = servers([topic], env(registry, f"{topic}=avro"))
+    async with websockets.connect(
+        f"{server.url}?channels={topic}", additional_headers=auth()
+    ) as ws:
+        assert (await next_json(ws))["type"] == "subscribed"
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "wsrt", "produce", "-t", topic, "--file", "lines.jsonl",
+             "--format", "avro", "--schema", "line.avsc", "--registry", registry.url,
+             "--brokers", bootstrap, "--rate", "0"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert [m["data"] for m in await messages(ws, 2)] == lines
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    raw: list[bytes] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(raw) < len(lines):
+                batches = await consumer.getmany(timeout_ms=1000)
+                raw += [r.value for rs in batches.values() for r in rs]
+    finally:
+        await consumer.stop()
+    read = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    assert [read(value, ctx) for value in raw] == lines
+
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "wsrt", "produce", "-t", topic, "--file", "-", "--format", "avro",
+         "--schema", "line.avsc", "--registry", registry.url, "--brokers", bootstrap],
+        input='{"event": "EVT-3"}\n', capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --file: line 1 does not fit"), (
+        bad.stderr
+    )
