@@ -58,6 +58,10 @@ class Schemas:
         ids.discard(None)
         return {i for i in ids if i is not None} - self._decoders.keys() - self.unknown
 
+    def missing_ids(self, ids: Iterable[int]) -> set[int]:
+        """Of ``ids``, those neither loaded nor known to be unknown."""
+        return set(ids) - self._decoders.keys() - self.unknown
+
     def add(self, ident: int, kind: str, schema: str, references: Sequence[str] = ()) -> None:
         """Load schema ``ident`` (``kind``: the registry's AVRO or JSON); a schema that
         cannot be read makes its values undecodable (``schema_mismatch``)."""

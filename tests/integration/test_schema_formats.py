@@ -186,18 +186,19 @@ async def test_json_schema_values_and_what_cannot_be_decoded(
     assert skips(server, avro) == {"unknown_schema": 1.0, "schema_mismatch": 2.0}
 
 
-async def test_a_registry_away_holds_the_records_until_it_is_back(
+async def test_a_registry_away_holds_its_topic_until_it_is_back_and_no_other(
     registry: ApicurioRegistry, make_topics, servers, producer
 ) -> None:
     """A schema new to the server while the registry is stopped: nothing skipped, /healthz
-    degraded naming the registry, then every record, in order, once it answers."""
-    (topic,) = await make_topics("avro-outage")
+    degraded naming the registry, a JSON topic beside it delivered meanwhile, then every
+    held record, in order, once the registry answers."""
+    topic, beside = await make_topics("avro-outage", "json-beside")
     writer = Writer(registry, topic)
-    server = servers([topic], env(registry, f"{topic}=avro"))
+    server = servers([topic, beside], env(registry, f"{topic}=avro"))
     held = writer.values(*(quote(n) for n in range(5)))  # serialised (registered) beforehand
-    url = f"{server.url}?channels={topic}"
+    url = f"{server.url}?channels={topic},{beside}"
     async with websockets.connect(url, additional_headers=auth()) as ws:
-        assert (await next_json(ws))["type"] == "subscribed"
+        assert [(await next_json(ws))["type"] for _ in range(2)] == ["subscribed"] * 2
         assert check_registry(registry).startswith(f"ok registry {registry.url}: ")
         await asyncio.to_thread(registry.stop)
         said_by_check = check_registry(registry)
@@ -214,6 +215,12 @@ async def test_a_registry_away_holds_the_records_until_it_is_back(
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.urlopen(f"{server.http}/healthz", timeout=10)
         assert answer.value.code == 503 and registry.url in json.load(answer.value)["reason"]
+        for n in range(3):  # the other topic is not held
+            await producer.send_and_wait(beside, b'{"beside":%d}' % n)
+        meanwhile = await messages(ws, 3)
+        assert [(m["channel"], m["data"]) for m in meanwhile] == [
+            (beside, {"beside": n}) for n in range(3)
+        ]
         # Started from this thread: a child dies with the thread that started it (and the
         # threads of this test's event loop end with the test).
         registry.start()

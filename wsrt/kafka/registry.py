@@ -18,7 +18,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from wsrt.config import Settings
@@ -162,3 +162,82 @@ def _shared(
     url: str, username: str | None, password: str | None, cafile: str | None, timeout: float
 ) -> Registry:
     return Registry(url, username, password, cafile, timeout)
+
+
+class Holding:
+    """The live consumer's partitions of schema topics, held while the registry is away.
+
+    :meth:`ready` hands back what can be framed now. When schemas cannot be
+    loaded, the schema topics' partitions that need them are sought back to
+    their first record of the batch and paused (nothing skipped, nothing
+    taken, so nothing committed past them) while every other topic goes on;
+    a task asks the registry again (``backoff`` apart) and resumes them once
+    it answers. ``outage`` hears the reason, then ``None``; ``waiting`` is
+    called at each retry (the watchdog must not take held records for a
+    stalled consumer).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        topics: frozenset[str],
+        consumer: Any,
+        outage: Callable[[str | None], None],
+        waiting: Callable[[], None],
+        backoff: Callable[[], float],
+    ) -> None:
+        self.registry = registry
+        self.topics = topics
+        self.consumer = consumer
+        self.outage = outage
+        self.waiting = waiting
+        self.backoff = backoff
+        self.held: set[Any] = set()
+        self._ids: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def ready(self, batches: Mapping[Any, list[Any]]) -> dict[Any, list[Any]]:
+        ids = self.registry.needed(self.topics, batches)
+        if not ids:
+            return dict(batches)
+        try:
+            await self.registry.load(ids)
+        except RegistryUnavailable as exc:
+            self.outage(str(exc))
+        else:
+            if not self.held:
+                self.outage(None)
+            return dict(batches)
+        ready: dict[Any, list[Any]] = {}
+        for tp, records in batches.items():
+            wanted = self.registry.needed(self.topics, {tp: records})
+            if not wanted:
+                ready[tp] = records
+                continue
+            self.consumer.seek(tp, records[0].offset)  # read again once the registry answers
+            self.consumer.pause(tp)
+            self.held.add(tp)
+            self._ids |= wanted
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._retry(), name="wsrt-registry-retry")
+        return ready
+
+    async def _retry(self) -> None:
+        while True:
+            await asyncio.sleep(self.backoff())  # pacing the retries of an outage
+            self.waiting()
+            try:
+                await self.registry.load(self.registry.schemas.missing_ids(self._ids))
+            except RegistryUnavailable as exc:
+                self.outage(str(exc))
+                continue
+            assigned = self.consumer.assignment()
+            self.consumer.resume(*[tp for tp in self.held if tp in assigned])
+            self.held.clear()
+            self._ids.clear()
+            self.outage(None)
+            return
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

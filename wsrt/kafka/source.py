@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
@@ -52,7 +51,7 @@ from wsrt.kafka.options import (
     metadata_client,
     replication_words,
 )
-from wsrt.kafka.registry import RegistryUnavailable, registry
+from wsrt.kafka.registry import Holding, registry
 from wsrt.kafka.watch import SourceHealth, Watch
 from wsrt.logs import EventLogger
 from wsrt.metrics import Stats
@@ -219,6 +218,7 @@ class KafkaSource:
         skipper = UndecodableSkipper(consumer, self.offsets, self.encoder, s)
         next_refresh = loop.time() + s.kafka_metadata_refresh
         stopping = asyncio.ensure_future(self.stopping_event.wait())
+        holding = self._holding(consumer)
         try:
             while not self.stopping_event.is_set():
                 self.liveness.beat()
@@ -253,8 +253,8 @@ class KafkaSource:
                     continue
                 skipper.clear()
                 self.health.allowed()
-                if batches and not await self._schemas_ready(batches, stopping):
-                    break
+                if batches and holding is not None:
+                    batches = await holding.ready(batches)
                 if batches:
                     self.encoder.deliver(consumer, batches, fetched)
                     self.watch.delivered(loop.time())
@@ -262,28 +262,19 @@ class KafkaSource:
                     link.committer.kick()  # the hub took the batch: commit its offsets
         finally:
             stopping.cancel()
+            if holding is not None:
+                holding.close()
 
-    async def _schemas_ready(self, batches: Batches, stopping: asyncio.Future[Any]) -> bool:
-        """Load the schemas ``batches`` need, holding them while the registry does not
-        answer (nothing skipped, nothing committed past them); False when stopping."""
+    def _holding(self, consumer: AIOKafkaConsumer) -> Holding | None:
+        """What holds the schema topics' partitions while the registry is away, if any."""
         if self.registry is None:
-            return True
+            return None
         loop = asyncio.get_running_loop()
         backoff = Backoff(self.settings.kafka_backoff_initial, self.settings.kafka_backoff_max)
-        topics = self.encoder.envelopes.schema_topics
-        while ids := self.registry.needed(topics, batches):
-            try:
-                await self.registry.load(ids)
-            except RegistryUnavailable as exc:
-                self.health.registry(str(exc))
-                # Waiting on the registry: not a stalled consumer, not a dead loop.
-                self.watch.delivered(loop.time())
-                self.liveness.beat()
-                await asyncio.wait({stopping}, timeout=backoff.next())
-                if stopping.done():
-                    return False
-        self.health.registry(None)
-        return True
+        return Holding(
+            self.registry, self.encoder.envelopes.schema_topics, consumer, self.health.registry,
+            lambda: self.watch.delivered(loop.time()), backoff.next,
+        )  # fmt: skip
 
     async def _refresh(self, link: _Link) -> None:
         """Broadcast: pick up new topics and partitions. Failing here only marks readiness:
