@@ -166,7 +166,9 @@ class Envelopes:
         """A record's frame and whether it is a ``delete``. A record that cannot be a
         ``message`` raises :class:`Skipped`."""
         if value is None and key is not None and topic in self.state_topics:
-            return delete_frame(topic, key, partition, offset, timestamp), True
+            return delete_frame(
+                topic, self.route_key(topic, key) or key, partition, offset, timestamp
+            ), True
         part = self.headers_part(headers) if headers else b""
         form = self.formats.get(topic, JSON)
         data = None

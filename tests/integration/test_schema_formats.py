@@ -35,8 +35,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from tests.integration.harness import auth, messages, next_json
 from tests.integration.test_replay import needs_apache, subscribe
-from tests.support.registry import ApicurioRegistry
+from tests.integration.test_state import snapshot
 from wsrt.brokers import Broker
+from wsrt.brokers.registry import ApicurioRegistry
 from wsrt.tools.client import scrape
 
 pytestmark = pytest.mark.integration
@@ -228,6 +229,31 @@ async def test_a_registry_away_holds_its_topic_until_it_is_back_and_no_other(
     assert [(m["offset"], m["data"]) for m in arrived] == [(n, as_json(n)) for n in range(5)]
     server.wait_for("readiness", lambda e: e.get("status") == "ok", start=mark)
     assert skips(server, topic) == {}
+
+
+async def test_an_avro_state_topic_keeps_one_value_per_decoded_key_loaded_and_live(
+    registry: ApicurioRegistry, make_topics, servers, producer
+) -> None:
+    """Keys loaded from history at start and keys of the live stream are the same keys."""
+    (topic,) = await make_topics("avro-state")
+    writer = Writer(registry, topic)
+    for n, value in enumerate(writer.values(*(quote(n) for n in range(4)))):
+        await producer.send_and_wait(topic, value, key=writer.key_of(f"EVT-{n % 2}"))
+    server = servers([topic], {**env(registry, f"{topic}=avro"), "WS_STATE_TOPICS": topic})
+    url = f"{server.url}?channels={topic}"
+    async with (
+        websockets.connect(url, additional_headers=auth()) as live,
+        websockets.connect(server.url, additional_headers=auth()) as late,
+    ):
+        assert (await next_json(live))["type"] == "subscribed"
+        (update,) = writer.values(quote(4))
+        await producer.send_and_wait(topic, update, key=writer.key_of("EVT-0"))
+        assert [m["offset"] for m in await messages(live, 1)] == [4]  # the hub took it
+        _, frames, end = await snapshot(late, topic)
+    assert end["keys"] == 2, (end, [f["key"] for f in frames])
+    assert {f["key"]: f["data"] for f in frames} == {
+        '{"event":"EVT-0"}': as_json(4), '{"event":"EVT-1"}': as_json(3)
+    }  # fmt: skip
 
 
 LINE = {

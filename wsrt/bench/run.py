@@ -175,6 +175,15 @@ def machine() -> dict[str, str]:
     }
 
 
+#: Given a topic: the server's settings and the value encoder of a record format.
+Form = Callable[[str], tuple[dict[str, str], Callable[[int], bytes]]]
+#: The record of the formats scenario, as Avro (the JSON of the other scenarios).
+FORMATS_SCHEMA = (
+    '{"type":"record","name":"Bench","fields":'
+    '[{"name":"seq","type":"long"},{"name":"pad","type":"string"}]}'
+)
+
+
 class Rig:
     """A broker, servers and load clients for the scenarios, and the figures they print."""
 
@@ -285,14 +294,20 @@ class Rig:
         return asyncio.run(run())
 
     def paced(
-        self, topic: str, count: int, rate: float, keys: int = 8, value: bytes | None = None
+        self,
+        topic: str,
+        count: int,
+        rate: float,
+        keys: int = 8,
+        value: bytes | None = None,
+        encode: Callable[[int], bytes] | None = None,
     ) -> None:
         """Produce ``count`` messages over ``keys`` keys at ``rate`` per second.
 
         The record timestamp is the produce time; clients measure their delay
         from it. The default value of about 2 KB makes a stalled client's
         buffers fill within seconds; ``value`` (with a ``%d`` for the sequence
-        number) replaces it.
+        number) replaces it; ``encode`` makes each value from the sequence number.
         """
         from wsrt.tools.feed import producer, publish
 
@@ -300,7 +315,7 @@ class Rig:
 
         async def messages() -> AsyncIterator[tuple[str, bytes | None, bytes]]:
             for n in range(count):
-                yield topic, b"k%d" % (n % keys), template % n
+                yield topic, b"k%d" % (n % keys), encode(n) if encode else template % n
 
         async def run() -> None:
             # No linger: the record timestamp is taken at send(), and waiting
@@ -418,12 +433,16 @@ class ThroughputScenarios(Rig):
         )
 
     def latency(
-        self, stalled: bool, workers: int = 1, rate: float | None = None, name: str | None = None
+        self,
+        stalled: bool,
+        workers: int = 1,
+        rate: float | None = None,
+        name: str | None = None,
+        form: Form | None = None,
     ) -> Result:
         """N clients, a steady rate from a separate producer; delay produce → receipt.
-
-        ``workers``: WS_WORKERS of the server; ``rate``: messages/s (default the scale's).
-        """
+        ``workers``: WS_WORKERS of the server; ``rate``: messages/s (default the scale's);
+        ``form``: given the topic, the server's settings and the value encoder of a format."""
         s = self.scale
         seconds = s.isolation_seconds if stalled else s.latency_seconds
         name = name or ("isolation: 1 stalled client" if stalled else "latency")
@@ -435,6 +454,8 @@ class ThroughputScenarios(Rig):
             "WS_CLIENT_BUFFER": str(s.isolation_buffer), "WS_WORKERS": str(workers),
             "WS_LATENCY_SAMPLE_EVERY": str(every),
         }  # fmt: skip
+        settings, encode = form(topic) if form is not None else ({}, None)
+        env.update(settings)
         with self.server(topic, env) as server:
             samplers = min(s.samplers, s.latency_clients - 1)
             params = {
@@ -447,7 +468,7 @@ class ThroughputScenarios(Rig):
                 ready = self.line(client, 120)
                 cpu = CpuSampler(server.pid)
                 spy = self._profiler(server.pid, seconds) if self.profile else None
-                self.paced(topic, count, rate)
+                self.paced(topic, count, rate, encode=encode)
                 result = self.line(client, seconds + 120)
                 cpu.stop()
                 after = self.metrics(server)
@@ -458,14 +479,10 @@ class ThroughputScenarios(Rig):
         delivered, window = steady_rate(result["series"])
         figures = {
             "clients": result["connections"] + (1 if stalled else 0),
-            "frames/s": delivered,
-            "msg/s": rate,
-            "p50 ms": delay.get("p50"),
-            "p90 ms": delay.get("p90"),
-            "p99 ms": delay.get("p99"),
-            "max ms": delay.get("max"),
+            "frames/s": delivered, "msg/s": rate, "p50 ms": delay.get("p50"),
+            "p90 ms": delay.get("p90"), "p99 ms": delay.get("p99"), "max ms": delay.get("max"),
             "server CPU": cpu.percent(window),
-        }
+        }  # fmt: skip
         figures.update(budget(stages, result["probes"], self.log_append))
         upgraded = ready["upgraded"] + samplers
         checks = {
@@ -483,6 +500,29 @@ class ThroughputScenarios(Rig):
         if spy is not None:
             outcome.profile = top_functions(self._spy_output)
         return outcome
+
+    def formats(self) -> list[Result]:
+        """The latency scenario with the same data as JSON and as Avro (Apicurio Registry)."""
+        from wsrt.brokers.registry import ApicurioRegistry
+        from wsrt.kafka.registry import Registry
+        from wsrt.schemas import avro_encoder, framed
+
+        pad = "x" * 1800
+        encoder = avro_encoder(FORMATS_SCHEMA)
+        with ApicurioRegistry(self.workdir / "registry") as registry:
+
+            def avro(topic: str) -> tuple[dict[str, str], Callable[[int], bytes]]:
+                ident = Registry(registry.url).register(f"{topic}-value", FORMATS_SCHEMA, "AVRO")
+                env = {"WS_TOPIC_FORMATS": f"{topic}=avro", "WS_SCHEMA_REGISTRY_URL": registry.url}
+                return env, lambda n: framed(ident, encoder({"seq": n, "pad": pad}))
+
+            plain = self.latency(False, name="formats: json")
+            decoded = self.latency(False, name="formats: avro (same data)", form=avro)
+        for figure in ("server CPU", "p99 ms"):
+            mine, base = decoded.figures.get(figure), plain.figures.get(figure)
+            if isinstance(mine, int | float) and isinstance(base, int | float) and base:
+                decoded.figures[f"{figure}, avro / json"] = round(mine / base, 2)
+        return [plain, decoded]
 
     def workers(self) -> list[Result]:
         """One server process, then two (WS_WORKERS=2), at a rate that saturates one."""
@@ -1112,7 +1152,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 SCENARIOS = (
     "fanout", "baseline", "latency", "isolation", "connections", "replay", "policies", "hostile",
-    "workers", "state",
+    "workers", "state", "formats",
 )  # fmt: skip
 
 
@@ -1153,4 +1193,6 @@ def run(
                 results.append(bench.hostile())
             elif name == "state":
                 results.extend(bench.state())
+            elif name == "formats":
+                results.extend(bench.formats())
     return results

@@ -124,7 +124,8 @@ class Snapshots:
                             )  # fmt: skip
                         except Skipped:
                             continue
-                        held.apply(m.key, m.partition, m.offset, None if deleted else frame)
+                        key = self.envelopes.route_key(topic, m.key) or m.key  # as live
+                        held.apply(key, m.partition, m.offset, None if deleted else frame)
                 reading.update(reached)
                 reading = {p: o for p, o in reading.items() if o < upto[p]}
         finally:

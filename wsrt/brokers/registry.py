@@ -1,5 +1,8 @@
 """A real Schema Registry on loopback: Apicurio Registry 2.6 from Maven Central, run with Java.
 
+For the tests of the schema formats and ``wsrt bench -s formats``, as the
+brokers of this package are for ``wsrt dev``, the tests and the benchmarks.
+
 The ``all`` tarball of ``io.apicurio:apicurio-registry-app`` is fetched with
 Maven once into the cache that keeps Kafka's jars (``WSRT_CACHE_DIR``) and
 unpacked there. :class:`ApicurioRegistry` runs it on a free port with its
@@ -23,6 +26,7 @@ from pathlib import Path
 from wsrt.brokers import BrokerError, free_port
 from wsrt.brokers.apache import cache_dir
 from wsrt.process import Child
+from wsrt.tools.progress import Progress
 
 VERSION = "2.6.13.Final"
 ARTIFACT = f"io.apicurio:apicurio-registry-app:{VERSION}:tar.gz:all"
@@ -41,7 +45,11 @@ def install() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / ".complete").exists():
             return target
-        print(f"wsrt tests: fetching Apicurio Registry {VERSION} with Maven (once) …", flush=True)
+        progress = Progress("wsrt")
+        progress.start(
+            f"fetching Apicurio Registry {VERSION} with Maven (once; kept in {target}) …"
+        )
+        started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=target) as download:
             result = subprocess.run(
                 [mvn, "-B", "-q", "dependency:copy", f"-Dartifact={ARTIFACT}",
@@ -54,6 +62,9 @@ def install() -> Path:
             with tarfile.open(archives[0]) as archive:
                 archive.extractall(target / "app", filter="data")
         (target / ".complete").write_text(VERSION + "\n")
+        progress.finish(
+            f"Apicurio Registry {VERSION} in place in {time.monotonic() - started:.0f}s"
+        )
     return target
 
 
