@@ -113,19 +113,14 @@ async def check_kafka(settings: Settings, seconds: float) -> Result:
 
 def check_registry(settings: Settings, timeout: float) -> Result:
     """The Schema Registry of the schema formats answers (with its subjects)."""
-    from wsrt.kafka.registry import Registry, RegistryUnavailable
+    from wsrt.kafka.registry import RegistryUnavailable, client
 
-    s = settings
-    assert s.schema_registry_url
-    client = Registry(
-        s.schema_registry_url, s.schema_registry_username, s.schema_registry_password,
-        s.schema_registry_cafile, timeout,
-    )  # fmt: skip
+    registry = client(settings, timeout)
     try:
-        subjects = client.subjects()
+        subjects = registry.subjects()
     except RegistryUnavailable as exc:
         return Result("registry", False, str(exc))
-    return Result("registry", True, f"{client.url}: {subjects} subject(s)")
+    return Result("registry", True, f"{registry.url}: {subjects} subject(s)")
 
 
 def check_metrics(settings: Settings, interval: float, timeout: float) -> list[Result]:

@@ -47,7 +47,7 @@ def _framed(
     form: str, schema: str | None, lines: list[bytes] | None, topic: str, settings: Settings
 ) -> list[bytes]:
     """Each line encoded with ``schema`` in Confluent framing, the schema registered first."""
-    from wsrt.kafka.registry import Registry, RegistryUnavailable
+    from wsrt.kafka.registry import RegistryUnavailable, client
     from wsrt.schemas import avro_encoder, framed
 
     kinds = {"avro": "AVRO", "json-schema": "JSON"}
@@ -70,13 +70,10 @@ def _framed(
             payloads.append(encode(orjson.loads(line)) if encode else line)
         except ValueError as exc:
             fail(f"--file: line {number} {exc}", EXIT_USAGE)
-    s = settings
-    client = Registry(
-        s.schema_registry_url or "", s.schema_registry_username, s.schema_registry_password,
-        s.schema_registry_cafile, s.kafka_request_timeout,
-    )  # fmt: skip
     try:
-        ident = client.register(f"{topic}-value", text, kinds[form])
+        ident = client(settings, settings.kafka_request_timeout).register(
+            f"{topic}-value", text, kinds[form]
+        )
     except RegistryUnavailable as exc:
         fail(str(exc))
     return [framed(ident, payload) for payload in payloads]

@@ -33,7 +33,6 @@ from wsrt.kafka.options import UNAVAILABLE, consumer_options, discover, metadata
 from wsrt.kafka.registry import registry
 from wsrt.protocol import Channel, ProtocolError, Since, SinceTime, Start
 from wsrt.replay import Bounds, KeyScan, Plan, is_keyed_rewind, plan, scan_window
-from wsrt.wire import SCHEMA_FORMATS
 
 #: Records per replay read: one read's decoding and encoding stay well under a
 #: millisecond, so live publishes interleave with replays, never wait behind them.
@@ -79,10 +78,8 @@ class History:
         self.settings = settings
         self.rate = RateLimit(settings.replay_rate)
         self.registry = registry(settings)
+        #: How records become frames; its ``schema_topics`` need the registry first.
         self.envelopes = envelopes(settings)
-        self.schema_topics = frozenset(
-            t for t, f in settings.topic_formats if f in SCHEMA_FORMATS
-        )  # fmt: skip
         self._idle: list[AIOKafkaConsumer] = []
         self._client: AIOKafkaClient | None = None
 
@@ -157,17 +154,12 @@ class History:
             for tp, messages in batches.items():
                 p = tp.partition
                 for m in messages:
-                    if m.offset < ends[p] and self._route_key(topic, m.key) == key:
+                    if m.offset < ends[p] and self.envelopes.route_key(topic, m.key) == key:
                         scan.matched(p, m.offset)
             reading.update(reached)
             reading = {p: o for p, o in reading.items() if o < ends[p]}
         consumer.assign([])  # the replay proper positions it afresh
         return scan.plan()
-
-    def _route_key(self, topic: str, key: bytes | None) -> bytes | None:
-        if topic not in self.schema_topics or self.registry is None:
-            return key
-        return self.envelopes.route_key(topic, key)
 
     async def fetch(
         self, consumer: AIOKafkaConsumer, topic: str, positions: dict[int, int]
@@ -178,8 +170,9 @@ class History:
         until it does: an outage, never a skipped record.
         """
         batches, reached = await self._fetch(consumer, topic, positions)
-        if self.registry is not None and topic in self.schema_topics and batches:
-            await self.registry.load_waiting(self.registry.needed(self.schema_topics, batches))
+        framed = self.envelopes.schema_topics
+        if self.registry is not None and topic in framed and batches:
+            await self.registry.load_waiting(self.registry.needed(framed, batches))
         return batches, reached
 
     async def _fetch(

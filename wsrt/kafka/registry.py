@@ -146,6 +146,16 @@ class Registry:
             ) from None
 
 
+def client(settings: Settings, timeout: float) -> Registry:
+    """A client of ``WS_SCHEMA_REGISTRY_URL`` with its own cache (``wsrt check``, ``produce``)."""
+    s = settings
+    assert s.schema_registry_url
+    return Registry(
+        s.schema_registry_url, s.schema_registry_username, s.schema_registry_password,
+        s.schema_registry_cafile, timeout,
+    )  # fmt: skip
+
+
 def registry(settings: Settings) -> Registry | None:
     """The process's registry client (one cache of schemas), if a topic needs one."""
     s = settings
