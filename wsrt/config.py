@@ -30,7 +30,7 @@ from dotenv import dotenv_values
 from wsrt.errors import ConfigError
 from wsrt.outlet import POLICIES
 from wsrt.tokens import HMAC_ALGORITHMS
-from wsrt.wire import FORMATS, LATER_FORMATS, SCHEMA_FORMATS
+from wsrt.wire import FORMATS, SCHEMA_FORMATS
 
 #: Secrets shorter than this are accepted with a warning (the runbook's own
 #: examples use ``dev-secret``); RFC 7518 asks for at least 256 bits for HS256.
@@ -176,10 +176,9 @@ def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
 
 
 def _per_topic(
-    what: str, choices: tuple[str, ...], example: str, later: tuple[str, ...] = ()
+    what: str, choices: tuple[str, ...], example: str
 ) -> Callable[[str], tuple[tuple[str, str], ...]]:
-    """A parser of ``topic=value`` pairs, each value one of ``choices``; ``later``: values
-    the design names that are not built yet (refused, saying so)."""
+    """A parser of ``topic=value`` pairs, each value one of ``choices``."""
 
     def parse(raw: str) -> tuple[tuple[str, str], ...]:
         pairs: list[tuple[str, str]] = []
@@ -188,10 +187,6 @@ def _per_topic(
             if not sep or not topic:
                 raise ValueError(f"expected topic={what} pairs like {example}, got {item!r}")
             value = value.lower()
-            if value in later:
-                raise ValueError(
-                    f"{value} for {topic} is not built yet (there are {', '.join(choices)})"
-                )
             if value not in choices:
                 raise ValueError(f"{value!r} for {topic} is not one of {', '.join(choices)}")
             if topic in dict(pairs):
@@ -382,12 +377,12 @@ class Settings:
     kafka_backoff_max: float = _var("WS_KAFKA_BACKOFF_MAX_SECONDS", "2", _positive_seconds,
         "Longest wait between Kafka reconnect attempts.", _K)
     topic_formats: tuple[tuple[str, str], ...] = _var("WS_TOPIC_FORMATS", "",
-        _per_topic("format", FORMATS, "audit=string", LATER_FORMATS),
+        _per_topic("format", FORMATS, "audit=string"),
         "Per-topic value formats, e.g. audit=string,blobs=bytes,orders=avro: json (the "
-        "default) is embedded, string becomes a JSON string, bytes base64; avro and "
-        "json-schema are decoded with schemas from WS_SCHEMA_REGISTRY_URL.", _K)
+        "default) is embedded, string becomes a JSON string, bytes base64; avro, protobuf "
+        "and json-schema are decoded with schemas from WS_SCHEMA_REGISTRY_URL.", _K)
     schema_registry_url: str | None = _var("WS_SCHEMA_REGISTRY_URL", "", _http_url,
-        "A Confluent-compatible Schema Registry (for avro and json-schema topics), e.g. "
+        "A Confluent-compatible Schema Registry (for avro, protobuf and json-schema topics), e.g. "
         "http://registry:8081 or Apicurio's http://registry:8080/apis/ccompat/v7.", _K)
     schema_registry_username: str | None = _var("WS_SCHEMA_REGISTRY_USERNAME", "", _optional,
         "Schema Registry basic auth user.", _K)

@@ -6,7 +6,8 @@ payload. :class:`Schemas` keeps a decoder per schema id; the registry client
 itself never waits. JSON mapping (docs/design.md, "Record formats"): Avro as
 plain JSON (records as objects, unions without wrappers, bytes and fixed as
 base64, decimals as strings, dates and times as the numbers the logical type
-says); JSON Schema values are JSON already and embedded as they are.
+says); Protobuf as the canonical proto3 JSON mapping (:mod:`wsrt.protobuf`);
+JSON Schema values are JSON already and embedded as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import fastavro
 import orjson
 
+from wsrt import protobuf
 from wsrt.wire import SCHEMA_MISMATCH, UNKNOWN_SCHEMA, Skipped, is_json
 
 AVRO, PROTOBUF, JSON_SCHEMA = "avro", "protobuf", "json-schema"
@@ -32,6 +34,8 @@ _NUMBERS = frozenset(
 )  # fmt: skip
 
 Decoder = Callable[[bytes], bytes]
+#: The schemas a schema refers to: (name, text), those they refer to first.
+References = Sequence[tuple[str, str]]
 
 
 def schema_id(value: bytes | None) -> int | None:
@@ -62,13 +66,12 @@ class Schemas:
         """Of ``ids``, those neither loaded nor known to be unknown."""
         return set(ids) - self._decoders.keys() - self.unknown
 
-    def add(self, ident: int, kind: str, schema: str, references: Sequence[str] = ()) -> None:
-        """Load schema ``ident`` (``kind``: the registry's AVRO or JSON); a schema that
-        cannot be read makes its values undecodable (``schema_mismatch``)."""
-        try:
-            self._decoders[ident] = _decoder(kind, schema, references)
-        except Exception:
-            self._decoders[ident] = _refuse
+    def add(self, ident: int, kind: str, schema: str, references: References = ()) -> None:
+        """Load schema ``ident`` (:func:`build`, then :meth:`put`)."""
+        self.put(ident, build(kind, schema, references))
+
+    def put(self, ident: int, decoder: Decoder) -> None:
+        self._decoders[ident] = decoder
 
     def mark_unknown(self, ident: int) -> None:
         self.unknown.add(ident)
@@ -85,20 +88,35 @@ class Schemas:
             raise SchemaNotLoaded(f"schema {ident} was not loaded before framing")
         try:
             return decoder(value[5:])
+        except Unreadable as exc:
+            raise Skipped(SCHEMA_MISMATCH, f"schema {ident} could not be read: {exc}") from None
         except Exception:
             raise Skipped(SCHEMA_MISMATCH) from None
 
 
-def _refuse(payload: bytes) -> bytes:
-    raise ValueError("the schema could not be read")
+class Unreadable(ValueError):
+    """The schema of a value could not be read (so no value of it decodes)."""
 
 
-def _decoder(kind: str, schema: str, references: Sequence[str]) -> Decoder:
-    if kind.upper() in ("", "AVRO"):
-        return _avro(schema, references)
-    if kind.upper() == "JSON":
-        return _json
-    raise ValueError(f"schema type {kind} is not built")
+def build(kind: str, schema: str, references: References = ()) -> Decoder:
+    """The decoder of a schema (``kind``: the registry's AVRO, PROTOBUF or JSON;
+    ``references``: (name, text) of the schemas it refers to, those they refer to
+    first). A schema that cannot be read makes its values ``schema_mismatch``."""
+    try:
+        if kind.upper() in ("", "AVRO"):
+            return _avro(schema, [text for _, text in references])
+        if kind.upper() == "PROTOBUF":
+            return protobuf.decoder(schema, references)
+        if kind.upper() == "JSON":
+            return _json
+        raise ValueError(f"schema type {kind} is not known")
+    except Exception as exc:
+        said = str(exc).strip() or type(exc).__name__
+
+        def refuse(payload: bytes) -> bytes:
+            raise Unreadable(said[:500])
+
+        return refuse
 
 
 def _json(payload: bytes) -> bytes:

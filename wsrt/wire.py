@@ -33,10 +33,8 @@ SKIP_REASONS = (NOT_JSON, NOT_TEXT, EMPTY, TOMBSTONE, UNDECODABLE, UNKNOWN_SCHEM
 # for byte, UTF-8 text as a JSON string, anything as base64.
 JSON, STRING, BYTES = "json", "string", "bytes"
 #: Formats whose values are framed for a Schema Registry (wsrt.schemas decodes them).
-SCHEMA_FORMATS = ("avro", "json-schema")
+SCHEMA_FORMATS = ("avro", "protobuf", "json-schema")
 FORMATS = (JSON, STRING, BYTES, *SCHEMA_FORMATS)
-#: Formats the design names that are not built yet.
-LATER_FORMATS = ("protobuf",)
 
 
 class Decodes(Protocol):
@@ -48,9 +46,11 @@ class Decodes(Protocol):
 class Skipped(WsrtError):
     """A record that is not delivered; ``reason`` is one of :data:`SKIP_REASONS`."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        #: What an operator needs to mend it (logged with the skip), when there is more to say.
+        self.detail = detail
 
 
 def is_json(value: bytes) -> bool:

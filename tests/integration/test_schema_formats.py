@@ -1,4 +1,4 @@
-"""Avro and JSON Schema values through a real Schema Registry (Apicurio Registry 2.6).
+"""Avro, Protobuf and JSON Schema values through a real Schema Registry (Apicurio 2.6).
 
 Records are written by confluent-kafka's own serializers (their framing and
 schema ids, the schemas registered by them), never by wsrt's code. Each
@@ -32,11 +32,13 @@ import websockets
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from tests.integration.harness import auth, messages, next_json
 from tests.integration.test_replay import needs_apache, subscribe
 from tests.integration.test_state import snapshot
+from tests.support import protos
 from wsrt.brokers import Broker
 from wsrt.brokers.registry import ApicurioRegistry
 from wsrt.tools.client import scrape
@@ -126,6 +128,23 @@ def check_registry(registry: ApicurioRegistry) -> str:
     found = re.search(r"^(ok|FAIL)\s+registry\s+(.*)$", result.stdout, re.M)
     assert found, result.stdout + result.stderr
     return f"{found[1]} registry {found[2]}"
+
+
+async def read_topic(bootstrap: str, topic: str, count: int) -> list[bytes]:
+    """The first ``count`` values of ``topic``, as bytes on the broker."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    raw: list[bytes] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(raw) < count:
+                batches = await consumer.getmany(timeout_ms=1000)
+                raw += [r.value for rs in batches.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return raw
 
 
 def env(registry: ApicurioRegistry, formats: str) -> dict[str, str]:
@@ -300,7 +319,6 @@ LINE = {
 async def test_wsrt_produce_writes_avro_that_confluents_deserializer_reads(
     registry: ApicurioRegistry, bootstrap: str, make_topics, servers, tmp_path
 ) -> None:
-    from aiokafka import AIOKafkaConsumer
     from confluent_kafka.schema_registry.avro import AvroDeserializer
 
     (topic,) = await make_topics("produced-avro")
@@ -325,16 +343,7 @@ async def test_wsrt_produce_writes_avro_that_confluents_deserializer_reads(
         assert result.returncode == 0, result.stderr
         assert [m["data"] for m in await messages(ws, 2)] == lines
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    raw: list[bytes] = []
-    try:
-        async with asyncio.timeout(30):
-            while len(raw) < len(lines):
-                batches = await consumer.getmany(timeout_ms=1000)
-                raw += [r.value for rs in batches.values() for r in rs]
-    finally:
-        await consumer.stop()
+    raw = await read_topic(bootstrap, topic, len(lines))
     read = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
     ctx = SerializationContext(topic, MessageField.VALUE)
     assert [read(value, ctx) for value in raw] == lines
@@ -348,3 +357,158 @@ async def test_wsrt_produce_writes_avro_that_confluents_deserializer_reads(
     assert bad.returncode == 2 and bad.stderr.startswith("error: --file: line 1 does not fit"), (
         bad.stderr
     )
+
+
+async def test_protobuf_values_and_keys_with_an_import_arrive_as_canonical_json(
+    registry: ApicurioRegistry, make_topics, servers, producer, tmp_path
+) -> None:
+    """confluent-kafka's serializer registers the file (and its import, as a reference) as a
+    descriptor; two messages of one file share a schema id and differ by message index."""
+    (topic,) = await make_topics("protobuf")
+    made = protos.classes(tmp_path / "protoc")  # not in the server's working directory
+    quote, other, money = (
+        made[n] for n in ("wsrt.test.Quote", "wsrt.test.Other", "wsrt.common.Money")
+    )
+    client = SchemaRegistryClient({"url": registry.url})
+    conf = {"use.deprecated.format": False}
+    values = ProtobufSerializer(quote, client, conf), ProtobufSerializer(other, client, conf)
+    keys = ProtobufSerializer(money, client, conf)
+    value_ctx = SerializationContext(topic, MessageField.VALUE)
+    key_ctx = SerializationContext(topic, MessageField.KEY)
+    server = servers([topic], env(registry, f"{topic}=protobuf"))
+    key_channel = f'{topic}:{{"currency":"EUR","units":"5"}}'
+    async with (
+        websockets.connect(f"{server.url}?channels={topic}", additional_headers=auth()) as ws,
+        websockets.connect(server.url, additional_headers=auth()) as by_key,
+    ):
+        assert (await next_json(ws))["type"] == "subscribed"
+        assert (await subscribe(by_key, key_channel))["type"] == "subscribed"
+        for n in range(3):
+            q = quote(event_id=f"E{n}", side=n % 2, raw=bytes([n]))
+            q.price.currency, q.price.units = "EUR", 2**40 + n
+            q.at.FromMilliseconds(1_700_000_000_001 + n)
+            q.legs.add(odds=1.5 + n)
+            key = keys(money(currency="EUR", units=5 if n != 1 else 6), key_ctx)
+            await producer.send_and_wait(topic, values[0](q, value_ctx), key=key)
+        await producer.send_and_wait(topic, values[1](other(x=7), value_ctx))
+        whole = await messages(ws, 4)
+        keyed = await messages(by_key, 2)
+
+    def as_json(n: int) -> dict[str, Any]:
+        return {
+            "event_id": f"E{n}", "price": {"currency": "EUR", "units": str(2**40 + n)},
+            "at": f"2023-11-14T22:13:20.{n + 1:03d}Z", "legs": [{"odds": 1.5 + n}],
+            "raw": base64.b64encode(bytes([n])).decode(), **({"side": "LAY"} if n % 2 else {}),
+        }  # fmt: skip
+
+    assert [m["data"] for m in whole] == [as_json(0), as_json(1), as_json(2), {"x": 7}]
+    assert [m["key"] for m in whole[:3]] == [
+        '{"currency":"EUR","units":"5"}', '{"currency":"EUR","units":"6"}',
+        '{"currency":"EUR","units":"5"}',
+    ]  # fmt: skip
+    assert [(m["offset"], m["data"]) for m in keyed] == [(0, as_json(0)), (2, as_json(2))]
+    assert skips(server, topic) == {}
+
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        assert (await subscribe(ws, topic, since={"0": 1}))["type"] == "subscribed"
+        replayed = await messages(ws, 3)
+    assert [m["data"] for m in replayed] == [as_json(1), as_json(2), {"x": 7}]
+
+
+def put_compatibility(registry: ApicurioRegistry, subject: str, level: str) -> None:
+    request = urllib.request.Request(
+        f"{registry.url}/config/{subject}", method="PUT",
+        data=json.dumps({"compatibility": level}).encode(),
+        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+async def test_an_avro_schema_evolves_while_clients_are_connected(
+    registry: ApicurioRegistry, make_topics, servers, producer
+) -> None:
+    """BACKWARD compatibility: v2 adds a field with a default; each record arrives as the
+    schema it was written with says, old producers' records too, and an incompatible v3 is
+    refused by the registry, not by wsrt."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    (topic,) = await make_topics("avro-evolves")
+    v1 = {"type": "record", "name": "Price", "fields": [{"name": "odds", "type": "double"}]}
+    venue = {"name": "venue", "type": "string", "default": "ANY"}
+    v2 = {**v1, "fields": [*v1["fields"], venue]}
+    v3 = {**v1, "fields": [*v1["fields"], {"name": "stake", "type": "long"}]}
+    client = SchemaRegistryClient({"url": registry.url})
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    old = AvroSerializer(client, json.dumps(v1))
+    await producer.send_and_wait(topic, old({"odds": 1.0}, ctx))  # registers v1
+    put_compatibility(registry, f"{topic}-value", "BACKWARD")
+    server = servers([topic], env(registry, f"{topic}=avro"))
+    async with websockets.connect(
+        f"{server.url}?channels={topic}", additional_headers=auth()
+    ) as ws:
+        assert (await next_json(ws))["type"] == "subscribed"
+        await producer.send_and_wait(topic, old({"odds": 1.5}, ctx))
+        new = AvroSerializer(client, json.dumps(v2))
+        await producer.send_and_wait(topic, new({"odds": 2.0, "venue": "LON"}, ctx))
+        await producer.send_and_wait(topic, old({"odds": 2.5}, ctx))  # a producer not yet moved
+        await producer.send_and_wait(topic, new({"odds": 3.0}, ctx))  # the default
+        live = await messages(ws, 4)
+        with pytest.raises(SchemaRegistryError) as refused:
+            AvroSerializer(client, json.dumps(v3))({"odds": 4.0, "stake": 1}, ctx)
+        assert refused.value.http_status_code == 409
+    assert [m["data"] for m in live] == [
+        {"odds": 1.5}, {"odds": 2.0, "venue": "LON"}, {"odds": 2.5}, {"odds": 3.0, "venue": "ANY"}
+    ]  # fmt: skip
+    assert skips(server, topic) == {}
+
+
+LINE_PROTO = """syntax = "proto3";
+package wsrt.line;
+import "google/protobuf/timestamp.proto";
+message Line { string event = 1; double odds = 2; google.protobuf.Timestamp at = 3; }
+"""
+
+
+async def test_wsrt_produce_writes_protobuf_registered_as_proto_text(
+    registry: ApicurioRegistry, bootstrap: str, make_topics, servers, tmp_path
+) -> None:
+    """The .proto text goes to the registry as a Java producer's would, so the server
+    compiles it; the bytes on the topic are what protoc's own class reads."""
+    (topic,) = await make_topics("produced-protobuf")
+    lines = [
+        {"event": "EVT-1", "odds": 2.5, "at": "2026-12-07T12:00:00Z"},
+        {"event": "EVT-2", "odds": 1.25, "at": "2026-12-07T12:00:01.500Z"},
+    ]
+    (tmp_path / "line.proto").write_text(LINE_PROTO)
+    (tmp_path / "lines.jsonl").write_text("".join(json.dumps(v) + "\n" for v in lines))
+    server = servers([topic], env(registry, f"{topic}=protobuf"))
+
+    def produce(*more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "wsrt", "produce", "-t", topic, "--file", "lines.jsonl",
+             "--format", "protobuf", "--schema", "line.proto", "--registry", registry.url,
+             "--brokers", bootstrap, "--rate", "0", *more],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+
+    async with websockets.connect(
+        f"{server.url}?channels={topic}", additional_headers=auth()
+    ) as ws:
+        assert (await next_json(ws))["type"] == "subscribed"
+        result = await asyncio.to_thread(produce, "--message", "Line")
+        assert result.returncode == 0, result.stderr
+        assert [m["data"] for m in await messages(ws, 2)] == lines
+    bad = await asyncio.to_thread(produce, "--message", "Nope")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --message: no message Nope"), (
+        bad.stderr
+    )
+
+    raw = await read_topic(bootstrap, topic, len(lines))
+    compiled = protos.compile_files(tmp_path / "protoc", {"line.proto": LINE_PROTO}, "line.proto")
+    line = protos.classes_of(compiled, ["wsrt.line.Line"])["wsrt.line.Line"]
+    assert {v[:1] + v[5:6] for v in raw} == {b"\0\0"}  # framing, then message indexes [0]
+    decoded = [line.FromString(v[6:]) for v in raw]
+    assert [(m.event, m.odds, m.at.ToJsonString()) for m in decoded] == [
+        (v["event"], v["odds"], v["at"]) for v in lines
+    ]

@@ -70,7 +70,7 @@ def run_serve(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess[str]
         ({"WS_AUTH_SECRET": "x" * 32, "WS_KAFKA_TOPICS": ""}, "WS_KAFKA_TOPICS"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_POLICIES": "trades=drop"}, "WS_TOPIC_POLICIES"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_POLICIES": "lines=fast"}, "WS_TOPIC_POLICIES"),
-        ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_FORMATS": "lines=protobuf"}, "WS_TOPIC_FORMATS"),
+        ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_FORMATS": "lines=proto"}, "WS_TOPIC_FORMATS"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_FORMATS": "lines=avro"}, "WS_SCHEMA_REGISTRY_URL"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_FORMATS": "trades=bytes"}, "WS_TOPIC_FORMATS"),
         (

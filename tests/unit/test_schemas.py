@@ -1,14 +1,21 @@
-"""Schema-framed values to JSON (wsrt/schemas.py); payloads written by fastavro itself."""
+"""Schema-framed values to JSON (wsrt/schemas.py, wsrt/protobuf.py); payloads written by
+fastavro and protobuf themselves, Protobuf's message indexes by confluent-kafka's serializer."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+from pathlib import Path
 
 import fastavro
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.support import protos
+from wsrt import protobuf
 from wsrt.schemas import SchemaNotLoaded, Schemas, schema_id
 from wsrt.wire import SCHEMA_MISMATCH, UNKNOWN_SCHEMA, Skipped
 
@@ -45,7 +52,7 @@ def test_avro_maps_to_plain_json_with_its_references() -> None:
     import decimal
 
     schemas = Schemas()
-    schemas.add(7, "AVRO", json.dumps(TRADE), [json.dumps(VENUE)])
+    schemas.add(7, "AVRO", json.dumps(TRADE), [("wsrt.Venue", json.dumps(VENUE))])
     at = datetime.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=datetime.UTC)
     value = framed(7, avro_payload({
         "id": 1, "amount": decimal.Decimal("12.345"), "day": datetime.date(2026, 1, 2),
@@ -78,5 +85,66 @@ def test_ids_not_loaded_unknown_or_not_matching() -> None:
     schemas.add(4, "JSON", '{"type":"object"}')
     assert schemas.decode(framed(4, b'{"a": 1}')) == b'{"a": 1}'
     schemas.add(5, "AVRO", "{ not a schema")  # unreadable: its values do not decode
-    with pytest.raises(Skipped):
+    with pytest.raises(Skipped) as unreadable:
         schemas.decode(framed(5, b"\x02"))
+    assert unreadable.value.detail and unreadable.value.detail.startswith("schema 5 could not")
+
+
+def confluent_indexes(path: list[int]) -> bytes:
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+
+    out = io.BytesIO()
+    ProtobufSerializer._encode_varints(out, path)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("form", ["descriptor", "text"])
+def test_protobuf_maps_to_canonical_json_with_an_import(form: str, tmp_path: Path) -> None:
+    files = protos.compiled(tmp_path)
+    made = protos.classes(tmp_path)
+    quote_class, leg_class = made["wsrt.test.Quote"], made["wsrt.test.Quote.Leg"]
+    quote = quote_class(event_id="E1", side=1, raw=b"\x00\xff", note="")
+    quote.price.currency, quote.price.units = "EUR", 2**40
+    quote.at.FromMilliseconds(1_700_000_000_250)
+    quote.legs.add(odds=2.5)
+    quote.tags["n"] = 3
+    own = {f.name: f for f in files}
+    if form == "descriptor":  # as confluent-kafka's serializer registers it
+        schema = base64.b64encode(own["wsrt/quote.proto"].SerializeToString()).decode()
+        common = base64.b64encode(own["wsrt/common.proto"].SerializeToString()).decode()
+    else:  # as a Java producer registers it
+        schema, common = protos.QUOTE, protos.COMMON
+    schemas = Schemas()
+    schemas.add(11, "PROTOBUF", schema, [("wsrt/common.proto", common)])
+    value = framed(11, confluent_indexes([1]) + quote.SerializeToString())
+    assert orjson.loads(schemas.decode(value)) == {
+        "event_id": "E1", "price": {"currency": "EUR", "units": str(2**40)},
+        "at": "2023-11-14T22:13:20.250Z", "side": "LAY", "legs": [{"odds": 2.5}],
+        "raw": "AP8=", "tags": {"n": 3}, "note": "",
+    }  # fmt: skip
+    nested = framed(11, confluent_indexes([1, 0]) + leg_class(odds=1.5).SerializeToString())
+    assert orjson.loads(schemas.decode(nested)) == {"odds": 1.5}
+    other = framed(11, confluent_indexes([0]) + b"\x08\x07")
+    assert orjson.loads(schemas.decode(other)) == {"x": 7}
+    for bad in (confluent_indexes([5]), confluent_indexes([1]) + b"\x0a\xff", b"\x80"):
+        with pytest.raises(Skipped) as mismatch:  # no such message; a cut field; cut indexes
+            schemas.decode(framed(11, bad))
+        assert mismatch.value.reason == SCHEMA_MISMATCH
+
+
+def test_a_protobuf_schema_that_cannot_be_read_says_why() -> None:
+    schemas = Schemas()
+    schemas.add(12, "PROTOBUF", protos.QUOTE)  # its import has no reference
+    schemas.add(13, "PROTOBUF", 'syntax = "proto3"; message A { strin x = 1; }')
+    for ident, said in ((12, "wsrt/common.proto"), (13, "strin")):
+        with pytest.raises(Skipped) as unreadable:
+            schemas.decode(framed(ident, b"\x00"))
+        assert unreadable.value.reason == SCHEMA_MISMATCH
+        assert unreadable.value.detail and said in unreadable.value.detail, unreadable.value.detail
+
+
+@given(st.lists(st.integers(0, 2**31), min_size=1, max_size=8), st.binary(max_size=8))
+def test_message_indexes_read_what_confluent_writes(path: list[int], rest: bytes) -> None:
+    written = confluent_indexes(path) + rest
+    assert protobuf.indexes(written) == (tuple(path), len(written) - len(rest))
+    assert protobuf.index_bytes(path) == confluent_indexes(path)

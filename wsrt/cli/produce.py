@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
@@ -44,26 +44,27 @@ def _read_lines(source: str) -> list[bytes]:
 
 
 def _framed(
-    form: str, schema: str | None, lines: list[bytes] | None, topic: str, settings: Settings
+    form: str,
+    schema: str | None,
+    message: str | None,
+    lines: list[bytes] | None,
+    topic: str,
+    settings: Settings,
 ) -> list[bytes]:
     """Each line encoded with ``schema`` in Confluent framing, the schema registered first."""
     from wsrt.kafka.registry import RegistryUnavailable, client
-    from wsrt.schemas import avro_encoder, framed
+    from wsrt.schemas import framed
 
-    kinds = {"avro": "AVRO", "json-schema": "JSON"}
+    kinds = {"avro": "AVRO", "protobuf": "PROTOBUF", "json-schema": "JSON"}
     if form not in kinds:
-        fail(f"--format: {form} is not one of json, avro, json-schema", EXIT_USAGE)
+        fail(f"--format: {form} is not one of json, {', '.join(kinds)}", EXIT_USAGE)
     if lines is None or schema is None:
         fail(f"--format {form} needs --file and --schema", EXIT_USAGE)
+    if message is not None and form != "protobuf":
+        fail("--message names a message of a --format protobuf schema", EXIT_USAGE)
     if not settings.schema_registry_url:
         fail(f"--format {form} needs --registry (or WS_SCHEMA_REGISTRY_URL)", EXIT_USAGE)
-    try:
-        text = Path(schema).read_text()
-        encode = avro_encoder(text) if form == "avro" else None
-    except OSError as exc:
-        fail(f"--schema: cannot read {schema}: {exc.strerror}", EXIT_USAGE)
-    except ValueError as exc:  # fastavro's schema errors are ValueErrors too
-        fail(f"--schema: {schema} is not an Avro schema: {exc}", EXIT_USAGE)
+    text, encode = _encoder(form, schema, message)
     payloads = []
     for number, line in enumerate(lines, 1):
         try:
@@ -77,6 +78,29 @@ def _framed(
     except RegistryUnavailable as exc:
         fail(str(exc))
     return [framed(ident, payload) for payload in payloads]
+
+
+def _encoder(
+    form: str, schema: str, message: str | None
+) -> tuple[str, Callable[[object], bytes] | None]:
+    """The text of ``schema`` and what encodes a line with it (JSON Schema: as given)."""
+    from wsrt import protobuf
+    from wsrt.schemas import avro_encoder
+
+    kind = {"avro": "an Avro schema", "protobuf": "a Protobuf schema"}.get(form)
+    try:
+        text = Path(schema).read_text()
+        if form == "avro":
+            return text, avro_encoder(text)
+        if form == "protobuf":
+            return text, protobuf.encoder(text, message)[0]
+    except OSError as exc:
+        fail(f"--schema: cannot read {schema}: {exc.strerror}", EXIT_USAGE)
+    except ValueError as exc:  # fastavro's and protoc's schema errors are ValueErrors
+        if message is not None and str(exc).startswith(f"no message {message}"):
+            fail(f"--message: {exc}", EXIT_USAGE)
+        fail(f"--schema: {schema} is not {kind}: {exc}", EXIT_USAGE)
+    return text, None
 
 
 async def _given(
@@ -122,11 +146,21 @@ def produce(
         "json",
         "--format",
         metavar="FORMAT",
-        help="json (as given), avro or json-schema: each --file line framed for a Schema "
-        "Registry, the --schema registered under TOPIC-value first.",
+        help="json (as given), avro, protobuf or json-schema: each --file line framed for "
+        "a Schema Registry, the --schema registered under TOPIC-value first.",
     ),
     schema: str = typer.Option(
-        None, "--schema", metavar="PATH", help="The Avro (.avsc) or JSON Schema of --format."
+        None,
+        "--schema",
+        metavar="PATH",
+        help="The Avro (.avsc), Protobuf (.proto) or JSON Schema of --format.",
+    ),
+    message: str = typer.Option(
+        None,
+        "--message",
+        metavar="NAME",
+        help="The Protobuf message each line is (Outer.Inner for a nested one; default: "
+        "the first the .proto declares).",
     ),
     registry: str = setting("WS_SCHEMA_REGISTRY_URL", "--registry", metavar="URL"),
     key: str = typer.Option(
@@ -144,9 +178,9 @@ def produce(
     Without --file it sends realistic samples for lines, order_book and
     analytics (keyed by event, symbol and metric). With --file every line must
     be JSON; the whole input is checked before anything is sent. With
-    --format avro (or json-schema) and --schema, each line is encoded with
-    that schema, registered in the Schema Registry under TOPIC-value, and
-    sent in Confluent framing.
+    --format avro, protobuf or json-schema and --schema, each line is encoded
+    with that schema (Protobuf: the canonical JSON of --message), registered
+    in the Schema Registry under TOPIC-value, and sent in Confluent framing.
     """
     if count < 0 or rate < 0:
         fail("--count and --rate must be 0 or more", EXIT_USAGE)
@@ -161,7 +195,7 @@ def produce(
     key_bytes = key.encode() if key is not None else None
     given = _read_lines(file) if file is not None else None
     if form != "json":
-        given = _framed(form, schema, given, topics[0], settings)
+        given = _framed(form, schema, message, given, topics[0], settings)
 
     async def run() -> int:
         kafka = producer(settings)

@@ -79,7 +79,7 @@ class Encoder:
         the fetch returned (epoch seconds), for the latency probes."""
         records: list[Record] = []
         timestamps: list[int] = []
-        skips: list[tuple[str, int, int, str]] = []
+        skips: list[tuple[str, int, int, str, str | None]] = []
         stats = self.stats
         # Nothing counts as taken before the hub took it: an exception while
         # encoding leaves every position where it was, for a replacement to re-read.
@@ -95,7 +95,7 @@ class Encoder:
                         topic, m.key, m.partition, m.offset, m.timestamp, m.value, m.headers
                     )
                 except Skipped as skip:
-                    skips.append((topic, m.partition, m.offset, skip.reason))
+                    skips.append((topic, m.partition, m.offset, skip.reason, skip.detail))
                     continue
                 key = route_key(topic, m.key) if keyed else m.key
                 records.append(Record(topic, key, frame, m.partition, m.offset, deleted))

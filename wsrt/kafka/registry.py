@@ -23,7 +23,7 @@ from typing import Any
 
 from wsrt.config import Settings
 from wsrt.errors import WsrtError, unreachable_words
-from wsrt.schemas import Schemas
+from wsrt.schemas import References, Schemas, build
 
 
 class RegistryUnavailable(WsrtError):
@@ -67,16 +67,17 @@ class Registry:
                 pause = min(most, pause * 2)
 
     async def load(self, ids: set[int]) -> None:
-        """Fetch the schemas of ``ids`` into :attr:`schemas` (404: marked unknown)."""
+        """Fetch the schemas of ``ids`` into :attr:`schemas` (404: marked unknown); each is
+        read (Protobuf text: compiled) off the event loop."""
         for ident in sorted(ids):
             found = await asyncio.to_thread(self._schema, ident)
             if found is None:
                 self.schemas.mark_unknown(ident)
             else:
-                self.schemas.add(ident, *found)
+                self.schemas.put(ident, await asyncio.to_thread(build, *found))
 
     def register(self, subject: str, schema: str, kind: str) -> int:
-        """Register ``schema`` (``kind``: AVRO or JSON) under ``subject``; its id."""
+        """Register ``schema`` (``kind``: AVRO, PROTOBUF or JSON) under ``subject``; its id."""
         body: dict[str, str] = {"schema": schema}
         if kind != "AVRO":
             body["schemaType"] = kind
@@ -91,26 +92,28 @@ class Registry:
         answer = self._get("/subjects")
         return len(answer) if isinstance(answer, list) else 0
 
-    def _schema(self, ident: int) -> tuple[str, str, list[str]] | None:
-        answer = self._get(f"/schemas/ids/{ident}")
+    def _schema(self, ident: int) -> tuple[str, str, References] | None:
+        # "serialized": Confluent's registry hands Protobuf back as a descriptor, which
+        # needs no compiler; others ignore it (and their text is compiled).
+        answer = self._get(f"/schemas/ids/{ident}?format=serialized")
         if answer is None:
             return None
         if not isinstance(answer.get("schema"), str):
             raise RegistryUnavailable(f"the Schema Registry at {self.url} gave no schema {ident}")
         return str(answer.get("schemaType", "AVRO")), answer["schema"], self._references(answer)
 
-    def _references(self, answer: dict[str, Any], depth: int = 0) -> list[str]:
-        """The texts of the schemas ``answer`` refers to, those they refer to first."""
-        texts: list[str] = []
+    def _references(self, answer: dict[str, Any], depth: int = 0) -> list[tuple[str, str]]:
+        """(name, text) of the schemas ``answer`` refers to, those they refer to first."""
+        texts: list[tuple[str, str]] = []
         for ref in answer.get("references") or ():
             if depth > 16:
                 raise RegistryUnavailable("schema references nest deeper than 16")
             subject = urllib.parse.quote(str(ref["subject"]), safe="")
-            found = self._get(f"/subjects/{subject}/versions/{ref['version']}")
+            found = self._get(f"/subjects/{subject}/versions/{ref['version']}?format=serialized")
             if found is None:
                 continue  # a reference that is gone: the schema will not parse (mismatch)
             texts += self._references(found, depth + 1)
-            texts.append(found["schema"])
+            texts.append((str(ref.get("name", "")), found["schema"]))
         return texts
 
     def _get(self, path: str, body: bytes | None = None) -> Any:
