@@ -118,12 +118,13 @@ def skips(server: Any, topic: str) -> dict[str, float]:
     }  # fmt: skip
 
 
-def check_registry(registry: ApicurioRegistry) -> str:
+def check_registry(registry: ApicurioRegistry, **more: str) -> str:
     """The ``registry`` line of ``wsrt check --kafka`` (brokers and topics are not asked)."""
     result = subprocess.run(
         [sys.executable, "-m", "wsrt", "check", "--kafka", "--timeout", "5"],
         capture_output=True, text=True, timeout=120,
-        env={**os.environ, "WS_SCHEMA_REGISTRY_URL": registry.url, "WS_KAFKA_BROKERS": "127.0.0.1:9"},
+        env={**os.environ, "WS_SCHEMA_REGISTRY_URL": registry.url, "WS_KAFKA_BROKERS": "127.0.0.1:9",
+             **more},
     )  # fmt: skip
     found = re.search(r"^(ok|FAIL)\s+registry\s+(.*)$", result.stdout, re.M)
     assert found, result.stdout + result.stderr
@@ -512,3 +513,74 @@ async def test_wsrt_produce_writes_protobuf_registered_as_proto_text(
     assert [(m.event, m.odds, m.at.ToJsonString()) for m in decoded] == [
         (v["event"], v["odds"], v["at"]) for v in lines
     ]
+
+
+async def test_a_registry_behind_tls_and_basic_auth(
+    broker: Broker, make_topics, servers, producer, tmp_path
+) -> None:
+    """Apicurio answering https only, with basic auth exchanged for client-credentials tokens
+    of a real OpenID provider (oidc-provider): records decode with the CA file and the
+    credentials; without either, /healthz and ``wsrt check`` say which is missing."""
+    from tests.support.oidc import CLIENT_ID, CLIENT_SECRET, Issuer
+    from tests.support.secure_kafka import make_certificates
+
+    needs_apache(broker, "a Schema Registry here (Apicurio runs in the Apache Kafka run only)")
+    certs = make_certificates(tmp_path)
+    (topic,) = await make_topics("avro-secured")
+    with Issuer() as issuer:
+        auth_options = [
+            "-Dregistry.auth.enabled=true", "-Dquarkus.oidc.tenant-enabled=true",
+            f"-Dquarkus.oidc.auth-server-url={issuer.url}", "-Dquarkus.oidc.client-id=registry",
+            "-Dregistry.auth.basic-auth-client-credentials.enabled=true",
+            f"-Dregistry.auth.token.endpoint={issuer.token_url}",
+        ]  # fmt: skip
+        with ApicurioRegistry(
+            tmp_path / "registry", tls=(certs.client, certs.client_key),
+            options=auth_options, cafile=certs.ca,
+        ) as registry:  # fmt: skip
+            secured = {
+                "WS_SCHEMA_REGISTRY_USERNAME": CLIENT_ID,
+                "WS_SCHEMA_REGISTRY_PASSWORD": CLIENT_SECRET,
+                "WS_SCHEMA_REGISTRY_CAFILE": str(certs.ca),
+            }
+            client = SchemaRegistryClient({
+                "url": registry.url, "basic.auth.user.info": f"{CLIENT_ID}:{CLIENT_SECRET}",
+                "ssl.ca.location": str(certs.ca),
+            })  # fmt: skip
+            ctx = SerializationContext(topic, MessageField.VALUE)
+            write = AvroSerializer(client, json.dumps(QUOTE))
+            server = servers([topic], {**env(registry, f"{topic}=avro"), **secured})
+            url = f"{server.url}?channels={topic}"
+            async with websockets.connect(url, additional_headers=auth()) as ws:
+                assert (await next_json(ws))["type"] == "subscribed"
+                for n in range(2):
+                    await producer.send_and_wait(topic, write(quote(n), ctx))
+                assert [m["data"] for m in await messages(ws, 2)] == [as_json(0), as_json(1)]
+
+            no_password = {**secured, "WS_SCHEMA_REGISTRY_PASSWORD": "not-the-secret"}
+            blind = servers([topic], {**env(registry, f"{topic}=avro"), **no_password})
+            await asyncio.to_thread(blind.wait_for, "kafka_assigned")
+            await producer.send_and_wait(topic, write(quote(2), ctx))  # needs the schema
+            said = await asyncio.to_thread(
+                blind.wait_for, "readiness", lambda e: "refused" in e.get("reason", ""), 30
+            )
+            assert said is not None and said["status"] == "degraded", said
+            assert skips(blind, topic) == {}  # held, not skipped
+            lines = await asyncio.gather(*(
+                asyncio.to_thread(check_registry, registry, **more)
+                for more in (
+                    secured, no_password,
+                    {k: v for k, v in secured.items() if "CAFILE" in k},
+                    {k: v for k, v in secured.items() if "CAFILE" not in k},
+                )
+            ))  # fmt: skip
+    assert lines[0].startswith(f"ok registry {registry.url}: ")
+    assert lines[1] == (
+        f"FAIL registry the Schema Registry at {registry.url} refused "
+        "WS_SCHEMA_REGISTRY_USERNAME and its password (HTTP 401)"
+    )
+    assert lines[2].startswith(f"FAIL registry the Schema Registry at {registry.url} asks")
+    assert lines[3].startswith(
+        f"FAIL registry the Schema Registry at {registry.url} has a certificate that is not "
+        "trusted (unable to get local issuer certificate): set WS_SCHEMA_REGISTRY_CAFILE"
+    ), lines[3]

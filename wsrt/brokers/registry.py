@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import fcntl
 import shutil
+import ssl
 import subprocess
 import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from wsrt.brokers import BrokerError, free_port
@@ -69,15 +71,39 @@ def install() -> Path:
 
 
 class ApicurioRegistry:
-    def __init__(self, workdir: Path) -> None:
+    """``tls``: its certificate and key (PEM), then it answers https only;
+    ``options``: more ``-D`` properties (the tests' authentication)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        tls: tuple[Path, Path] | None = None,
+        options: Sequence[str] = (),
+        cafile: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.tls = tls
+        self.options = list(options)
+        self.cafile = cafile
         self.child: Child[str] | None = None
 
     @property
     def url(self) -> str:
         """The Confluent-compatible API (what WS_SCHEMA_REGISTRY_URL names)."""
-        return f"http://127.0.0.1:{self.port}/apis/ccompat/v7"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/apis/ccompat/v7"
+
+    def _listener(self) -> list[str]:
+        if self.tls is None:
+            return [f"-Dquarkus.http.port={self.port}"]
+        cert, key = self.tls
+        return [
+            f"-Dquarkus.http.ssl-port={self.port}", f"-Dquarkus.http.port={free_port()}",
+            "-Dquarkus.http.insecure-requests=disabled",
+            f"-Dquarkus.http.ssl.certificate.files={cert}",
+            f"-Dquarkus.http.ssl.certificate.key-files={key}",
+        ]  # fmt: skip
 
     def start(self, timeout: float = 120) -> ApicurioRegistry:
         app = install() / "app"
@@ -88,21 +114,27 @@ class ApicurioRegistry:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.child = Child(
             [
-                java, "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC",
-                f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
+                java, "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", *self._listener(),
+                "-Dquarkus.http.host=127.0.0.1",
                 # Kept in a file: a registry stopped and started again knows its schemas.
                 f"-Dquarkus.datasource.jdbc.url=jdbc:h2:file:{self.workdir / 'registry'}",
-                "-jar", str(runner),
+                *self.options, "-jar", str(runner),
             ],
             cwd=self.workdir, merge_stderr=True, log_path=self.workdir / "registry.log",
         ).start()  # fmt: skip
         deadline = time.monotonic() + timeout
         self.child.wait_for(lambda line: "Listening on" in line, timeout)
+        context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{self.url}/subjects", timeout=2) as answer:
+                with urllib.request.urlopen(
+                    f"{self.url}/subjects", timeout=2, context=context
+                ) as answer:
                     if answer.status == 200:
                         return self
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # it answers, and asks who is asking
+                    return self
             except (urllib.error.URLError, OSError):
                 pass
             if self.child.poll() is not None:

@@ -116,6 +116,17 @@ class Registry:
             texts.append((str(ref.get("name", "")), found["schema"]))
         return texts
 
+    def _refused(self, code: int) -> str:
+        if self._auth is None:
+            return (
+                f"the Schema Registry at {self.url} asks who is asking (HTTP {code}): set "
+                "WS_SCHEMA_REGISTRY_USERNAME and WS_SCHEMA_REGISTRY_PASSWORD"
+            )
+        return (
+            f"the Schema Registry at {self.url} refused WS_SCHEMA_REGISTRY_USERNAME and its "
+            f"password (HTTP {code})"
+        )
+
     def _get(self, path: str, body: bytes | None = None) -> Any:
         """GET ``path`` (POST ``body`` as JSON, when given); ``None`` for 404."""
         request = urllib.request.Request(
@@ -134,14 +145,21 @@ class Registry:
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
+            if exc.code in (401, 403):
+                raise RegistryUnavailable(self._refused(exc.code)) from None
             said = exc.read().decode(errors="replace")[:300]
             raise RegistryUnavailable(
                 f"the Schema Registry at {self.url} answered HTTP {exc.code} for {path}: {said}"
             ) from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = unreachable_words(exc)
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise RegistryUnavailable(
+                    f"the Schema Registry at {self.url} has a certificate that is not trusted "
+                    f"({reason.verify_message}): set WS_SCHEMA_REGISTRY_CAFILE to its CA"
+                ) from None
             raise RegistryUnavailable(
-                f"cannot reach the Schema Registry at {self.url}: {reason}"
+                f"cannot reach the Schema Registry at {self.url}: {unreachable_words(exc)}"
             ) from None
         except (ValueError, KeyError):
             raise RegistryUnavailable(
