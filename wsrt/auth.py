@@ -19,6 +19,7 @@ import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from wsrt.errors import WsrtError
+from wsrt.filters import Filter, FilterError, both, parse
 from wsrt.protocol import split_channel
 from wsrt.tokens import HMAC_ALGORITHMS, mint_token
 
@@ -47,6 +48,15 @@ class Claims:
     expires_at: int | None
     #: Channel patterns of the ``channels`` claim; ``None`` grants every channel.
     channels: tuple[str, ...] | None
+    #: The ``filters`` claim: topic pattern → the filter every subscription to a matching
+    #: topic is AND-ed with (docs/protocol.md, "Filters").
+    filters: tuple[tuple[str, Filter], ...] = ()
+
+    def filter_for(self, topic: str) -> Filter | None:
+        """What the token imposes on ``topic`` (every matching pattern's filter, AND-ed)."""
+        if not self.filters:
+            return None
+        return both(*(f for pattern, f in self.filters if fnmatchcase(topic, pattern)))
 
     def allows(self, channel: str) -> bool:
         """May this token subscribe to ``channel``?
@@ -156,7 +166,26 @@ def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
         subject=subject,
         expires_at=int(exp) if exp is not None else None,
         channels=tuple(channels) if channels is not None else None,
+        filters=_claimed_filters(payload.get("filters")),
     )
+
+
+#: Bound on one filter of a token's ``filters`` claim.
+CLAIM_FILTER_BYTES = 16384
+
+
+def _claimed_filters(claim: object) -> tuple[tuple[str, Filter], ...]:
+    if claim is None:
+        return ()
+    if not isinstance(claim, dict) or not all(isinstance(k, str) and k for k in claim):
+        raise AuthError("bad_claim", "the filters claim must be an object of topic → filter")
+    try:
+        return tuple(
+            (pattern, parse(expression, CLAIM_FILTER_BYTES, f"filters[{pattern[:40]!r}]"))
+            for pattern, expression in sorted(claim.items())
+        )
+    except FilterError as exc:
+        raise AuthError("bad_claim", f"the filters claim: {exc}") from None
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:

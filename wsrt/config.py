@@ -305,6 +305,9 @@ class Settings:
         "Subscriptions per connection; beyond it too_many_subscriptions.", _S)
     max_channel_bytes: int = _var("WS_MAX_CHANNEL_BYTES", "256", _positive_int,
         "Longest channel name in bytes (topic:key); beyond it bad_request.", _S)
+    max_filter_bytes: int = _var("WS_FILTER_MAX_BYTES", "4096", _positive_int,
+        "Largest subscribe filter (its JSON) in bytes, nesting at most 8 deep; beyond it "
+        "bad_request.", _S)
     max_frame_bytes: int = _var("WS_MAX_FRAME_BYTES", "65536", _positive_int,
         "Largest client frame in bytes; beyond it close 1009.", _S)
     control_rate: int = _var("WS_CONTROL_RATE", "20", _positive_int,

@@ -7,6 +7,11 @@ be closed. Per batch and channel the frames are joined once, so a subscriber
 of a bare topic costs one ``write()`` per batch, whatever the number of
 messages (docs/design.md, "Encode once, write once").
 
+A filtered subscription (docs/protocol.md, "Filters") is routed through a
+:class:`Route` shared by every subscriber of the same channel with the same
+filter: each distinct filter is evaluated once per record, on a
+:class:`~wsrt.filters.View` made once per record for all of them.
+
 A subscription that replays history is routed through a :class:`Gate` until
 its replay has handed over to the live stream: the gate holds back the live
 records of every partition still replaying and drops those the replay
@@ -19,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
+from wsrt.filters import Filter, View
 from wsrt.outlet import (
     CONFLATE,
     DISCONNECT,
@@ -51,12 +57,16 @@ class Gate:
     positioned yet, and :meth:`hold` names the partitions once it is.
     """
 
-    __slots__ = ("floors", "held", "key")
+    __slots__ = ("floors", "held", "key", "match")
 
-    def __init__(self, key: str | None, held: Iterable[int] | None) -> None:
+    def __init__(
+        self, key: str | None, held: Iterable[int] | None, match: Filter | None = None
+    ) -> None:
         self.key = key.encode() if key is not None else None
         self.held = set(held) if held is not None else None
         self.floors: dict[int, int] = {}
+        #: The subscription's filter: the replay and the live records it admits pass it.
+        self.match = match
 
     def hold(self, partitions: Iterable[int]) -> None:
         """Hold exactly ``partitions`` (the live stream's, now that it is positioned)."""
@@ -90,6 +100,31 @@ class Gate:
         return self.held is not None and not self.held and not self.floors
 
 
+class Route:
+    """The subscribers of one channel through one filter (equal filters: one route)."""
+
+    __slots__ = ("channel", "key", "match", "outlets")
+
+    def __init__(self, channel: str, key: bytes | None, match: Filter) -> None:
+        self.channel = channel
+        self.key = key
+        self.match = match
+        self.outlets: set[Outlet] = set()
+
+    def admitted(self, records: list[Record], views: list[View]) -> list[Record]:
+        """The records of its channel that its filter passes, in order."""
+        test, key = self.match.test, self.key
+        return [
+            r for r, v in zip(records, views, strict=True)
+            if (key is None or r.key == key) and test(v)
+        ]  # fmt: skip
+
+
+def views(records: Sequence[Record]) -> list[View]:
+    """Each record as filters see it (its value parsed only if a filter reads ``data``)."""
+    return [View(r.key, r.partition, r.timestamp, r.headers, r.frame) for r in records]
+
+
 class Hub:
     """Routes published batches to the outlets subscribed to their channels.
 
@@ -116,15 +151,25 @@ class Hub:
         self._channels: dict[Outlet, set[tuple[str, str | None]]] = {}
         #: topic → (outlet, key) → the gate of a subscription that is replaying.
         self._gated: dict[str, dict[tuple[Outlet, str | None], Gate]] = {}
+        #: topic → (channel, the filter's canonical text) → its route.
+        self._filtered: dict[str, dict[tuple[str, bytes], Route]] = {}
+        #: (outlet, topic, key) → the route of a filtered subscription.
+        self._routes: dict[tuple[Outlet, str, str | None], Route] = {}
 
     def policy(self, topic: str) -> str:
         """The slow-consumer policy of ``topic``."""
         return self._policies.get(topic, DISCONNECT)
 
     def subscribe(
-        self, outlet: Outlet, topic: str, key: str | None = None, gate: Gate | None = None
+        self,
+        outlet: Outlet,
+        topic: str,
+        key: str | None = None,
+        gate: Gate | None = None,
+        match: Filter | None = None,
     ) -> None:
-        """Add a subscription (through ``gate`` while it replays); idempotent.
+        """Add a subscription (through ``gate`` while it replays, the gate holding its
+        filter; through ``match`` once live); idempotent.
 
         Raises KeyError for a topic not served.
         """
@@ -132,6 +177,15 @@ class Hub:
             raise KeyError(topic)
         if gate is not None:
             self._gated.setdefault(topic, {})[(outlet, key)] = gate
+        elif match is not None:
+            channel = topic if key is None else f"{topic}:{key}"
+            routes = self._filtered.setdefault(topic, {})
+            route = routes.get((channel, match.canonical))
+            if route is None:
+                raw = key.encode() if key is not None else None
+                route = routes[(channel, match.canonical)] = Route(channel, raw, match)
+            route.outlets.add(outlet)
+            self._routes[(outlet, topic, key)] = route
         elif key is None:
             self._whole.setdefault(topic, set()).add(outlet)
         else:
@@ -141,17 +195,26 @@ class Hub:
     def settle(self, outlet: Outlet, topic: str, key: str | None) -> None:
         """Move a replayed subscription whose gate has settled onto the ordinary route."""
         gated = self._gated.get(topic)
-        if gated is not None and gated.pop((outlet, key), None) is not None:
+        gate = gated.pop((outlet, key), None) if gated is not None else None
+        if gated is not None and gate is not None:
             if not gated:
                 del self._gated[topic]
-            self.subscribe(outlet, topic, key)
+            self.subscribe(outlet, topic, key, match=gate.match)
 
     def unsubscribe(self, outlet: Outlet, topic: str, key: str | None = None) -> None:
         """Remove a subscription (and what its outlet holds for it); idempotent."""
         gated = self._gated.get(topic)
         if gated is not None and gated.pop((outlet, key), None) is not None and not gated:
             del self._gated[topic]
-        if key is None:
+        route = self._routes.pop((outlet, topic, key), None)
+        if route is not None:
+            route.outlets.discard(outlet)
+            if not route.outlets:
+                routes = self._filtered[topic]
+                del routes[(route.channel, route.match.canonical)]
+                if not routes:
+                    del self._filtered[topic]
+        elif key is None:
             _discard(self._whole, topic, outlet)
         else:
             keyed = self._keyed.get(topic)
@@ -176,10 +239,11 @@ class Hub:
         """Subscriptions to ``topic`` and its ``topic:key`` channels."""
         whole = len(self._whole.get(topic, ()))
         gated = len(self._gated.get(topic, ()))
-        return whole + gated + sum(len(s) for s in self._keyed.get(topic, {}).values())
+        filtered = sum(len(r.outlets) for r in self._filtered.get(topic, {}).values())
+        return whole + gated + filtered + sum(len(s) for s in self._keyed.get(topic, {}).values())
 
     def subscribers(self, topic: str, key: bytes | None) -> set[Outlet]:
-        """The outlets that receive a message of ``topic`` with ``key``."""
+        """The outlets that receive a message of ``topic`` with ``key`` (unfiltered routes)."""
         outlets = set(self._whole.get(topic, ()))
         if key is not None:
             outlets |= self._keyed.get(topic, {}).get(key, set())
@@ -208,7 +272,7 @@ class Hub:
         finished: list[Outlet] = []
         if len(by_topic) == 1:
             ((topic, records),) = by_topic.items()
-            if topic not in self._keyed:  # the usual case: one write per subscriber
+            if topic not in self._keyed and topic not in self._filtered:  # the usual case
                 self._publish_whole(topic, records, finished)
                 return finished
         dirty: list[Outlet] = []
@@ -226,6 +290,18 @@ class Hub:
                     whole = (whole or set()) | {o for o, k in gated if k is None}
                 for outlet, pending in _keyed_records(records, keyed, whole).items():
                     self._take(outlet, topic, None, pending, policy, None, dirty, finished)
+            filtered = self._filtered.get(topic)
+            if filtered:
+                seen = views(records)
+                for route in filtered.values():
+                    admitted = route.admitted(records, seen)
+                    if admitted:
+                        data = b"".join([r.frame for r in admitted])
+                        for outlet in route.outlets:
+                            self._take(
+                                outlet, topic, route.channel, admitted, policy, data, dirty,
+                                finished,
+                            )  # fmt: skip
             if gated:
                 self._publish_gated(topic, records, gated, dirty, finished)
         finished.extend(o for o in dirty if not o.flush())
@@ -297,6 +373,8 @@ class Hub:
         ]
         for raw, outlets in self._keyed.get(topic, {}).items():
             told += [(o, f"{topic}:{raw.decode()}", None) for o in outlets]
+        for route in self._filtered.get(topic, {}).values():
+            told += [(o, route.channel, None) for o in route.outlets]
         for (outlet, key), gate in self._gated.get(topic, {}).items():
             if gate.held is None or partition in gate.held:
                 continue
@@ -321,12 +399,17 @@ class Hub:
         """Replaying subscriptions: each takes what its gate admits; settled gates move on."""
         policy = self._policies.get(topic)
         settled: list[tuple[Outlet, str | None]] = []
+        seen: list[View] | None = None
         for (outlet, key), gate in gated.items():
-            wanted = gate.key
+            wanted, match = gate.key, gate.match
+            if match is not None and seen is None:
+                seen = views(records)
             admitted = [
                 r
-                for r in records
-                if (wanted is None or r.key == wanted) and gate.admits(r.partition, r.offset)
+                for n, r in enumerate(records)
+                if (wanted is None or r.key == wanted)
+                and gate.admits(r.partition, r.offset)
+                and (match is None or seen is None or match.test(seen[n]))
             ]
             if admitted:
                 channel = topic if key is None else f"{topic}:{key}"

@@ -53,6 +53,9 @@ class Record(NamedTuple):
     offset: int
     #: A ``delete`` event (a tombstone on a state topic), not a ``message``.
     deleted: bool = False
+    #: Kafka's timestamp and headers, for filters (wsrt.filters.View).
+    timestamp: int = 0
+    headers: Sequence[tuple[str, bytes | None]] = ()
 
 
 class DeliveryStats:

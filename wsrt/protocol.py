@@ -104,12 +104,19 @@ Start = Since | SinceTime | Rewind | Snapshot
 START_FIELDS = ("since", "since_time", "rewind")
 
 
+#: A field the message did not carry (``filter`` and ``keys`` may be given as anything).
+ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
+
+
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     channel: str
     id: RequestId = None
     #: Where the subscription starts; ``None`` for live only.
     start: Start | None = None
+    #: ``filter`` and ``keys`` as sent (the session checks them against its limits).
+    filter: Any = ABSENT
+    keys: Any = ABSENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +161,10 @@ def parse_control(text: str | bytes) -> Control:
             raise ProtocolError(BAD_REQUEST, f"{kind} needs a string 'channel'", request_id)
         if kind == "unsubscribe":
             return Unsubscribe(channel, request_id)
-        return Subscribe(channel, request_id, _start(obj, request_id, channel))
+        start = _start(obj, request_id, channel)
+        return Subscribe(
+            channel, request_id, start, obj.get("filter", ABSENT), obj.get("keys", ABSENT)
+        )
     if kind == "ping":
         return Ping(request_id)
     if kind == "refresh":

@@ -14,8 +14,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from wsrt import protocol
+from wsrt import filters, protocol
 from wsrt.auth import AuthError, Claims, Verifier
+from wsrt.filters import Filter, FilterError
 from wsrt.protocol import Channel, ProtocolError, Start, overlaps, parse_channel
 
 #: Default window over which errors count towards ``max_errors`` (a setting).
@@ -58,8 +59,11 @@ class Session:
         error_window: float = ERROR_WINDOW_SECONDS,
         max_channel_bytes: int = 256,
         state_topics: frozenset[str] = frozenset(),
+        max_filter_bytes: int = filters.MAX_BYTES,
     ) -> None:
         self.claims = claims
+        #: WS_FILTER_MAX_BYTES: the largest ``filter`` a subscribe may carry.
+        self.max_filter_bytes = max_filter_bytes
         #: WS_STATE_TOPICS: the topics a ``snapshot`` may ask for.
         self.state_topics = state_topics
         self.topics = topics
@@ -72,6 +76,9 @@ class Session:
         self.subscriptions: set[str] = set()
         #: Subscriptions made with a start field: nothing may overlap them.
         self.replayed: set[str] = set()
+        #: Channel → the filter its records pass (the client's ``filter`` and ``keys`` and
+        #: the token's ``filters`` claim, AND-ed); nothing may overlap these either.
+        self.matches: dict[str, Filter] = {}
         self._tokens = float(control_rate)
         self._last = now
         #: Times of recent errors; made at the first (an empty deque costs ~0.8 KB).
@@ -95,7 +102,10 @@ class Session:
         try:
             control = protocol.parse_control(text)
             if isinstance(control, protocol.Subscribe):
-                self._subscribe(control.channel, control.id, effects, control.start)
+                self._subscribe(
+                    control.channel, control.id, effects, control.start, control.filter,
+                    control.keys,
+                )  # fmt: skip
             elif isinstance(control, protocol.Unsubscribe):
                 self._check_length(control.channel, control.id)
                 self.forget(control.channel)
@@ -123,6 +133,7 @@ class Session:
         """``channel`` is no longer subscribed (unsubscribed, or its replay could not start)."""
         self.subscriptions.discard(channel)
         self.replayed.discard(channel)
+        self.matches.pop(channel, None)
 
     def _subscribe(
         self,
@@ -130,6 +141,8 @@ class Session:
         request_id: protocol.RequestId,
         effects: Effects,
         start: Start | None = None,
+        given: object = protocol.ABSENT,
+        keys: object = protocol.ABSENT,
     ) -> None:
         self._check_length(channel, request_id)
         # Grants first: a restricted token learns nothing about other topics.
@@ -147,7 +160,17 @@ class Session:
                 request_id,
                 channel,
             )
-        self._check_overlap(route, request_id, start)
+        match = self._match(route, request_id, given, keys)
+        if channel in self.subscriptions:
+            held = self.matches.get(channel)
+            if (held and held.canonical) != (match and match.canonical):
+                raise ProtocolError(
+                    protocol.BAD_REQUEST,
+                    "already subscribed: unsubscribe first to change the filter",
+                    request_id,
+                    channel,
+                )
+        self._check_overlap(route, request_id, start, match)
         if channel not in self.subscriptions:
             if len(self.subscriptions) >= self.max_subscriptions:
                 raise ProtocolError(
@@ -157,6 +180,8 @@ class Session:
                     channel,
                 )
             self.subscriptions.add(channel)
+            if match is not None:
+                self.matches[channel] = match
             if start is not None:
                 self.replayed.add(channel)
                 effects.replay.append(Replay(route, start, request_id))
@@ -173,15 +198,36 @@ class Session:
                 request_id,
             )
 
+    def _match(
+        self, route: Channel, request_id: protocol.RequestId, given: object, keys: object
+    ) -> Filter | None:
+        """The filter of a subscription: the token's for its topic, ``keys`` and ``filter``."""
+        try:
+            mine = None if given is protocol.ABSENT else filters.parse(given, self.max_filter_bytes)
+            listed = None if keys is protocol.ABSENT else filters.keys_filter(keys)
+        except FilterError as exc:
+            raise ProtocolError(protocol.BAD_REQUEST, str(exc), request_id, route.name) from None
+        if listed is not None and route.key is not None:
+            raise ProtocolError(
+                protocol.BAD_REQUEST, "'keys' goes with a topic channel, not topic:key",
+                request_id, route.name,
+            )  # fmt: skip
+        return filters.both(self.claims.filter_for(route.topic), listed, mine)
+
     def _check_overlap(
-        self, route: Channel, request_id: protocol.RequestId, start: Start | None
+        self,
+        route: Channel,
+        request_id: protocol.RequestId,
+        start: Start | None,
+        match: Filter | None = None,
     ) -> None:
         """Exactly once per connection: a replayed subscription shares its messages with none.
 
         A message matching two subscriptions is sent once; while one of them
         replays history that rule cannot hold, so a start field needs the
         channel (and any overlapping one) unsubscribed, and a channel
-        subscribed with a start field admits no overlapping subscription.
+        subscribed with a start field admits no overlapping subscription. A
+        filtered subscription is routed on its own too: the same rules.
         """
         if start is not None and route.name in self.subscriptions:
             raise ProtocolError(
@@ -190,13 +236,15 @@ class Session:
                 request_id,
                 route.name,
             )
-        others = self.subscriptions if start is not None else self.replayed
+        alone = start is not None or match is not None
+        others = self.subscriptions if alone else self.replayed | self.matches.keys()
         for name in others:
             if name != route.name and overlaps(route, parse_channel(name)):
+                how = "with a start field" if name in self.replayed else "with a filter"
                 raise ProtocolError(
                     protocol.BAD_REQUEST,
                     f"overlaps {name[:200]!r}, subscribed "
-                    + ("already" if start is not None else "with a start field")
+                    + ("already" if alone else how)
                     + ": unsubscribe it first",
                     request_id,
                     route.name,
@@ -211,10 +259,13 @@ class Session:
             raise ProtocolError(
                 protocol.UNAUTHORIZED, "the new token is for another subject", request_id
             )
-        self.claims = claims
+        before, self.claims = self.claims, claims
         effects.refreshed = True
         for channel in sorted(self.subscriptions):
-            if not claims.allows(channel):
+            topic = parse_channel(channel).topic
+            if not claims.allows(channel) or _canonical(claims, topic) != _canonical(
+                before, topic
+            ):  # a filter the token imposes changed: the client subscribes again under it
                 self.forget(channel)
                 effects.unsubscribe.append(parse_channel(channel))
                 effects.replies.append(
@@ -241,6 +292,11 @@ class Session:
             errors.popleft()
         if len(errors) > self.max_errors:
             effects.close = (protocol.CLOSE_POLICY_VIOLATION, abuse)
+
+
+def _canonical(claims: Claims, topic: str) -> bytes | None:
+    imposed = claims.filter_for(topic)
+    return None if imposed is None else imposed.canonical
 
 
 def _request_id(text: str) -> protocol.RequestId:

@@ -16,13 +16,16 @@ longest ago is evicted and counted: snapshots then say ``complete: false``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
+from wsrt.filters import Filter, View
 from wsrt.outlet import Record
 from wsrt.wire import frame_payload, text_frame
 
 #: Bytes a key's entry costs beside its frame and key: two bytes objects' heads, the dict slot.
 ENTRY_OVERHEAD = 100
+#: And each Kafka header kept for filters: a tuple and two objects' heads.
+HEADER_OVERHEAD = 120
 
 
 class TopicState:
@@ -35,6 +38,8 @@ class TopicState:
         #: key → its newest value's snapshot frame; in update order (the first was
         #: updated longest ago).
         self.entries: dict[bytes, bytes] = {}
+        #: key → the Kafka headers of its newest value, where it has any (for filters).
+        self.headers: dict[bytes, Sequence[tuple[str, bytes | None]]] = {}
         #: Frame bytes held, plus :data:`ENTRY_OVERHEAD` and the key per entry.
         self.bytes = 0
         #: Keys evicted by the bounds since start.
@@ -52,7 +57,8 @@ class TopicState:
         #: Partitions wanted → their keys in snapshot order, as of ``keyset``.
         self._orders: tuple[int, dict[frozenset[int], list[bytes]]] = (0, {})
         self._built: tuple[
-            int, dict[tuple[frozenset[int], bytes | None, int], list[tuple[bytes, int]]]
+            int,
+            dict[tuple[frozenset[int], bytes | None, int, bytes | None], list[tuple[bytes, int]]],
         ] = (0, {})
 
     @property
@@ -60,7 +66,14 @@ class TopicState:
         """Does the store hold every key it was given (nothing evicted, history loaded)?"""
         return self.evicted == 0 and not self.failed
 
-    def apply(self, key: bytes, partition: int, offset: int, frame: bytes | None) -> int:
+    def apply(
+        self,
+        key: bytes,
+        partition: int,
+        offset: int,
+        frame: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] = (),
+    ) -> int:
         """The record at ``offset``: a new value (its live ``frame``) or a delete (``None``).
 
         An older record than the one held for the key changes nothing (the
@@ -76,7 +89,7 @@ class TopicState:
             if frame is None or held_partition != partition:
                 self.keyset += 1
             del self.entries[key]
-            self.bytes -= _cost(key, held)
+            self.bytes -= _cost(key, held, self.headers.pop(key, ()))
         else:
             if self.loading:
                 gone = self.tombstones.get(key)
@@ -90,11 +103,13 @@ class TopicState:
             return 0
         self.version += 1
         kept = self.entries[key] = snapshot_frame(frame)
-        self.bytes += _cost(key, kept)
+        if headers:
+            self.headers[key] = headers
+        self.bytes += _cost(key, kept, headers)
         evicted = 0
         while len(self.entries) > self.max_keys or (self.bytes > self.max_bytes and self.entries):
             oldest = next(iter(self.entries))
-            self.bytes -= _cost(oldest, self.entries.pop(oldest))
+            self.bytes -= _cost(oldest, self.entries.pop(oldest), self.headers.pop(oldest, ()))
             evicted += 1
         if evicted:
             self.evicted += evicted
@@ -102,29 +117,35 @@ class TopicState:
         return evicted
 
     def chunks(
-        self, partitions: Iterable[int], key: bytes | None, size: int
+        self, partitions: Iterable[int], key: bytes | None, size: int, match: Filter | None = None
     ) -> list[tuple[bytes, int]]:
-        """The ``snapshot: true`` frames of ``partitions`` (or one ``key``), by partition
-        then key, joined into writes of about ``size`` bytes: (bytes, frames).
+        """The ``snapshot: true`` frames of ``partitions`` (or one ``key``) that ``match``
+        passes, by partition then key, joined into writes of about ``size`` bytes:
+        (bytes, frames).
 
-        Built once per change of the store: clients that subscribe while it is
-        unchanged (a reconnect storm) share the list, which must not be changed.
+        Built once per change of the store and filter: clients that subscribe
+        while it is unchanged (a reconnect storm) share the list, which must not
+        be changed.
         """
         wanted = frozenset(partitions)
         version, built = self._built
         if version != self.version:
             built = {}
             self._built = (self.version, built)
-        found = built.get((wanted, key, size))
+        cached = (wanted, key, size, match.canonical if match is not None else None)
+        found = built.get(cached)
         if found is None:
-            found = built[(wanted, key, size)] = _joined(self._build(wanted, key), size)
+            held = self._build(wanted, key)
+            heads = self.headers
+            frames = [f for k, f in held if match is None or _passes(match, k, f, heads.get(k, ()))]
+            found = built[cached] = _joined(frames, size)
         return found
 
-    def _build(self, wanted: frozenset[int], key: bytes | None) -> list[bytes]:
+    def _build(self, wanted: frozenset[int], key: bytes | None) -> list[tuple[bytes, bytes]]:
         entries = self.entries
         if key is not None:
             held = entries.get(key)
-            return [held] if held is not None and position(held)[0] in wanted else []
+            return [(key, held)] if held is not None and position(held)[0] in wanted else []
         keyset, orders = self._orders
         if keyset != self.keyset:
             orders = {}
@@ -134,7 +155,7 @@ class TopicState:
             placed = [(position(f)[0], k) for k, f in entries.items()]
             placed.sort()
             order = orders[wanted] = [k for p, k in placed if p in wanted]
-        return [entries[k] for k in order]
+        return [(k, entries[k]) for k in order]
 
 
 class State:
@@ -151,7 +172,8 @@ class State:
             state = topics.get(r.topic)
             if state is None or r.key is None:
                 continue  # not a state topic, or no key to be the state of
-            n = state.apply(r.key, r.partition, r.offset, None if r.deleted else r.frame)
+            frame = None if r.deleted else r.frame
+            n = state.apply(r.key, r.partition, r.offset, frame, r.headers)
             if n:
                 evicted[r.topic] = evicted.get(r.topic, 0) + n
         return evicted
@@ -195,5 +217,13 @@ def _joined(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
     return pieces
 
 
-def _cost(key: bytes, frame: bytes) -> int:
-    return len(frame) + len(key) + ENTRY_OVERHEAD
+def _passes(
+    match: Filter, key: bytes, frame: bytes, headers: Sequence[tuple[str, bytes | None]]
+) -> bool:
+    """Does the filter pass a held value (a state topic's snapshot frame)?"""
+    return match.test(View.of_envelope(key, frame, headers))
+
+
+def _cost(key: bytes, frame: bytes, headers: Sequence[tuple[str, bytes | None]]) -> int:
+    extra = sum(len(n) + len(v or b"") + HEADER_OVERHEAD for n, v in headers) if headers else 0
+    return len(frame) + len(key) + ENTRY_OVERHEAD + extra

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -43,7 +44,27 @@ def test_token_ttl_zero_never_expires() -> None:
     assert "exp" not in jwt.decode(result.stdout.strip(), "s", algorithms=["HS256"])
 
 
-@pytest.mark.parametrize("args", [["--claim", "novalue"], ["--ttl", "-1"], ["--algorithm", "none"]])
+def test_token_filter_becomes_the_filters_claim_the_server_reads() -> None:
+    from wsrt.auth import claims_from_payload
+
+    mine = {"field": "headers.account", "eq": "acct-42"}
+    result = runner.invoke(
+        app, ["token", "s", "u", "--filter", f"orders={json.dumps(mine)}", "--filter", 'o*={"field":"key","eq":"k"}'],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    payload = jwt.decode(result.stdout.strip(), "s", algorithms=["HS256"])
+    assert payload["filters"] == {"orders": mine, "o*": {"field": "key", "eq": "k"}}
+    imposed = claims_from_payload(payload).filter_for("orders")
+    assert imposed is not None and imposed.canonical == (
+        b'{"all":[{"eq":"k","field":"key"},{"eq":"acct-42","field":"headers.account"}]}'
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--claim", "novalue"], ["--ttl", "-1"], ["--algorithm", "none"], ["--filter", "orders"],
+     ["--filter", "orders={"], ["--filter", 'orders={"field":"x","eq":1}']],
+)  # fmt: skip
 def test_token_usage_errors_exit_2(args: list[str]) -> None:
     result = runner.invoke(app, ["token", "s", "bob", *args])
     assert result.exit_code == 2

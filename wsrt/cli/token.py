@@ -29,6 +29,27 @@ def _claim(text: str) -> tuple[str, object]:
     return name, value
 
 
+def _filters(given: list[str]) -> dict[str, object]:
+    """``--filter TOPIC=FILTER`` options as the ``filters`` claim, each filter checked."""
+    from wsrt.filters import FilterError, parse
+
+    claimed: dict[str, object] = {}
+    for text in given:
+        topic, sep, raw = text.partition("=")
+        if not sep or not topic:
+            fail(f"--filter takes TOPIC=FILTER (a JSON filter), got {text[:80]!r}", EXIT_USAGE)
+        try:
+            expression = json.loads(raw)
+            parse(expression, max_bytes=16384)
+        except ValueError as exc:  # JSON errors and FilterError
+            what = exc if isinstance(exc, FilterError) else "not JSON"
+            fail(f"--filter {topic}: {what}", EXIT_USAGE)
+        if topic in claimed:
+            fail(f"--filter names {topic} twice", EXIT_USAGE)
+        claimed[topic] = expression
+    return claimed
+
+
 def token(
     # Explained in the docstring: a type column would only say "<str>".
     words: list[str] = typer.Argument(..., metavar="[SECRET] SUBJECT", hidden=True),
@@ -50,6 +71,13 @@ def token(
         "--channels",
         metavar="PATTERN,…",
         help="Comma-separated channel patterns the token grants (default: all).",
+    ),
+    filters: list[str] = typer.Option(
+        [],
+        "--filter",
+        metavar="TOPIC=FILTER",
+        help="A filter the server ANDs with every subscription to TOPIC (a pattern), as "
+        "JSON (docs/protocol.md, 'Filters'); repeatable. The filters claim.",
     ),
     claim: list[str] = typer.Option(
         [],
@@ -94,6 +122,9 @@ def token(
             EXIT_USAGE,
         )
     granted = None if channels is None else [c.strip() for c in channels.split(",") if c.strip()]
+    extra = dict(_claim(c) for c in claim)
+    if filters:
+        extra["filters"] = _filters(filters)
     typer.echo(
         mint_token(
             secret,
@@ -101,7 +132,7 @@ def token(
             ttl=ttl or None,
             audience=aud,
             channels=granted,
-            extra_claims=dict(_claim(c) for c in claim),
+            extra_claims=extra,
             algorithm=algorithm.upper(),
         )
     )

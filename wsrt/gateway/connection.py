@@ -158,6 +158,7 @@ class Connections:
             max_subscriptions=s.max_subscriptions, control_rate=s.control_rate,
             max_errors=s.max_client_errors, error_window=s.client_error_window, now=loop.time(),
             max_channel_bytes=s.max_channel_bytes, state_topics=frozenset(s.state_topics),
+            max_filter_bytes=s.max_filter_bytes,
         )  # fmt: skip
         # What the client's own requests log (subscribe, unsubscribe) is at
         # DEBUG: a burst of CONTROL_LOG_BURST, then CONTROL_LOG_PER_S a second.
@@ -227,7 +228,9 @@ class Connections:
                 channel=channel.name,
             )  # fmt: skip
         for channel in effects.subscribe:
-            self.hub.subscribe(outlet, channel.topic, channel.key)
+            self.hub.subscribe(
+                outlet, channel.topic, channel.key, match=session.matches.get(channel.name)
+            )
             control_log.log(
                 logging.DEBUG, "subscribed", "subscribed", subject=subject, channel=channel.name
             )
@@ -261,7 +264,10 @@ class Connections:
         channel = request.channel
         live_then = self.replayer.live_positions(channel.topic)
         # Before the live stream is positioned, hold every partition (kafka/replay.py).
-        gate = Gate(channel.key, live_then if self.replayer.placed else None)
+        gate = Gate(
+            channel.key, live_then if self.replayer.placed else None,
+            session.matches.get(channel.name),
+        )  # fmt: skip
         self.hub.subscribe(outlet, channel.topic, channel.key, gate)
 
         def reply(data: bytes) -> bool:

@@ -98,7 +98,11 @@ class Encoder:
                     skips.append((topic, m.partition, m.offset, skip.reason, skip.detail))
                     continue
                 key = route_key(topic, m.key) if keyed else m.key
-                records.append(Record(topic, key, frame, m.partition, m.offset, deleted))
+                records.append(
+                    Record(
+                        topic, key, frame, m.partition, m.offset, deleted, m.timestamp, m.headers
+                    )
+                )
                 timestamps.append(m.timestamp)
         if not self.sample_every:
             self.publish(records)

@@ -45,6 +45,7 @@ from aiokafka import AIOKafkaConsumer
 from wsrt import protocol
 from wsrt.aio import Backoff, TickBudget
 from wsrt.config import Settings
+from wsrt.filters import View
 from wsrt.hub import Gate
 from wsrt.kafka.deliver import envelopes
 from wsrt.kafka.history import History
@@ -309,7 +310,9 @@ class Replayer:
         assert self.snapshots is not None
         topic = job.channel.topic
         await self.snapshots.loaded(topic)
-        positions, chunks, keys, complete = self.snapshots.take(topic, job.live_then, job.gate.key)
+        positions, chunks, keys, complete = self.snapshots.take(
+            topic, job.live_then, job.gate.key, job.gate.match
+        )
         job.snapshot = deque(chunks)
         job.snapshot_end = protocol.snapshot_end_reply(job.channel.name, keys, complete)
         self.stats.snapshots[topic] += 1
@@ -353,8 +356,9 @@ class Replayer:
             if written is not None:
                 return written
         topic = job.channel.topic
-        key = job.gate.key
+        key, match = job.gate.key, job.gate.match
         frame_of = self.envelopes.frame
+        route_key = self.envelopes.route_key
         outlet = job.outlet
         while True:
             self._join_caught_up(job)
@@ -366,15 +370,19 @@ class Replayer:
             frames: list[bytes] = []
             for messages in batches.values():
                 for m in messages:
-                    if key is not None and self.envelopes.route_key(topic, m.key) != key:
+                    routed = route_key(topic, m.key) if key or match else m.key
+                    if key is not None and routed != key:
                         continue
                     try:
                         frame, _ = frame_of(
                             topic, m.key, m.partition, m.offset, m.timestamp, m.value, m.headers
                         )
-                        frames.append(frame)
                     except Skipped:
                         continue  # invalid records are the only ones missing ("Never silent")
+                    if match is None or match.test(
+                        View(routed, m.partition, m.timestamp, m.headers, frame)
+                    ):  # a record the filter passes over is not a gap
+                        frames.append(frame)
             if outlet.closed:
                 return False
             if outlet.paused:

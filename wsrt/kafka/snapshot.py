@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from wsrt.aio import abandon_after, detach
 from wsrt.config import Settings
+from wsrt.filters import Filter
 from wsrt.kafka.deliver import envelopes
 from wsrt.kafka.history import History
 from wsrt.kafka.offsets import Offsets
@@ -70,15 +71,20 @@ class Snapshots:
         await self._loaded[topic].wait()
 
     def take(
-        self, topic: str, partitions: Mapping[int, int], key: bytes | None
+        self,
+        topic: str,
+        partitions: Mapping[int, int],
+        key: bytes | None,
+        match: Filter | None = None,
     ) -> tuple[dict[int, int], list[tuple[bytes, int]], int, bool]:
         """Where the live stream stands now in ``partitions``; the newest value of every key
-        there (or of ``key``) in writes of about :data:`CHUNK_BYTES`; how many keys; and
-        whether that is every key. No ``await``: one step."""
+        there (or of ``key``) that ``match`` passes, in writes of about
+        :data:`CHUNK_BYTES`; how many keys; and whether that is every key. No
+        ``await``: one step."""
         live = self.live
         positions = {p: live[(topic, p)] for p in sorted(partitions) if (topic, p) in live}
         held = self.state.topics[topic]
-        chunks = held.chunks(positions, key, CHUNK_BYTES)
+        chunks = held.chunks(positions, key, CHUNK_BYTES, match)
         return positions, chunks, sum(n for _, n in chunks), held.complete
 
     async def _load_all(self, upto: dict[tuple[str, int], int]) -> None:
@@ -125,7 +131,9 @@ class Snapshots:
                         except Skipped:
                             continue
                         key = self.envelopes.route_key(topic, m.key) or m.key  # as live
-                        held.apply(key, m.partition, m.offset, None if deleted else frame)
+                        held.apply(
+                            key, m.partition, m.offset, None if deleted else frame, m.headers
+                        )
                 reading.update(reached)
                 reading = {p: o for p, o in reading.items() if o < upto[p]}
         finally:
