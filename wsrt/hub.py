@@ -7,10 +7,8 @@ be closed. Per batch and channel the frames are joined once, so a subscriber
 of a bare topic costs one ``write()`` per batch, whatever the number of
 messages (docs/design.md, "Encode once, write once").
 
-A filtered subscription (docs/protocol.md, "Filters") is routed through a
-:class:`Route` shared by every subscriber of the same channel with the same
-filter: each distinct filter is evaluated once per record, on a
-:class:`~wsrt.filters.View` made once per record for all of them.
+Filtered subscriptions and those with ``max_rate`` (docs/protocol.md,
+"Filters") are routed by :class:`~wsrt.narrow.Narrowed`.
 
 A subscription that replays history is routed through a :class:`Gate` until
 its replay has handed over to the live stream: the gate holds back the live
@@ -21,10 +19,12 @@ the subscription onto the ordinary routes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from wsrt.filters import Filter, View
+from wsrt.narrow import Narrowed, Take, views
 from wsrt.outlet import (
     CONFLATE,
     DISCONNECT,
@@ -57,16 +57,22 @@ class Gate:
     positioned yet, and :meth:`hold` names the partitions once it is.
     """
 
-    __slots__ = ("floors", "held", "key", "match")
+    __slots__ = ("floors", "held", "key", "match", "rate")
 
     def __init__(
-        self, key: str | None, held: Iterable[int] | None, match: Filter | None = None
+        self,
+        key: str | None,
+        held: Iterable[int] | None,
+        match: Filter | None = None,
+        rate: float | None = None,
     ) -> None:
         self.key = key.encode() if key is not None else None
         self.held = set(held) if held is not None else None
         self.floors: dict[int, int] = {}
         #: The subscription's filter: the replay and the live records it admits pass it.
         self.match = match
+        #: Its ``max_rate``, which applies from the handover on.
+        self.rate = rate
 
     def hold(self, partitions: Iterable[int]) -> None:
         """Hold exactly ``partitions`` (the live stream's, now that it is positioned)."""
@@ -100,31 +106,6 @@ class Gate:
         return self.held is not None and not self.held and not self.floors
 
 
-class Route:
-    """The subscribers of one channel through one filter (equal filters: one route)."""
-
-    __slots__ = ("channel", "key", "match", "outlets")
-
-    def __init__(self, channel: str, key: bytes | None, match: Filter) -> None:
-        self.channel = channel
-        self.key = key
-        self.match = match
-        self.outlets: set[Outlet] = set()
-
-    def admitted(self, records: list[Record], views: list[View]) -> list[Record]:
-        """The records of its channel that its filter passes, in order."""
-        test, key = self.match.test, self.key
-        return [
-            r for r, v in zip(records, views, strict=True)
-            if (key is None or r.key == key) and test(v)
-        ]  # fmt: skip
-
-
-def views(records: Sequence[Record]) -> list[View]:
-    """Each record as filters see it (its value parsed only if a filter reads ``data``)."""
-    return [View(r.key, r.partition, r.timestamp, r.headers, r.frame) for r in records]
-
-
 class Hub:
     """Routes published batches to the outlets subscribed to their channels.
 
@@ -151,10 +132,10 @@ class Hub:
         self._channels: dict[Outlet, set[tuple[str, str | None]]] = {}
         #: topic → (outlet, key) → the gate of a subscription that is replaying.
         self._gated: dict[str, dict[tuple[Outlet, str | None], Gate]] = {}
-        #: topic → (channel, the filter's canonical text) → its route.
-        self._filtered: dict[str, dict[tuple[str, bytes], Route]] = {}
-        #: (outlet, topic, key) → the route of a filtered subscription.
-        self._routes: dict[tuple[Outlet, str, str | None], Route] = {}
+        #: Filtered and rate-capped subscriptions.
+        self._narrowed = Narrowed()
+        #: Monotonic seconds, for ``max_rate``.
+        self.clock: Callable[[], float] = time.monotonic
 
     def policy(self, topic: str) -> str:
         """The slow-consumer policy of ``topic``."""
@@ -167,9 +148,10 @@ class Hub:
         key: str | None = None,
         gate: Gate | None = None,
         match: Filter | None = None,
+        rate: float | None = None,
     ) -> None:
         """Add a subscription (through ``gate`` while it replays, the gate holding its
-        filter; through ``match`` once live); idempotent.
+        filter and rate; through ``match`` and ``rate`` once live); idempotent.
 
         Raises KeyError for a topic not served.
         """
@@ -177,15 +159,8 @@ class Hub:
             raise KeyError(topic)
         if gate is not None:
             self._gated.setdefault(topic, {})[(outlet, key)] = gate
-        elif match is not None:
-            channel = topic if key is None else f"{topic}:{key}"
-            routes = self._filtered.setdefault(topic, {})
-            route = routes.get((channel, match.canonical))
-            if route is None:
-                raw = key.encode() if key is not None else None
-                route = routes[(channel, match.canonical)] = Route(channel, raw, match)
-            route.outlets.add(outlet)
-            self._routes[(outlet, topic, key)] = route
+        elif match is not None or rate is not None:
+            self._narrowed.add(outlet, topic, key, match, rate)
         elif key is None:
             self._whole.setdefault(topic, set()).add(outlet)
         else:
@@ -199,21 +174,15 @@ class Hub:
         if gated is not None and gate is not None:
             if not gated:
                 del self._gated[topic]
-            self.subscribe(outlet, topic, key, match=gate.match)
+            self.subscribe(outlet, topic, key, match=gate.match, rate=gate.rate)
 
     def unsubscribe(self, outlet: Outlet, topic: str, key: str | None = None) -> None:
         """Remove a subscription (and what its outlet holds for it); idempotent."""
         gated = self._gated.get(topic)
         if gated is not None and gated.pop((outlet, key), None) is not None and not gated:
             del self._gated[topic]
-        route = self._routes.pop((outlet, topic, key), None)
-        if route is not None:
-            route.outlets.discard(outlet)
-            if not route.outlets:
-                routes = self._filtered[topic]
-                del routes[(route.channel, route.match.canonical)]
-                if not routes:
-                    del self._filtered[topic]
+        if self._narrowed.remove(outlet, topic, key):
+            pass  # it was on neither of the plain routes
         elif key is None:
             _discard(self._whole, topic, outlet)
         else:
@@ -239,7 +208,7 @@ class Hub:
         """Subscriptions to ``topic`` and its ``topic:key`` channels."""
         whole = len(self._whole.get(topic, ()))
         gated = len(self._gated.get(topic, ()))
-        filtered = sum(len(r.outlets) for r in self._filtered.get(topic, {}).values())
+        filtered = self._narrowed.count(topic)
         return whole + gated + filtered + sum(len(s) for s in self._keyed.get(topic, {}).values())
 
     def subscribers(self, topic: str, key: bytes | None) -> set[Outlet]:
@@ -272,7 +241,7 @@ class Hub:
         finished: list[Outlet] = []
         if len(by_topic) == 1:
             ((topic, records),) = by_topic.items()
-            if topic not in self._keyed and topic not in self._filtered:  # the usual case
+            if topic not in self._keyed and topic not in self._narrowed:  # the usual case
                 self._publish_whole(topic, records, finished)
                 return finished
         dirty: list[Outlet] = []
@@ -290,18 +259,9 @@ class Hub:
                     whole = (whole or set()) | {o for o, k in gated if k is None}
                 for outlet, pending in _keyed_records(records, keyed, whole).items():
                     self._take(outlet, topic, None, pending, policy, None, dirty, finished)
-            filtered = self._filtered.get(topic)
-            if filtered:
-                seen = views(records)
-                for route in filtered.values():
-                    admitted = route.admitted(records, seen)
-                    if admitted:
-                        data = b"".join([r.frame for r in admitted])
-                        for outlet in route.outlets:
-                            self._take(
-                                outlet, topic, route.channel, admitted, policy, data, dirty,
-                                finished,
-                            )  # fmt: skip
+            if topic in self._narrowed:
+                take = self._taker(topic, dirty, finished)
+                self._narrowed.publish(topic, records, self.clock(), take)
             if gated:
                 self._publish_gated(topic, records, gated, dirty, finished)
         finished.extend(o for o in dirty if not o.flush())
@@ -373,14 +333,40 @@ class Hub:
         ]
         for raw, outlets in self._keyed.get(topic, {}).items():
             told += [(o, f"{topic}:{raw.decode()}", None) for o in outlets]
-        for route in self._filtered.get(topic, {}).values():
-            told += [(o, route.channel, None) for o in route.outlets]
+        told += [(o, channel, None) for o, channel in self._narrowed.channels(topic)]
         for (outlet, key), gate in self._gated.get(topic, {}).items():
             if gate.held is None or partition in gate.held:
                 continue
             channel = topic if key is None else f"{topic}:{key}"
             told.append((outlet, channel, gate.floors.get(partition)))
         return [o for o, channel, floor in told if not o.send(notice(channel, floor))]
+
+    @property
+    def waiting(self) -> bool:
+        """Some ``max_rate`` value waits for :meth:`release`."""
+        return self._narrowed.waiting
+
+    def release(self, now: float) -> list[Outlet]:
+        """``max_rate`` values whose keys may send again (:meth:`Narrowed.release
+        <wsrt.narrow.Narrowed.release>`); the outlets finished."""
+        finished: list[Outlet] = []
+        dirty: list[Outlet] = []
+        self._narrowed.release(now, lambda topic: self._taker(topic, dirty, finished))
+        finished.extend(o for o in dirty if not o.flush())
+        return finished
+
+    def _taker(self, topic: str, dirty: list[Outlet], finished: list[Outlet]) -> Take:
+        """:meth:`_take` for the narrowed subscriptions of ``topic``."""
+        policy = self._policies.get(topic)
+
+        def take(outlet: Outlet, channel: str, taken: list[Record], data: bytes | None) -> None:
+            self._take(outlet, topic, channel, taken, policy, data, dirty, finished)
+
+        return take
+
+    def next_release(self) -> float | None:
+        """When :meth:`release` has something to send next (monotonic seconds), if ever."""
+        return self._narrowed.next_release()
 
     def _lost(self, outlet: Outlet, topic: str, finished: list[Outlet]) -> None:
         """``outlet`` failed on a record of ``topic``: report it, and count a disconnect."""

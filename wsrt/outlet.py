@@ -307,6 +307,12 @@ class Outlet:
         delivery.bytes += len(data)
         return True
 
+    def queue_control(self, frame: bytes) -> None:
+        """A control frame before what comes next, written with it (:meth:`flush`)."""
+        if self.verdict is None:
+            self.outbox.append(frame)
+            self.controls += 1
+
     def send(self, frame: bytes) -> bool:
         """One control frame after whatever is pending; ``False`` when the write raised.
 

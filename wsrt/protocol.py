@@ -117,6 +117,7 @@ class Subscribe:
     #: ``filter`` and ``keys`` as sent (the session checks them against its limits).
     filter: Any = ABSENT
     keys: Any = ABSENT
+    max_rate: Any = ABSENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +164,9 @@ def parse_control(text: str | bytes) -> Control:
             return Unsubscribe(channel, request_id)
         start = _start(obj, request_id, channel)
         return Subscribe(
-            channel, request_id, start, obj.get("filter", ABSENT), obj.get("keys", ABSENT)
-        )
+            channel, request_id, start, obj.get("filter", ABSENT), obj.get("keys", ABSENT),
+            obj.get("max_rate", ABSENT),
+        )  # fmt: skip
     if kind == "ping":
         return Ping(request_id)
     if kind == "refresh":

@@ -79,6 +79,8 @@ class Session:
         #: Channel → the filter its records pass (the client's ``filter`` and ``keys`` and
         #: the token's ``filters`` claim, AND-ed); nothing may overlap these either.
         self.matches: dict[str, Filter] = {}
+        #: Channel → its ``max_rate`` (messages per second per key); alone as well.
+        self.rates: dict[str, float] = {}
         self._tokens = float(control_rate)
         self._last = now
         #: Times of recent errors; made at the first (an empty deque costs ~0.8 KB).
@@ -104,7 +106,7 @@ class Session:
             if isinstance(control, protocol.Subscribe):
                 self._subscribe(
                     control.channel, control.id, effects, control.start, control.filter,
-                    control.keys,
+                    control.keys, control.max_rate,
                 )  # fmt: skip
             elif isinstance(control, protocol.Unsubscribe):
                 self._check_length(control.channel, control.id)
@@ -134,6 +136,7 @@ class Session:
         self.subscriptions.discard(channel)
         self.replayed.discard(channel)
         self.matches.pop(channel, None)
+        self.rates.pop(channel, None)
 
     def _subscribe(
         self,
@@ -143,6 +146,7 @@ class Session:
         start: Start | None = None,
         given: object = protocol.ABSENT,
         keys: object = protocol.ABSENT,
+        max_rate: object = protocol.ABSENT,
     ) -> None:
         self._check_length(channel, request_id)
         # Grants first: a restricted token learns nothing about other topics.
@@ -161,16 +165,18 @@ class Session:
                 channel,
             )
         match = self._match(route, request_id, given, keys)
+        rate = _rate(max_rate, request_id, channel)
         if channel in self.subscriptions:
             held = self.matches.get(channel)
-            if (held and held.canonical) != (match and match.canonical):
+            same = (held and held.canonical) == (match and match.canonical)
+            if not same or self.rates.get(channel) != rate:
                 raise ProtocolError(
                     protocol.BAD_REQUEST,
-                    "already subscribed: unsubscribe first to change the filter",
+                    "already subscribed: unsubscribe first to change the filter or max_rate",
                     request_id,
                     channel,
                 )
-        self._check_overlap(route, request_id, start, match)
+        self._check_overlap(route, request_id, start, match is not None or rate is not None)
         if channel not in self.subscriptions:
             if len(self.subscriptions) >= self.max_subscriptions:
                 raise ProtocolError(
@@ -182,6 +188,8 @@ class Session:
             self.subscriptions.add(channel)
             if match is not None:
                 self.matches[channel] = match
+            if rate is not None:
+                self.rates[channel] = rate
             if start is not None:
                 self.replayed.add(channel)
                 effects.replay.append(Replay(route, start, request_id))
@@ -219,7 +227,7 @@ class Session:
         route: Channel,
         request_id: protocol.RequestId,
         start: Start | None,
-        match: Filter | None = None,
+        alone: bool = False,
     ) -> None:
         """Exactly once per connection: a replayed subscription shares its messages with none.
 
@@ -227,7 +235,8 @@ class Session:
         replays history that rule cannot hold, so a start field needs the
         channel (and any overlapping one) unsubscribed, and a channel
         subscribed with a start field admits no overlapping subscription. A
-        filtered subscription is routed on its own too: the same rules.
+        filtered or rate-capped subscription is routed on its own too: the same
+        rules.
         """
         if start is not None and route.name in self.subscriptions:
             raise ProtocolError(
@@ -236,11 +245,15 @@ class Session:
                 request_id,
                 route.name,
             )
-        alone = start is not None or match is not None
-        others = self.subscriptions if alone else self.replayed | self.matches.keys()
+        alone = alone or start is not None
+        others = self.subscriptions
+        if not alone:
+            others = self.replayed | self.matches.keys() | self.rates.keys()
         for name in others:
             if name != route.name and overlaps(route, parse_channel(name)):
                 how = "with a start field" if name in self.replayed else "with a filter"
+                if name in self.rates and name not in self.replayed:
+                    how = "with max_rate"
                 raise ProtocolError(
                     protocol.BAD_REQUEST,
                     f"overlaps {name[:200]!r}, subscribed "
@@ -292,6 +305,25 @@ class Session:
             errors.popleft()
         if len(errors) > self.max_errors:
             effects.close = (protocol.CLOSE_POLICY_VIOLATION, abuse)
+
+
+#: The highest ``max_rate``: more a second than a screen shows is no cap.
+MAX_RATE = 1000.0
+
+
+def _rate(value: object, request_id: protocol.RequestId, channel: str) -> float | None:
+    """A subscribe's ``max_rate``: messages per second per key, above 0 and at most 1000."""
+    if value is protocol.ABSENT:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_RATE:
+        raise ProtocolError(
+            protocol.BAD_REQUEST,
+            "'max_rate' must be a number of messages per second per key above 0 and at "
+            f"most {MAX_RATE:g}",
+            request_id,
+            channel,
+        )
+    return float(value)
 
 
 def _canonical(claims: Claims, topic: str) -> bytes | None:

@@ -255,3 +255,36 @@ async def test_a_bad_filter_is_a_bad_request_naming_the_part(make_topics, server
         )
         reply = await subscribe(ws, topic, filter={"field": "key", "eq": "other"})
         assert reply["message"] == "already subscribed: unsubscribe first to change the filter"
+
+
+async def test_max_rate_delivers_the_newest_value_per_key(make_topics, servers, producer) -> None:
+    """A burst of 20 values of two keys to a max_rate 1 subscription: the first of each key
+    at once, then, a second later, a conflated notice and the newest of each; an unlimited
+    client beside it gets all 40."""
+    (topic,) = await make_topics("capped")
+    server = servers([topic])
+    async with (
+        websockets.connect(server.url, additional_headers=auth()) as capped,
+        websockets.connect(f"{server.url}?channels={topic}", additional_headers=auth()) as plain,
+    ):
+        assert (await next_json(plain))["type"] == "subscribed"
+        assert (await subscribe(capped, topic, max_rate=1))["type"] == "subscribed"
+        sent = [
+            await producer.send(topic, b'{"n":%d}' % n, key="AB"[n % 2].encode()) for n in range(40)
+        ]  # one burst: the producer batches them
+        offsets = [md.offset for md in await asyncio.gather(*sent)]
+        newest = {"A": offsets[38], "B": offsets[39]}
+        assert len(await messages(plain, 40)) == 40
+        got: list[tuple[float, dict[str, Any]]] = []
+        async with asyncio.timeout(30):
+            while {m.get("key"): m["offset"] for _, m in got if m["type"] == "message"} != newest:
+                got.append((time.monotonic(), await next_json(capped)))
+        assert await until_pong(capped) == []
+    frames = [m for _, m in got]
+    by_key = {k: [(t, m["offset"]) for t, m in got if m.get("key") == k] for k in "AB"}
+    assert [o for _, o in by_key["A"]] == [0, newest["A"]] and len(by_key["B"]) == 2
+    for (first, _), (second, _) in by_key.values():
+        assert second - first >= 0.5  # the second value of a key waited for its second
+    notices = [m for m in frames if m["type"] == "conflated"]
+    assert notices == [{"type": "conflated", "channel": topic, "dropped": 36}]
+    assert frames.index(notices[0]) == 2  # before the released values

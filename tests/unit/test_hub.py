@@ -4,6 +4,7 @@ import pytest
 
 from wsrt.hub import Hub
 from wsrt.outlet import SLOW_CONSUMER, WRITE_FAILED, Outlet, Record
+from wsrt.wire import text_frame
 
 
 class MemoryOutlet(Outlet):
@@ -176,3 +177,54 @@ def test_a_failing_write_on_the_single_topic_fast_path(hub: Hub) -> None:
     hub.subscribe(fine, "lines")
     assert hub.publish([rec("lines", None, 1), rec("lines", None, 2)]) == [broken]
     assert broken.verdict == WRITE_FAILED and fine.writes == [b"<lines:None:1><lines:None:2>"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_max_rate_sends_a_key_at_most_rate_a_second_newest_value_winning(hub: Hub) -> None:
+    clock = Clock()
+    hub.clock = clock
+    capped, plain = MemoryOutlet(), MemoryOutlet()
+    hub.subscribe(capped, "lines", rate=2)  # one message per key per 0.5 s
+    hub.subscribe(plain, "lines")
+    hub.publish([rec("lines", "a", 1), rec("lines", "b", 2), rec("lines", "a", 3)])
+    assert capped.received == b"<lines:a:1><lines:b:2>" and hub.waiting
+    clock.now += 0.2
+    hub.publish([rec("lines", "a", 4), rec("lines", None, 5), rec("lines", None, 6)])
+    assert capped.received.endswith(b"<lines:b:2><lines:None:5><lines:None:6>")  # no key: each
+    assert hub.next_release() == pytest.approx(100.5)
+    assert hub.release(100.4) == [] and capped.received.count(b"<") == 4  # not yet
+    assert hub.release(100.5) == []
+    assert capped.writes[-1] == (
+        text_frame(b'{"type":"conflated","channel":"lines","dropped":1}') + b"<lines:a:4>"
+    )  # 3 was replaced by 4, which went once a's half second was over
+    assert not hub.waiting and hub.next_release() is None
+    assert capped.delivery.not_delivered[("lines", "max_rate")] == 1
+    clock.now = 100.6
+    hub.publish([rec("lines", "b", 7), rec("lines", "a", 8)])  # b free again, a not
+    assert capped.received.endswith(b"<lines:b:7>")
+    assert plain.received.count(b"<") == 8  # the plain subscriber got everything
+    hub.unsubscribe(capped, "lines")
+    assert hub.subscription_count("lines") == 1 and hub.release(200.0) == []
+
+
+def test_max_rate_with_a_filter_and_a_key_channel(hub: Hub) -> None:
+    from wsrt.filters import parse
+
+    clock = Clock()
+    hub.clock = clock
+    outlet = MemoryOutlet()
+    only = parse({"field": "partition", "eq": 1})
+    hub.subscribe(outlet, "lines", "a", match=only, rate=1)
+    hub.publish([rec("lines", "a", 1, 0), rec("lines", "a", 2, 1), rec("lines", "b", 3, 1)])
+    assert outlet.received == b"<lines:a:2>"
+    clock.now += 0.5
+    hub.publish([rec("lines", "a", 4, 1), rec("lines", "a", 5, 1)])
+    hub.release(101.0)
+    assert outlet.writes[-1].endswith(b'"channel":"lines:a","dropped":1}<lines:a:5>')

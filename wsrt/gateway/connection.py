@@ -65,6 +65,8 @@ class Connections:
         self.log = log
         self.stats = stats
         self._slow = RateLimited(log, interval=1.0)
+        #: The timer of :meth:`_released` while ``max_rate`` values wait.
+        self._release: asyncio.TimerHandle | None = None
 
     # -- delivery --------------------------------------------------------------
 
@@ -83,6 +85,21 @@ class Connections:
                 )  # fmt: skip
         for outlet in self.hub.publish(records):
             self._finished(outlet)
+        if self.hub.waiting and self._release is None:
+            self._schedule_release()
+
+    def _schedule_release(self) -> None:
+        """Wake when the first ``max_rate`` value held back may go (docs/protocol.md)."""
+        due = self.hub.next_release()
+        if due is not None and self._release is None:
+            delay = max(0.0, due - time.monotonic())
+            self._release = asyncio.get_running_loop().call_later(delay, self._released)
+
+    def _released(self) -> None:
+        self._release = None
+        for outlet in self.hub.release(time.monotonic()):
+            self._finished(outlet)
+        self._schedule_release()
 
     # -- partitions that move (shared mode) ---------------------------------------
 
@@ -229,8 +246,9 @@ class Connections:
             )  # fmt: skip
         for channel in effects.subscribe:
             self.hub.subscribe(
-                outlet, channel.topic, channel.key, match=session.matches.get(channel.name)
-            )
+                outlet, channel.topic, channel.key, match=session.matches.get(channel.name),
+                rate=session.rates.get(channel.name),
+            )  # fmt: skip
             control_log.log(
                 logging.DEBUG, "subscribed", "subscribed", subject=subject, channel=channel.name
             )
@@ -266,7 +284,7 @@ class Connections:
         # Before the live stream is positioned, hold every partition (kafka/replay.py).
         gate = Gate(
             channel.key, live_then if self.replayer.placed else None,
-            session.matches.get(channel.name),
+            session.matches.get(channel.name), session.rates.get(channel.name),
         )  # fmt: skip
         self.hub.subscribe(outlet, channel.topic, channel.key, gate)
 
