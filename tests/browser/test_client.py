@@ -137,6 +137,32 @@ async def test_resumes_across_a_server_restart_with_every_offset_once(
     assert watched.problems(network_ok=True) == []
 
 
+async def test_a_filtered_subscription_keeps_its_filter_through_a_server_restart(
+    make_topics, servers, producer, watched: Watched
+) -> None:
+    """The filter goes with every resubscribe: after the restart the client resumes with it,
+    so it gets exactly partition 0's records, each once, in order, and none of partition 1."""
+    (topic,) = await make_topics("filtered-lines", partitions=2)
+    env = {"WS_BIND_ADDRESS": f"127.0.0.1:{free_port()}"}
+    first = servers([topic], env)
+    page = watched.page
+    await harness(page, first.http)
+    await page.evaluate("([url, token]) => t.open('a', url, token)", [first.url, token()])
+    only = {"filter": {"field": "partition", "eq": 0}}
+    assert await page.evaluate("([c, s]) => t.subscribe('a', c, s)", [topic, only]) == {"ok": True}
+    produced: Offsets = {}
+    await produce(producer, topic, 100, 2, produced)
+    await until(page, "(k) => t.got[k].length >= 50", f"a {topic}")
+    first.stop()
+    await produce(producer, topic, 100, 2, produced)  # while no server runs
+    servers([topic], env)
+    await produce(producer, topic, 100, 2, produced)
+    await until(page, "(n) => t.got[n[0]].length >= n[1]", [f"a {topic}", len(produced[0])])
+    await page.evaluate("t.clients.a.close()")
+    assert await received(page, "a", topic) == {0: produced[0]}
+    assert watched.problems(network_ok=True) == []
+
+
 async def test_subscribe_and_unsubscribe_are_promises_errors_carry_the_code(
     make_topics, servers, producer, watched: Watched
 ) -> None:

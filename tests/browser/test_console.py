@@ -215,3 +215,41 @@ async def test_console_keeps_a_state_table_per_state_topic(
     await page.screenshot(path=str(tmp_path / "console-state.png"), full_page=True)
     shutil.copy(tmp_path / "console-state.png", "/tmp/console-state.png")
     assert watched.problems() == []
+
+
+async def test_console_subscribes_through_a_filter_box(
+    make_topics, servers, producer, watched: Watched, tmp_path
+) -> None:
+    (topic,) = await make_topics("order_book", partitions=2)
+    server = servers([topic], {"WS_CONSOLE": "true"})
+    page = watched.page
+    await page.goto(f"{server.http}/console#token={token()}")
+    await page.wait_for_selector("#state[data-state=open]")
+    await page.fill("#channel", topic)
+    for bad, said in (
+        ("{", f"subscribe {topic}: the filter is not JSON"),
+        ('{"field":"x","eq":1}', f"refused: {topic}: bad_request: filter.field 'x' is not key"),
+    ):
+        await page.fill("#filter", bad)
+        await page.click("#subscribe-button")
+        try:
+            await page.wait_for_function(
+                "(s) => document.querySelector('#events').textContent.includes(s)", arg=said
+            )
+        except Exception:
+            raise AssertionError(await page.text_content("#events")) from None
+    await page.fill("#filter", '{"field":"data.n","gte":5}')
+    await page.click("#subscribe-button")
+    row = f'#subscriptions tr[data-channel="{topic}"]'
+    await page.wait_for_selector(row)
+    assert await page.get_attribute(row, "data-filter") == '{"field":"data.n","gte":5}'
+    sent = await produce(producer, topic, 0, 10)
+    await wait_rows(page, 5)
+    await page.wait_for_function(
+        "(s) => document.querySelector(s).textContent === '5'", arg=f"{row} td:nth-child(2)"
+    )
+    shown = await rows(page)
+    assert sorted(json.loads(r["cells"][5])["n"] for r in shown) == [5, 6, 7, 8, 9]
+    assert {f"{r['partition']}:{r['offset']}" for r in shown} < sent
+    await page.screenshot(path=str(tmp_path / "console-filter.png"), full_page=True)
+    assert watched.problems() == []

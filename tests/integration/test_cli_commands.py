@@ -414,6 +414,38 @@ async def test_tail_rewind_and_the_incomplete_warning(
     assert "no longer in Kafka" in warning and f"0={offsets[-2]}" in warning
 
 
+async def test_tail_filter_keys_and_max_rate(make_topics, servers, producer, tmp_path) -> None:
+    """``--filter`` and ``--keys`` narrow the replay (``--rewind``) and what follows; a bad
+    filter is exit 2 before anything connects."""
+    (topic,) = await make_topics("lines", partitions=1)
+    sent = []
+    for n in range(12):
+        key = f"EVT-{n % 3}".encode()
+        md = await producer.send_and_wait(
+            topic, b'{"n":%d,"odd":%s}' % (n, b"true" if n % 2 else b"false"), key=key
+        )
+        sent.append((md.offset, n))
+    server = servers([topic])
+    out = tmp_path / "tail.jsonl"
+    tail = tail_to_file(
+        out, "--channel", topic, "--url", server.url, "--rewind", "12", "--count", "2",
+        "--timeout", "60", "--filter", '{"field":"data.odd","eq":true}', "--keys", "EVT-0,EVT-1",
+        "--max-rate", "100",
+    )  # fmt: skip
+    _, err = tail.communicate(timeout=90)
+    assert tail.returncode == 0, err
+    wanted = [o for o, n in sent if n % 2 and n % 3 in (0, 1)]
+    assert [json.loads(line)["offset"] for line in out.read_text().splitlines()] == wanted[:2]
+    for bad, said in (
+        (["--filter", '{"field":"x","eq":1}'], "error: --filter: filter.field 'x' is not"),
+        (["--filter", "{"], "error: --filter is not JSON"),
+        (["--keys", ","], "error: --keys: 'keys' must be a non-empty list"),
+        (["--max-rate", "0"], "error: --max-rate must be above 0"),
+    ):
+        result = wsrt("tail", "--channel", topic, "--url", server.url, *bad, timeout=60)
+        assert result.returncode == 2 and result.stderr.startswith(said), result.stderr
+
+
 async def test_tail_stops_on_ctrl_c_even_when_started_with_sigint_ignored(
     make_topics, servers, producer, tmp_path
 ) -> None:

@@ -62,9 +62,11 @@ class Resume:
     about ``B``'s records, which may lie before it.
     """
 
-    def __init__(self, start: dict[str, Any]) -> None:
+    def __init__(self, start: dict[str, Any], narrowing: dict[str, Any] | None = None) -> None:
         #: The start field asked for on the command line (``{}``: live).
         self.start = start
+        #: ``filter``, ``keys``, ``max_rate``: part of every subscribe.
+        self.narrowing = narrowing or {}
         self.next: dict[str, dict[int, int]] = {}
 
     def subscribe(self, channel: str, request_id: int) -> str:
@@ -76,7 +78,7 @@ class Resume:
         if self.start.get("snapshot"):  # history from there when it is all in Kafka, else state
             start = {**start, "snapshot": True}
         frame = {"type": "subscribe", "channel": channel, "id": request_id, **start}
-        return orjson.dumps(frame).decode()
+        return orjson.dumps({**frame, **self.narrowing}).decode()
 
     def positioned(self, channel: str, positions: dict[str, int]) -> None:
         """A ``subscribed`` answer: each partition continues from its position.
@@ -347,13 +349,15 @@ async def follow(
     retries: int,
     remint: Any = None,
     start: dict[str, Any] | None = None,
+    narrowing: dict[str, Any] | None = None,
 ) -> int:
     """Receive until ``count`` messages (0: forever); the exit status.
 
     ``start`` is the start field of the first subscriptions (``None``: live);
-    reconnects resume from the last offsets shown.
+    reconnects resume from the last offsets shown. ``narrowing`` (``filter``,
+    ``keys``, ``max_rate``) goes with every subscribe.
     """
-    progress = _Progress(count, Resume(start or {}))
+    progress = _Progress(count, Resume(start or {}, narrowing))
     backoff = Backoff()
     connected_once = False
     while True:
@@ -450,6 +454,21 @@ def tail(
         help="Start with the newest value of every key (a state topic); on a terminal, "
         "a table with one row per key, updated in place.",
     ),
+    filter_: str = typer.Option(
+        None,
+        "--filter",
+        metavar="JSON",
+        help="Only the records this filter passes (JSON; docs/protocol.md, 'Filters').",
+    ),
+    keys: str = typer.Option(
+        None, "--keys", metavar="KEY,…", help="Only these keys of each topic channel."
+    ),
+    max_rate: float = typer.Option(
+        None,
+        "--max-rate",
+        metavar="PER_SECOND",
+        help="At most this many messages per second per key; the newest value wins.",
+    ),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Connect as a client and show the messages of the given channels, live or from history.
@@ -462,6 +481,7 @@ def tail(
     if count < 0 or timeout < 0 or output not in ("auto", "live", "json"):
         fail("--count and --timeout must be 0 or more; --output is auto, live or json", EXIT_USAGE)
     start = _start_field(since, from_offsets, rewind, snapshot)
+    narrowing = _narrowing(filter_, keys, max_rate)
     settings = settings_or_exit(
         {"WS_URL": url, "WS_TOKEN": token, "WS_AUTH_SECRET": read_secret(secret, secret_file)},
         env_file,
@@ -481,6 +501,7 @@ def tail(
         work = follow(
             settings.url, channels, mint(), view, count=count, reconnect=reconnect,
             retries=retries, remint=None if settings.token else mint, start=start,
+            narrowing=narrowing,
         )  # fmt: skip
         return await until_stopped(_within(work, timeout, count, view))
 
@@ -539,6 +560,32 @@ async def until_stopped(work: Any) -> int:
     task.cancel()  # closes the connection (1000), bounded by its close timeout
     await asyncio.wait({task}, timeout=STOP_SECONDS)
     return 0
+
+
+def _narrowing(given: str | None, keys: str | None, max_rate: float | None) -> dict[str, Any]:
+    """``--filter``, ``--keys`` and ``--max-rate`` as subscribe fields (checked here)."""
+    from wsrt.filters import FilterError, keys_filter, parse
+
+    out: dict[str, Any] = {}
+    if given is not None:
+        try:
+            out["filter"] = orjson.loads(given)
+            parse(out["filter"], max_bytes=1 << 20)
+        except orjson.JSONDecodeError:
+            fail(f"--filter is not JSON: {given[:80]!r}", EXIT_USAGE)
+        except FilterError as exc:
+            fail(f"--filter: {exc}", EXIT_USAGE)
+    if keys is not None:
+        out["keys"] = [k.strip() for k in keys.split(",") if k.strip()]
+        try:
+            keys_filter(out["keys"])
+        except FilterError as exc:
+            fail(f"--keys: {exc}", EXIT_USAGE)
+    if max_rate is not None:
+        if not 0 < max_rate <= 1000:
+            fail("--max-rate must be above 0 and at most 1000", EXIT_USAGE)
+        out["max_rate"] = max_rate
+    return out
 
 
 def _start_field(

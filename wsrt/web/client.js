@@ -3,6 +3,7 @@
 //   import { connect } from "/client.js";
 //   const client = connect("ws://host:8080/ws", { token, onState: (s) => {} });
 //   const sub = await client.subscribe("order_book", (message) => {}, { rewind: 10 });
+//   const mine = await client.subscribe("lines", onLine, { filter: { field: "data.market", eq: "moneyline" } });
 //   await sub.unsubscribe();
 //   client.close();
 //
@@ -58,12 +59,20 @@
  */
 
 /**
- * At most one start field (docs/protocol.md, Resume and replay).
+ * At most one start field (docs/protocol.md, Resume and replay), and what
+ * narrows the channel (docs/protocol.md, Filters): sent again with every
+ * resubscribe.
  * @typedef {object} Start
  * @property {Object<string, number>} [since] partition → next offset
  * @property {number} [since_time] epoch milliseconds
  * @property {number} [rewind] the last N messages per partition
+ * @property {object} [filter] a filter, e.g. `{field: "data.market", eq: "moneyline"}`
+ * @property {string[]} [keys] only these keys of a topic channel
+ * @property {number} [max_rate] at most this many messages per second per key
  */
+
+/** The fields of a `Start` that narrow a subscription rather than place it. */
+const NARROWING = ["filter", "keys", "max_rate"];
 
 /**
  * @typedef {object} Options
@@ -170,7 +179,15 @@ export class Subscription {
     /** How many messages the handler received. */
     this.received = 0;
     this.onMessage = onMessage;
-    this.start = start || {};
+    this.start = { ...(start || {}) };
+    /** `filter`, `keys`, `max_rate`: part of every subscribe of this channel. */
+    this.narrowing = {};
+    for (const name of NARROWING) {
+      if (name in this.start) {
+        this.narrowing[name] = this.start[name];
+        delete this.start[name];
+      }
+    }
     this.client = client;
     /** Set while this subscription's first `subscribed` answer is awaited. */
     this.pending = null;
@@ -185,7 +202,7 @@ export class Subscription {
     // A state subscription asks for a snapshot each time: the server replays
     // the history from `since` when all of it is there, else sends the state.
     if (this.start.snapshot) start = known ? { since: { ...this.next }, snapshot: true } : { snapshot: true };
-    return { type: "subscribe", channel: this.channel, id, ...start };
+    return { type: "subscribe", channel: this.channel, id, ...start, ...this.narrowing };
   }
 
   /** Stop receiving this channel; resolves on the server's `unsubscribed`. */
@@ -256,18 +273,20 @@ export class Client {
    * messages and `delete` events that follow, and through reconnects (the
    * history since the last offset, or a new snapshot when that is gone).
    * `onChange(map, frame)` is called after each change. Resolves with the
-   * map once the server answered the subscribe.
+   * map once the server answered the subscribe. `narrowing` may hold a
+   * `filter` and `keys`: the map then holds the keys whose newest value passes.
    * @param {string} channel @param {(map: Map<string, Message>, frame: object) => void} [onChange]
+   * @param {{filter?: object, keys?: string[]}} [narrowing]
    * @returns {Promise<Map<string, Message>>}
    */
-  async state(channel, onChange) {
+  async state(channel, onChange, narrowing) {
     const map = new Map();
     const apply = (frame) => {
       if (frame.type === "delete") map.delete(frame.key);
       else map.set(frame.key, frame);
       if (onChange) onChange(map, frame);
     };
-    const sub = await this.subscribe(channel, apply, { snapshot: true });
+    const sub = await this.subscribe(channel, apply, { ...(narrowing || {}), snapshot: true });
     sub.state = map;
     return map;
   }

@@ -22,6 +22,7 @@ const ui = {
   channels: $("channels"),
   rewind: $("rewind"),
   snapshot: $("snapshot"),
+  filter: $("filter"),
   stateSection: $("state-section"),
   state_: $("state-table").tBodies[0],
   subscribeButton: $("subscribe-button"),
@@ -127,13 +128,28 @@ function addChannelRow(sub, times) {
   action.append(button);
   const row = element("tr");
   row.dataset.channel = sub.channel;
+  if (sub.narrowing.filter) {
+    const shown = JSON.stringify(sub.narrowing.filter);
+    const label = element("span", shown.length > 80 ? `${shown.slice(0, 80)}…` : shown, "muted mono");
+    label.title = shown;
+    cells.channel.append(" ", label);
+    row.dataset.filter = shown;
+  }
   row.append(cells.channel, cells.count, cells.rate, cells.next, action);
   ui.subscriptions.append(row);
   channels.set(sub.channel, { sub, row, cells, times });
 }
 
-async function subscribe(channel, rewind) {
+async function subscribe(channel, rewind, filterText = "") {
   if (!client) return;
+  let narrowing = {};
+  if (filterText) {
+    try {
+      narrowing = { filter: JSON.parse(filterText) };
+    } catch (error) {
+      return event(`subscribe ${channel}: the filter is not JSON (${error.message})`, "error");
+    }
+  }
   const times = []; // arrival of each message in the rate window
   const received = (message) => {
     times.push(performance.now());
@@ -142,13 +158,14 @@ async function subscribe(channel, rewind) {
   try {
     let sub;
     if (stateTopics.has(channel.split(":")[0]) && ui.snapshot.checked && !(rewind > 0)) {
-      states.set(channel, await client.state(channel, (map, frame) => received(frame)));
+      states.set(channel, await client.state(channel, (map, frame) => received(frame), narrowing));
       sub = client.subscriptions.get(channel);
     } else {
-      sub = await client.subscribe(channel, received, rewind > 0 ? { rewind } : undefined);
+      sub = await client.subscribe(channel, received, { ...narrowing, ...(rewind > 0 ? { rewind } : {}) });
     }
     addChannelRow(sub, times);
-    event(`subscribed ${channel}${rewind > 0 ? ` with the last ${rewind} messages per partition` : ""}`);
+    const how = [rewind > 0 ? `with the last ${rewind} messages per partition` : "", narrowing.filter ? "filtered" : ""];
+    event(`subscribed ${channel}${how.filter(Boolean).map((h) => ` ${h}`).join(",")}`);
   } catch (error) {
     event(`subscribe ${channel} refused: ${error.message}`, "error");
   }
@@ -234,7 +251,7 @@ $("subscribe").addEventListener("submit", (e) => {
   e.preventDefault();
   const channel = ui.channel.value.trim();
   if (channels.has(channel)) return event(`already subscribed to ${channel}`, "warn");
-  subscribe(channel, Number(ui.rewind.value) || 0);
+  subscribe(channel, Number(ui.rewind.value) || 0, ui.filter.value.trim());
 });
 
 const fragment = new URLSearchParams(location.hash.slice(1));
