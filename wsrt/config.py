@@ -291,6 +291,9 @@ class Settings:
     topic_policy_overrides: tuple[tuple[str, str], ...] = _var("WS_TOPIC_POLICIES", "",
         _per_topic("policy", POLICIES, "order_book=conflate"),
         "Per-topic policies overriding it, e.g. order_book=conflate,lines=drop.", _S)
+    compression: str = _var("WS_COMPRESSION", "none", _choice("none", "deflate"),
+        "deflate: offer permessage-deflate (no context takeover), each frame compressed "
+        "once for every client that accepts it; none: plain frames.", _S)
     send_buffer_bytes: int = _var("WS_SEND_BUFFER_BYTES", "262144", _non_negative_int,
         "Kernel send buffer per client socket (0: OS autotuning, up to megabytes).", _S)
     shutdown_timeout: float = _var("WS_SHUTDOWN_TIMEOUT_SECONDS", "10", _positive_seconds,

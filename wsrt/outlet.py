@@ -170,8 +170,8 @@ class Outlet:
     """
 
     __slots__ = (
-        "controls", "delivery", "error", "frames_sent", "held", "limit", "outbox", "paused",
-        "peer", "queued", "verdict", "write",
+        "compress", "controls", "delivery", "error", "frames_sent", "held", "limit", "outbox",
+        "paused", "peer", "queued", "verdict", "write",
     )  # fmt: skip
 
     def __init__(
@@ -200,6 +200,8 @@ class Outlet:
         self.error: BaseException | None = None
         #: Frames written to this client (logged when it closes).
         self.frames_sent = 0
+        #: permessage-deflate: the frames as this client takes them (``None``: plain).
+        self.compress: Callable[[bytes], bytes] | None = None
 
     @property
     def closed(self) -> bool:
@@ -295,6 +297,8 @@ class Outlet:
 
     def _write(self, data: bytes, count: int) -> bool:
         try:
+            if self.compress is not None:
+                data = self.compress(data)
             self.write(data)
         except Exception as exc:  # any transport or library error, for this client only
             self.error = exc

@@ -455,3 +455,36 @@ async def test_client_state_is_the_kafka_state_after_a_forced_reconnect_mid_stre
     )
     assert await page.evaluate("t.last('s').reconnects") >= 1
     assert watched.problems(network_ok=True) == []
+
+
+async def test_chromium_negotiating_deflate_gets_what_an_uncompressed_client_gets(
+    make_topics, servers, producer, watched: Watched
+) -> None:
+    import websockets
+
+    (topic,) = await make_topics("deflated", partitions=2)
+    server = servers([topic], {"WS_COMPRESSION": "deflate"})
+    page = watched.page
+    await harness(page, server.http)
+    await page.evaluate("([url, token]) => t.open('a', url, token)", [server.url, token()])
+    await page.evaluate(
+        """async (channel) => {
+          t.data = [];
+          await t.clients.a.subscribe(channel, (m) => t.data.push([m.partition, m.offset, m.data]));
+        }""",
+        topic,
+    )
+    assert await page.evaluate("t.clients.a._ws.extensions") == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    )
+    url = f"{server.url}?channels={topic}&token={token()}"
+    async with websockets.connect(url, compression=None) as plain:
+        assert json.loads(await plain.recv())["type"] == "subscribed"
+        for n in range(50):
+            value = {"n": n, "words": "compressible " * (n % 7) * 10, "ü": "ünïcödé"}
+            await producer.send_and_wait(topic, json.dumps(value).encode(), partition=n % 2)
+        got = [json.loads(await plain.recv()) for _ in range(50)]
+    await until(page, "() => t.data.length >= 50")
+    in_browser = await page.evaluate("t.data")
+    assert in_browser == [[m["partition"], m["offset"], m["data"]] for m in got]
+    assert watched.problems() == []

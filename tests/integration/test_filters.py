@@ -254,7 +254,9 @@ async def test_a_bad_filter_is_a_bad_request_naming_the_part(make_topics, server
             "subscribed"
         )
         reply = await subscribe(ws, topic, filter={"field": "key", "eq": "other"})
-        assert reply["message"] == "already subscribed: unsubscribe first to change the filter"
+        assert reply["message"] == (
+            "already subscribed: unsubscribe first to change the filter or max_rate"
+        )
 
 
 async def test_max_rate_delivers_the_newest_value_per_key(make_topics, servers, producer) -> None:

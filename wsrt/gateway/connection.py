@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from websockets.exceptions import ConnectionClosed
 
 from wsrt import protocol
 from wsrt.aio import detach
-from wsrt.auth import Verifier
+from wsrt.auth import Claims, Verifier
 from wsrt.config import Settings
+from wsrt.deflate import Deflater
 from wsrt.gateway import ws_adapter
 from wsrt.gateway.ws_adapter import Connection
 from wsrt.hub import Gate, Hub
@@ -43,6 +44,29 @@ from wsrt.wire import text_frame
 #: subscribing its channels at connect), then a few a second, then a count.
 CONTROL_LOG_BURST = 20
 CONTROL_LOG_PER_S = 5
+
+
+class Releases:
+    """The timer that wakes the hub when a ``max_rate`` value held back may go."""
+
+    def __init__(self, hub: Hub, finished: Callable[[Outlet], None]) -> None:
+        self.hub = hub
+        self.finished = finished
+        self.timer: asyncio.TimerHandle | None = None
+
+    def schedule(self) -> None:
+        if self.timer is not None:
+            return
+        due = self.hub.next_release()
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            self.timer = asyncio.get_running_loop().call_later(delay, self._wake)
+
+    def _wake(self) -> None:
+        self.timer = None
+        for outlet in self.hub.release(time.monotonic()):
+            self.finished(outlet)
+        self.schedule()
 
 
 class Connections:
@@ -65,8 +89,10 @@ class Connections:
         self.log = log
         self.stats = stats
         self._slow = RateLimited(log, interval=1.0)
-        #: The timer of :meth:`_released` while ``max_rate`` values wait.
-        self._release: asyncio.TimerHandle | None = None
+        #: Wakes the hub when a ``max_rate`` value held back may go.
+        self.releases = Releases(hub, self._finished)
+        #: WS_COMPRESSION=deflate: frames compressed once for every client that accepted it.
+        self.deflater = Deflater() if settings.compression == "deflate" else None
 
     # -- delivery --------------------------------------------------------------
 
@@ -85,21 +111,8 @@ class Connections:
                 )  # fmt: skip
         for outlet in self.hub.publish(records):
             self._finished(outlet)
-        if self.hub.waiting and self._release is None:
-            self._schedule_release()
-
-    def _schedule_release(self) -> None:
-        """Wake when the first ``max_rate`` value held back may go (docs/protocol.md)."""
-        due = self.hub.next_release()
-        if due is not None and self._release is None:
-            delay = max(0.0, due - time.monotonic())
-            self._release = asyncio.get_running_loop().call_later(delay, self._released)
-
-    def _released(self) -> None:
-        self._release = None
-        for outlet in self.hub.release(time.monotonic()):
-            self._finished(outlet)
-        self._schedule_release()
+        if self.hub.waiting:
+            self.releases.schedule()
 
     # -- partitions that move (shared mode) ---------------------------------------
 
@@ -162,6 +175,24 @@ class Connections:
 
     # -- WebSocket -------------------------------------------------------------
 
+    def _session(
+        self, connection: Connection, claims: Claims, now: float
+    ) -> tuple[Session, Outlet]:
+        """A new connection's control state and outbound queue (attached to it)."""
+        s = self.settings
+        session = Session(
+            claims, topics=self.hub.topics, verifier=self.verifier,
+            max_subscriptions=s.max_subscriptions, control_rate=s.control_rate,
+            max_errors=s.max_client_errors, error_window=s.client_error_window, now=now,
+            max_channel_bytes=s.max_channel_bytes, state_topics=frozenset(s.state_topics),
+            max_filter_bytes=s.max_filter_bytes,
+        )  # fmt: skip
+        outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
+        if self.deflater is not None and connection.deflate:
+            outlet.compress = self.deflater.chunk
+        connection.attach(outlet, on_failed=self._finished)
+        return session, outlet
+
     async def handle(self, connection: Connection) -> None:
         admitted = connection.admitted
         assert admitted is not None
@@ -169,23 +200,17 @@ class Connections:
         # (The request itself must stay: websockets tells the handshake by it.)
         ws_adapter.forget_handshake_headers(connection)
         loop = asyncio.get_running_loop()
-        s = self.settings
-        session = Session(
-            admitted.claims, topics=self.hub.topics, verifier=self.verifier,
-            max_subscriptions=s.max_subscriptions, control_rate=s.control_rate,
-            max_errors=s.max_client_errors, error_window=s.client_error_window, now=loop.time(),
-            max_channel_bytes=s.max_channel_bytes, state_topics=frozenset(s.state_topics),
-            max_filter_bytes=s.max_filter_bytes,
-        )  # fmt: skip
+        session, outlet = self._session(connection, admitted.claims, loop.time())
         # What the client's own requests log (subscribe, unsubscribe) is at
         # DEBUG: a burst of CONTROL_LOG_BURST, then CONTROL_LOG_PER_S a second.
         control_log = RateLimited(self.log, interval=1 / CONTROL_LOG_PER_S, burst=CONTROL_LOG_BURST)
-        outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
-        connection.attach(outlet, on_failed=self._finished)
         subject, remote = session.claims.subject, ws_adapter.remote(connection)
         opened = time.monotonic()
         self.stats.connections_opened += 1
-        self.log.info("connection_opened", "connection opened", subject=subject, remote=remote)
+        self.log.info(
+            "connection_opened", "connection opened", subject=subject, remote=remote,
+            compression="deflate" if outlet.compress is not None else None,
+        )  # fmt: skip
         expiry = self._schedule_expiry(connection, session)
         replays: dict[str, asyncio.Task[None]] = {}
         try:

@@ -74,6 +74,7 @@ class Gateway:
             max_frame_bytes=s.max_frame_bytes,
             close_timeout=s.close_timeout,
             reuse_port=self.siblings is not None,
+            deflate=s.compression == "deflate",
         )
         if s.ping_interval:
             keepalive = ws_adapter.Keepalive(self.server, s.ping_interval)

@@ -30,6 +30,10 @@ from typing import Any, cast
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -115,6 +119,11 @@ class Connection(ServerConnection):
         if self._writable is not None:
             await self._writable.wait()
 
+    @property
+    def deflate(self) -> bool:
+        """Did this client accept permessage-deflate?"""
+        return any(isinstance(e, PerMessageDeflate) for e in self.protocol.extensions)
+
     def frame_writer(self) -> Callable[[bytes], None]:
         """A write function for pre-built frames on this connection's transport."""
         protocol = self.protocol
@@ -146,16 +155,26 @@ async def start_server(
     max_frame_bytes: int,
     close_timeout: float,
     reuse_port: bool = False,
+    deflate: bool = False,
 ) -> Server:
     connection_class = type("Connection", (Connection,), {"send_buffer_bytes": send_buffer_bytes})
+    # Offered with WS_COMPRESSION=deflate: no context takeover, so each frame's compressed
+    # bytes are the same for every client (wsrt/deflate.py); websockets only negotiates it
+    # and inflates what clients send.
+    extensions = (
+        [ServerPerMessageDeflateFactory(
+            server_no_context_takeover=True, client_no_context_takeover=True
+        )] if deflate else None
+    )  # fmt: skip
     return await serve(
         handler,  # type: ignore[arg-type]
         host,
         port,
         process_request=process_request,  # type: ignore[arg-type]
         create_connection=connection_class,
-        # Pre-built frames are shared by every client: no per-client deflate.
+        # Pre-built frames are shared by every client: never websockets' per-client deflate.
         compression=None,
+        extensions=extensions,
         max_size=max_frame_bytes,
         # One Keepalive task for all connections instead of websockets' one each.
         ping_interval=None,
