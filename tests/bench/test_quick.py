@@ -46,7 +46,9 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "state on subscribe",
         "live, no snapshots",
         "live beside 20 snapshots of 500 keys",
-    ] + (["formats: json", "formats: avro (same data)"] if registry else [])
+    ] + (["formats: json", "formats: avro (same data)"] if registry else []) + [
+        "filters: none", "filters: 100 distinct", "deflate: once per frame", "deflate: per client",
+    ]  # fmt: skip
     for result in results:
         assert result.checks, result.scenario
         failed = [name for name, ok in result.checks.items() if not ok]

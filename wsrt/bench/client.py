@@ -67,13 +67,38 @@ class Totals:
     everyone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def masked(text: str) -> bytes:
+    """A client's text frame (clients mask what they send, RFC 6455 section 5.3)."""
+    payload, mask = text.encode(), os.urandom(4)
+    n = len(payload)
+    head = bytes((0x81, 0x80 | n)) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class Counter(asyncio.Protocol):
-    """Handshake by hand, then count message frames without parsing them."""
+    """Handshake by hand, then count message frames without parsing them.
+
+    ``subscribe``: a frame to send once upgraded (a subscribe with a filter).
+    ``deflate``: the server compresses, so no marker shows: text frames are
+    counted by walking the frame headers instead, less the ``subscribed`` reply.
+    """
 
     def __init__(
-        self, request: bytes, totals: Totals, upgraded: asyncio.Event, stall: bool
+        self,
+        request: bytes,
+        totals: Totals,
+        upgraded: asyncio.Event,
+        stall: bool,
+        subscribe: bytes | None = None,
+        deflate: bool = False,
     ) -> None:
         self.request = request
+        self.subscribe = subscribe
+        self.deflate = deflate
+        #: deflate: payload bytes of the current frame still to come, an unfinished header.
+        self.skip = 0
+        self.partial = b""
+        self.replies = 1
         self.totals = totals
         self.upgraded = upgraded
         self.stall = stall
@@ -106,14 +131,20 @@ class Counter(asyncio.Protocol):
             self.open = True
             self.totals.upgraded += 1
             self.upgraded.set()
+            if self.subscribe is not None:
+                assert self.transport is not None
+                self.transport.write(self.subscribe)
             if self.stall:
                 assert self.transport is not None
                 self.transport.pause_reading()
                 return
-        # A marker split across two reads lies in carry + data[:15]; carry is
-        # shorter than the marker, so nothing is counted twice.
-        edge = (self.carry + data[: len(MARK) - 1]).count(MARK) if self.carry else 0
-        found = data.count(MARK) + edge
+        if self.deflate:
+            found = self._text_frames(data)
+        else:
+            # A marker split across two reads lies in carry + data[:15]; carry is
+            # shorter than the marker, so nothing is counted twice.
+            edge = (self.carry + data[: len(MARK) - 1]).count(MARK) if self.carry else 0
+            found = data.count(MARK) + edge
         if found and not self.frames:
             first = self.totals.first_frames
             first.append(time.time())
@@ -123,20 +154,48 @@ class Counter(asyncio.Protocol):
         self.totals.frames += found
         self.carry = data[-(len(MARK) - 1) :]
 
+    def _text_frames(self, data: bytes) -> int:
+        """Text frames that end in ``data`` (their payloads skipped, never read)."""
+        buf, at, n = self.partial + data, 0, 0
+        if self.skip:
+            at = min(self.skip, len(buf))
+            self.skip -= at
+        while not self.skip and len(buf) - at >= 2:
+            length, head = buf[at + 1] & 0x7F, 2
+            if length >= 126:
+                head = 4 if length == 126 else 10
+                if len(buf) - at < head:
+                    break
+                fmt = "!H" if length == 126 else "!Q"
+                (length,) = struct.unpack_from(fmt, buf, at + 2)
+            n += buf[at] & 0x0F == 1
+            at += head
+            if len(buf) - at >= length:
+                at += length
+            else:
+                self.skip, at = length - (len(buf) - at), len(buf)
+        self.partial = buf[at:]
+        if n and self.replies:  # the first is the answer to the subscription
+            used = min(n, self.replies)
+            self.replies -= used
+            n -= used
+        return n
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.totals.closed += 1
         if not self.lost.done():
             self.lost.set_result(None)
 
 
-def _request(url: str, token: str) -> bytes:
+def _request(url: str, token: str, deflate: bool = False) -> bytes:
     parts = urlsplit(url)
     key = base64.b64encode(os.urandom(16)).decode()
     target = parts.path + (f"?{parts.query}" if parts.query else "")
+    offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
     return (
         f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n"
+        f"{offer}Authorization: Bearer {token}\r\n\r\n"
     ).encode()
 
 
@@ -149,6 +208,8 @@ async def open_counter(
     make: Callable[[bytes, asyncio.Event], Counter] | None = None,
     source: str | None = None,
     small: bool | None = None,
+    subscribe: bytes | None = None,
+    deflate: bool = False,
 ) -> Counter:
     """A connection once upgraded (or lost); ``make(request, upgraded)`` builds another kind.
 
@@ -168,9 +229,9 @@ async def open_counter(
     sock.setblocking(False)
     await loop.sock_connect(sock, (parts.hostname, parts.port))
     upgraded = asyncio.Event()
-    build = make or (lambda request, up: Counter(request, totals, up, stall))
+    build = make or (lambda request, up: Counter(request, totals, up, stall, subscribe, deflate))
     _, protocol = await loop.create_connection(
-        lambda: build(_request(url, token), upgraded), sock=sock
+        lambda: build(_request(url, token, deflate), upgraded), sock=sock
     )
     waiting = asyncio.ensure_future(upgraded.wait())
     await asyncio.wait({waiting, protocol.lost}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -378,15 +439,23 @@ class Sample:
 
 
 async def sampler(
-    url: str, token: str, sample: Sample, stop: asyncio.Event, ready: asyncio.Event
+    url: str,
+    token: str,
+    sample: Sample,
+    stop: asyncio.Event,
+    ready: asyncio.Event,
+    subscribe: str | None = None,
+    deflate: bool = False,
 ) -> None:
     import websockets
 
     last: dict[int, int] = {}
     async with websockets.connect(
         url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None,
-        ping_interval=None, compression=None,
+        ping_interval=None, compression="deflate" if deflate else None,
     ) as ws:  # fmt: skip
+        if subscribe is not None:
+            await ws.send(subscribe)
         ready.set()
         reading = asyncio.ensure_future(_read(ws, sample, last))
         stopping = asyncio.ensure_future(stop.wait())
@@ -434,16 +503,26 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 async def stream(p: dict[str, Any]) -> dict[str, Any]:
-    """Counters and samplers on one channel until the target, the window or the timeout."""
-    url = f"{p['url']}?channels={p['channel']}"
+    """Counters and samplers on one channel until the target, the window or the timeout.
+
+    ``subscribes``: subscribe messages (JSON) the clients send in turn instead of
+    ``?channels=`` (filters); ``deflate``: every client offers permessage-deflate.
+    """
+    subscribes: list[str] = p.get("subscribes") or []
+    url = p["url"] if subscribes else f"{p['url']}?channels={p['channel']}"
     totals = Totals()
     counters, stalled, slow = await _open_readers(p, url, totals)
     stop = asyncio.Event()
     samples = [Sample(probe_every=p.get("probe_every", 0)) for _ in range(p["samplers"])]
     readies = [asyncio.Event() for _ in samples]
+    deflate = bool(p.get("deflate"))
+
+    def asks(n: int) -> str | None:
+        return subscribes[n % len(subscribes)] if subscribes else None
+
     tasks = [
-        asyncio.ensure_future(sampler(url, p["token"], s, stop, r))
-        for s, r in zip(samples, readies, strict=True)
+        asyncio.ensure_future(sampler(url, p["token"], s, stop, r, asks(n), deflate))
+        for n, (s, r) in enumerate(zip(samples, readies, strict=True))
     ]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
     emit({"event": "ready", "upgraded": totals.upgraded, "failed": totals.failed[:5]})
@@ -497,9 +576,16 @@ async def _open_readers(
 ) -> tuple[list[Counter], Counter | None, list[SlowReader]]:
     """The counting clients, the stalled one (if asked) and the slow readers, connected."""
     counters = []
+    subscribes: list[str] = p.get("subscribes") or []
+    first = [masked(text) for text in subscribes]
+    deflate = bool(p.get("deflate"))
     for i in range(0, p["counters"], 100):
         batch = range(i, min(i + 100, p["counters"]))
-        counters += await asyncio.gather(*(open_counter(url, p["token"], totals) for _ in batch))
+        opened = [
+            open_counter(url, p["token"], totals, subscribe=asked, deflate=deflate)
+            for asked in (first[n % len(first)] if first else None for n in batch)
+        ]
+        counters += await asyncio.gather(*opened)
     stalled = await open_counter(url, p["token"], totals, stall=True) if p.get("stalled") else None
     slow_totals = Totals()
     slow = [

@@ -439,10 +439,12 @@ class ThroughputScenarios(Rig):
         rate: float | None = None,
         name: str | None = None,
         form: Form | None = None,
+        load: Callable[[str], dict[str, Any]] | None = None,
     ) -> Result:
         """N clients, a steady rate from a separate producer; delay produce → receipt.
         ``workers``: WS_WORKERS of the server; ``rate``: messages/s (default the scale's);
-        ``form``: given the topic, the server's settings and the value encoder of a format."""
+        ``form``: given the topic, the server's settings and the value encoder of a format;
+        ``load``: given the topic, more parameters of the load client."""
         s = self.scale
         seconds = s.isolation_seconds if stalled else s.latency_seconds
         name = name or ("isolation: 1 stalled client" if stalled else "latency")
@@ -463,6 +465,7 @@ class ThroughputScenarios(Rig):
                 "counters": s.latency_clients - samplers - (1 if stalled else 0),
                 "samplers": samplers, "messages": count, "window": seconds + 30,
                 "timeout": seconds + 60, "stalled": stalled, "probe_every": every,
+                **(load(topic) if load is not None else {}),
             }  # fmt: skip
             with self.client(params) as client:
                 ready = self.line(client, 120)
@@ -482,6 +485,10 @@ class ThroughputScenarios(Rig):
             "frames/s": delivered, "msg/s": rate, "p50 ms": delay.get("p50"),
             "p90 ms": delay.get("p90"), "p99 ms": delay.get("p99"), "max ms": delay.get("max"),
             "server CPU": cpu.percent(window),
+            "bytes/frame": round(
+                total(after, "wsrt_bytes_sent_total")
+                / max(1.0, total(after, "wsrt_frames_delivered_total")), 1
+            ),
         }  # fmt: skip
         figures.update(budget(stages, result["probes"], self.log_append))
         upgraded = ready["upgraded"] + samplers
@@ -523,6 +530,57 @@ class ThroughputScenarios(Rig):
             if isinstance(mine, int | float) and isinstance(base, int | float) and base:
                 decoded.figures[f"{figure}, avro / json"] = round(mine / base, 2)
         return [plain, decoded]
+
+    def filters(self) -> list[Result]:
+        """The latency scenario four times with the same betting-line records: plain; with
+        100 distinct filters that read ``data`` (each passing every record, so the same
+        frames are delivered); with deflate (each frame compressed once); and with each
+        client's frames compressed for it alone."""
+        import json
+
+        def line(n: int) -> bytes:
+            odds = [round(1.5 + ((n * 7 + i * 13) % 40) / 20, 2) for i in range(3)]
+            return json.dumps({
+                "seq": n, "event": f"EVT-{n % 97}", "market": ("moneyline", "spread")[n % 2],
+                "status": "open", "selections": [
+                    {"name": name, "odds": o, "line": (n % 9) - 4}
+                    for name, o in zip(("home", "draw", "away"), odds, strict=True)
+                ], "updated": 1_765_000_000_000 + n * 10,
+            }).encode()  # fmt: skip
+
+        def plain(topic: str) -> tuple[dict[str, str], Callable[[int], bytes]]:
+            return {}, line
+
+        def deflate(topic: str) -> tuple[dict[str, str], Callable[[int], bytes]]:
+            return {"WS_COMPRESSION": "deflate"}, line
+
+        def deflate_each(topic: str) -> tuple[dict[str, str], Callable[[int], bytes]]:
+            return {"WS_COMPRESSION": "deflate", "WSRT_BENCH_DEFLATE_PER_CLIENT": "1"}, line
+
+        def filtered(topic: str) -> dict[str, Any]:
+            asks = [
+                {"type": "subscribe", "channel": topic, "filter": {"all": [
+                    {"field": "data.seq", "gte": 0}, {"field": "data.market", "ne": f"none-{i}"},
+                ]}}
+                for i in range(100)
+            ]  # fmt: skip
+            return {"subscribes": [json.dumps(a) for a in asks]}
+
+        runs = [
+            self.latency(False, name="filters: none", form=plain),
+            self.latency(False, name="filters: 100 distinct", form=plain, load=filtered),
+            self.latency(False, name="deflate: once per frame", form=deflate,
+                         load=lambda topic: {"deflate": True}),
+            self.latency(False, name="deflate: per client", form=deflate_each,
+                         load=lambda topic: {"deflate": True}),
+        ]  # fmt: skip
+        base, narrowed, once, each = runs
+        _ratio(narrowed, base, "server CPU", "filtered / none")
+        _ratio(narrowed, base, "p99 ms", "filtered / none")
+        _ratio(once, base, "bytes/frame", "deflate / none")
+        _ratio(once, base, "server CPU", "deflate / none")
+        _ratio(each, once, "server CPU", "per client / once")
+        return runs
 
     def workers(self) -> list[Result]:
         """One server process, then two (WS_WORKERS=2), at a rate that saturates one."""
@@ -1045,6 +1103,13 @@ class Bench(StateScenarios):
         )
 
 
+def _ratio(mine: Result, base: Result, figure: str, label: str) -> None:
+    """Add ``figure, label`` to ``mine``: its figure over the same figure of ``base``."""
+    a, b = mine.figures.get(figure), base.figures.get(figure)
+    if isinstance(a, int | float) and isinstance(b, int | float) and b:
+        mine.figures[f"{figure}, {label}"] = round(a / b, 2)
+
+
 def _sample(samples: dict[Any, float], name: str, topic: str) -> float:
     """A metric's value for ``topic`` (any other labels summed)."""
     return sum(v for (n, labels), v in samples.items() if n == name and ("topic", topic) in labels)
@@ -1152,7 +1217,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 SCENARIOS = (
     "fanout", "baseline", "latency", "isolation", "connections", "replay", "policies", "hostile",
-    "workers", "state", "formats",
+    "workers", "state", "formats", "filters",
 )  # fmt: skip
 
 
@@ -1195,4 +1260,6 @@ def run(
                 results.extend(bench.state())
             elif name == "formats":
                 results.extend(bench.formats())
+            elif name == "filters":
+                results.extend(bench.filters())
     return results

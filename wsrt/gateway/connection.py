@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -93,6 +94,9 @@ class Connections:
         self.releases = Releases(hub, self._finished)
         #: WS_COMPRESSION=deflate: frames compressed once for every client that accepted it.
         self.deflater = Deflater() if settings.compression == "deflate" else None
+        #: What ``wsrt bench -s filters`` compares that with: each client's frames
+        #: compressed for it alone, as a per-connection compressor would.
+        self._deflate_each = os.environ.get("WSRT_BENCH_DEFLATE_PER_CLIENT") == "1"
 
     # -- delivery --------------------------------------------------------------
 
@@ -189,7 +193,7 @@ class Connections:
         )  # fmt: skip
         outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
         if self.deflater is not None and connection.deflate:
-            outlet.compress = self.deflater.chunk
+            outlet.compress = Deflater(keep=0).chunk if self._deflate_each else self.deflater.chunk
         connection.attach(outlet, on_failed=self._finished)
         return session, outlet
 
