@@ -228,3 +228,29 @@ def test_max_rate_with_a_filter_and_a_key_channel(hub: Hub) -> None:
     hub.publish([rec("lines", "a", 4, 1), rec("lines", "a", 5, 1)])
     hub.release(101.0)
     assert outlet.writes[-1].endswith(b'"channel":"lines:a","dropped":1}<lines:a:5>')
+
+
+def test_a_filtered_subscription_keeps_its_topics_policy_and_notices() -> None:
+    """A paused client of a conflate topic, filtered: the newest passing value per key, a
+    conflated notice on its channel; the gap notice of the topic reaches it too; equal
+    filters share a route, and unsubscribing one subscriber leaves the other's."""
+    from wsrt.filters import parse
+
+    hub = Hub(["book"], {"book": "conflate"})
+    odd = parse({"field": "partition", "eq": 1})
+    slow, quick, twin = MemoryOutlet(), MemoryOutlet(), MemoryOutlet()
+    for outlet in (slow, quick, twin):
+        hub.subscribe(outlet, "book", match=parse({"field": "partition", "eq": 1}))
+    slow.pause()
+    hub.publish([rec("book", "a", n, partition=n % 2) for n in range(1, 8)])
+    assert quick.received == b"<book:a:1><book:a:3><book:a:5><book:a:7>"
+    assert slow.received == b"" and slow.resume()
+    assert slow.received == (
+        text_frame(b'{"type":"conflated","channel":"book","dropped":3}') + b"<book:a:7>"
+    )
+    finished = hub.tell("book", 1, lambda channel, floor: text_frame(b"gap:" + channel.encode()))
+    assert finished == [] and quick.writes[-1] == text_frame(b"gap:book")
+    hub.unsubscribe(quick, "book")
+    hub.publish([rec("book", "b", 9, partition=1)])
+    assert twin.received.endswith(b"<book:b:9>") and not quick.received.endswith(b"<book:b:9>")
+    assert hub.subscription_count("book") == 2 and odd.canonical == b'{"eq":1,"field":"partition"}'
