@@ -515,15 +515,7 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
     stop = asyncio.Event()
     samples = [Sample(probe_every=p.get("probe_every", 0)) for _ in range(p["samplers"])]
     readies = [asyncio.Event() for _ in samples]
-    deflate = bool(p.get("deflate"))
-
-    def asks(n: int) -> str | None:
-        return subscribes[n % len(subscribes)] if subscribes else None
-
-    tasks = [
-        asyncio.ensure_future(sampler(url, p["token"], s, stop, r, asks(n), deflate))
-        for n, (s, r) in enumerate(zip(samples, readies, strict=True))
-    ]
+    tasks = _samplers(p, url, samples, readies, stop)
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
     emit({"event": "ready", "upgraded": totals.upgraded, "failed": totals.failed[:5]})
 
@@ -569,6 +561,26 @@ async def stream(p: dict[str, Any]) -> dict[str, Any]:
         if c.transport is not None:
             c.transport.abort()
     return result
+
+
+def _samplers(
+    p: dict[str, Any],
+    url: str,
+    samples: list[Sample],
+    readies: list[asyncio.Event],
+    stop: asyncio.Event,
+) -> list[asyncio.Future[None]]:
+    """The sampling clients' tasks (each sends its turn of ``subscribes``, if any)."""
+    subscribes: list[str] = p.get("subscribes") or []
+    deflate = bool(p.get("deflate"))
+
+    def asks(n: int) -> str | None:
+        return subscribes[n % len(subscribes)] if subscribes else None
+
+    return [
+        asyncio.ensure_future(sampler(url, p["token"], s, stop, r, asks(n), deflate))
+        for n, (s, r) in enumerate(zip(samples, readies, strict=True))
+    ]
 
 
 async def _open_readers(

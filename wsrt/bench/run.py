@@ -480,20 +480,7 @@ class ThroughputScenarios(Rig):
                 stages = [e for e in server.events if e.get("event") == "latency_sample"]
         if spy is not None:
             spy.wait(60)
-        delay = result["delay_ms"]
-        delivered, window = steady_rate(result["series"])
-        figures = {
-            "clients": result["connections"] + (1 if stalled else 0),
-            "frames/s": delivered, "msg/s": rate, "p50 ms": delay.get("p50"),
-            "p90 ms": delay.get("p90"), "p99 ms": delay.get("p99"), "max ms": delay.get("max"),
-            "server CPU": cpu.percent(window),
-            "bytes/frame": round(
-                total(after, "wsrt_bytes_sent_total")
-                / max(1.0, total(after, "wsrt_frames_delivered_total")), 1
-            ),
-        }  # fmt: skip
-        if isinstance(figures["server CPU"], int | float) and delivered:
-            figures["server CPU µs/frame"] = round(figures["server CPU"] * 1e4 / delivered, 2)
+        figures = _stream_figures(result, cpu, after, rate, stalled)
         figures.update(budget(stages, result["probes"], self.log_append))
         upgraded = ready["upgraded"] + samplers
         if not keep_up:
@@ -1107,6 +1094,27 @@ class Bench(StateScenarios):
                 "all still open": result["still_open"] == count,
             },
         )
+
+
+def _stream_figures(
+    result: dict[str, Any], cpu: CpuSampler, after: dict[Any, float], rate: float, stalled: bool
+) -> dict[str, Any]:
+    """The latency scenario's figures: rate, delay, CPU (also per frame), bytes per frame."""
+    delay = result["delay_ms"]
+    delivered, window = steady_rate(result["series"])
+    figures: dict[str, Any] = {
+        "clients": result["connections"] + (1 if stalled else 0),
+        "frames/s": delivered, "msg/s": rate, "p50 ms": delay.get("p50"),
+        "p90 ms": delay.get("p90"), "p99 ms": delay.get("p99"), "max ms": delay.get("max"),
+        "server CPU": cpu.percent(window),
+        "bytes/frame": round(
+            total(after, "wsrt_bytes_sent_total")
+            / max(1.0, total(after, "wsrt_frames_delivered_total")), 1
+        ),
+    }  # fmt: skip
+    if isinstance(figures["server CPU"], int | float) and delivered:
+        figures["server CPU µs/frame"] = round(figures["server CPU"] * 1e4 / delivered, 2)
+    return figures
 
 
 def _ratio(mine: Result, base: Result, figure: str, label: str) -> None:
