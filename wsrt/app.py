@@ -22,6 +22,7 @@ from wsrt.config import Settings
 from wsrt.gateway.server import Gateway
 from wsrt.health import Liveness, Readiness, Status
 from wsrt.hub import Hub
+from wsrt.jwks import KeySet
 from wsrt.kafka.offsets import Offsets
 from wsrt.kafka.replay import Replayer
 from wsrt.kafka.snapshot import Snapshots
@@ -39,6 +40,52 @@ def _force_exit(log: EventLogger, message: str) -> None:
     # Tasks that ignore cancellation (a client or broker that does not answer)
     # must not keep the process past its bound.
     os._exit(1)
+
+
+def _second_signal_exits(loop: asyncio.AbstractEventLoop, log: EventLogger) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _force_exit, log, "second signal: exiting now")
+
+
+def _verifier(settings: Settings) -> Verifier:
+    """HMAC with WS_AUTH_SECRET, and an identity provider's keys where configured."""
+    s = settings
+    assert s.auth_secret is not None
+    keys = None
+    if s.auth_jwks_url or s.auth_public_key_files:
+        keys = KeySet(s.auth_jwks_url, s.auth_public_key_files, min_refresh=s.auth_jwks_min_refresh)
+    return Verifier(
+        s.auth_secret, algorithms=s.auth_algorithms, audience=s.auth_audience,
+        leeway=s.auth_leeway, keys=keys, issuer=s.auth_issuer,
+    )  # fmt: skip
+
+
+async def _start_keys(
+    keys: KeySet | None, every: float, log: EventLogger
+) -> asyncio.Task[None] | None:
+    """Fetch the JWKS before the first token (if it answers), then every ``every`` s."""
+    if keys is None or keys.url is None:
+        return None
+    held = keys
+
+    def told(said: str | None) -> None:
+        if said:
+            log.warning("jwks_unavailable", "identity provider's keys unavailable", reason=said)
+        else:
+            log.info("jwks_available", "identity provider's keys fetched", keys=len(held.fetched))
+
+    async def refresh() -> None:
+        said = held.problem
+        while True:
+            await asyncio.sleep(every)  # pacing the periodic refresh
+            await held.refresh()
+            if held.problem != said:
+                said = held.problem
+                told(said)
+
+    await keys.refresh()
+    told(keys.problem)
+    return asyncio.create_task(refresh(), name="wsrt-jwks")
 
 
 def _source_ended(task: asyncio.Task[None], source: KafkaSource, log: EventLogger) -> None:
@@ -62,13 +109,11 @@ async def serve(
     ``worker``: this process is one of ``WS_WORKERS`` (:mod:`wsrt.workers`).
     """
     log = EventLogger()
-    assert settings.auth_secret is not None
     readiness = Readiness(log)
     loop = asyncio.get_running_loop()
     liveness = Liveness(2 * settings.kafka_stall, loop.time)
     hub = hub_factory(settings.kafka_topics, settings.topic_policies)
-    verifier = Verifier(settings.auth_secret, algorithms=settings.auth_algorithms,
-                        audience=settings.auth_audience, leeway=settings.auth_leeway)  # fmt: skip
+    verifier = _verifier(settings)
     stats = Stats()
     collector = Collector(stats, hub, readiness)
     metrics = Metrics(collector)
@@ -94,6 +139,7 @@ async def serve(
         gateway.siblings = Siblings(worker, gateway.health, lambda: metrics.render()[0])
         await gateway.siblings.start()
     open_files = raise_open_files()  # each connection is a file
+    refreshing = await _start_keys(verifier.keys, settings.auth_jwks_refresh, log)
     await gateway.start()
     log.info(
         "listening", "listening", version=__version__, host=settings.bind_host or "*",
@@ -103,8 +149,7 @@ async def serve(
     source.start().add_done_callback(lambda task: _source_ended(task, source, log))
 
     await stop.wait()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _force_exit, log, "second signal: exiting now")
+    _second_signal_exits(loop, log)
     readiness.set(Status.DRAINING, "shutting down")
     log.info(
         "shutdown_started", "shutting down", connections=gateway.connection_count,
@@ -114,6 +159,8 @@ async def serve(
         async with asyncio.timeout(settings.shutdown_timeout):
             await asyncio.gather(gateway.close_connections(), source.stop())
             await gateway.stop()
+            if refreshing is not None:
+                refreshing.cancel()
             await replayer.close()
             if gateway.siblings is not None:
                 await gateway.siblings.stop()

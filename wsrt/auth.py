@@ -20,6 +20,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from wsrt.errors import WsrtError
 from wsrt.filters import Filter, FilterError, both, parse
+from wsrt.jwks import ASYMMETRIC_ALGORITHMS, KeySet
 from wsrt.protocol import split_channel
 from wsrt.tokens import HMAC_ALGORITHMS, mint_token
 
@@ -27,7 +28,7 @@ from wsrt.tokens import HMAC_ALGORITHMS, mint_token
 # on every token.
 warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
-__all__ = ["AuthError", "Claims", "Verifier", "mint_token", "origin_allowed"]
+__all__ = ["UNKNOWN_KID", "AuthError", "Claims", "Verifier", "mint_token", "origin_allowed"]
 
 
 class AuthError(WsrtError):
@@ -76,7 +77,11 @@ class Claims:
         return False
 
 
+#: A provider token signed with a key the server does not hold (yet).
+UNKNOWN_KID = "unknown_kid"
+
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.InvalidIssuerError, "bad_issuer"),
     (jwt.ExpiredSignatureError, "expired"),
     (jwt.ImmatureSignatureError, "not_yet_valid"),
     (jwt.InvalidSignatureError, "bad_signature"),
@@ -95,7 +100,9 @@ _NO_TIMES = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
 
 
 class Verifier:
-    """Verifies HMAC JWTs with pinned algorithms (``none`` is never accepted)."""
+    """Verifies JWTs with pinned algorithms (``none`` is never accepted): HMAC ones with
+    the secret, an identity provider's (RS…, PS…, ES…, EdDSA) with ``keys`` by ``kid``,
+    and those with ``issuer`` as their ``iss`` when it is set."""
 
     def __init__(
         self,
@@ -104,15 +111,23 @@ class Verifier:
         algorithms: Iterable[str] = HMAC_ALGORITHMS[:1],
         audience: str | None = None,
         leeway: float = 0.0,
+        keys: KeySet | None = None,
+        issuer: str | None = None,
     ) -> None:
         self._secret = secret
-        self._algorithms = [a for a in algorithms if a in HMAC_ALGORITHMS]
+        known = (*HMAC_ALGORITHMS, *(ASYMMETRIC_ALGORITHMS if keys is not None else ()))
+        self._algorithms = [a for a in algorithms if a in known]
         if not self._algorithms:
-            raise ValueError("a Verifier needs at least one HMAC algorithm")
+            raise ValueError("a Verifier needs at least one algorithm it has keys for")
         self._audience = audience
         self.leeway = leeway
+        self.keys = keys
+        self._issuer = issuer
         required = ["sub", "aud"] if audience is not None else ["sub"]
         self._options: Any = {"require": required, "verify_aud": audience is not None}
+        self._provider_options: Any = {
+            **self._options, "require": [*required, *(["iss"] if issuer else [])],
+        }  # fmt: skip
 
     def verify(self, token: str) -> Claims:
         if not token:
@@ -121,26 +136,40 @@ class Verifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise AuthError("malformed", f"token is malformed: {exc}") from None
-        if header.get("alg") not in self._algorithms:
-            raise AuthError("bad_algorithm", f"algorithm {header.get('alg')!r} is not accepted")
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
+            raise AuthError("bad_algorithm", f"algorithm {algorithm!r} is not accepted")
+        key, issuer, options = self._secret, None, self._options
+        if algorithm not in HMAC_ALGORITHMS:  # an identity provider's: its key by kid
+            assert self.keys is not None
+            kid = header.get("kid")
+            if kid is not None and not isinstance(kid, str):
+                raise AuthError("malformed", "the kid header must be a string")
+            key = self.keys.key(kid, algorithm)
+            if key is None:
+                raise AuthError(UNKNOWN_KID, f"no {algorithm} key {kid!r} is known")
+            issuer, options = self._issuer, self._provider_options
         # The signature first, times not yet: PyJWT takes "exp": "1700000000"
         # (a string) for a date, RFC 7519 says a NumericDate is a JSON number.
-        payload = self._decode(token, {**self._options, **_NO_TIMES})
+        payload = self._decode(token, key, algorithm, issuer, {**options, **_NO_TIMES})
         for name in _TIME_CLAIMS:
             value = payload.get(name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
                 raise AuthError("bad_claim", f"the {name} claim must be a number (NumericDate)")
-        return claims_from_payload(self._decode(token, self._options))
+        return claims_from_payload(self._decode(token, key, algorithm, issuer, options))
 
-    def _decode(self, token: str, options: Any) -> dict[str, Any]:
+    def _decode(
+        self, token: str, key: Any, algorithm: str, issuer: str | None, options: Any
+    ) -> dict[str, Any]:
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,
-                self._secret,
-                algorithms=self._algorithms,
+                key,
+                algorithms=[algorithm],  # the one the header named, already allowed
                 audience=self._audience,
+                issuer=issuer,
                 leeway=self.leeway,
                 options=options,
             )

@@ -28,6 +28,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from wsrt.errors import ConfigError
+from wsrt.jwks import ASYMMETRIC_ALGORITHMS, read_pem_files
 from wsrt.outlet import POLICIES
 from wsrt.tokens import HMAC_ALGORITHMS
 from wsrt.wire import FORMATS, SCHEMA_FORMATS
@@ -217,13 +218,13 @@ def _workers(raw: str) -> int:
 
 
 def _algorithms(raw: str) -> tuple[str, ...]:
-    allowed = HMAC_ALGORITHMS
-    algorithms = tuple(a.upper() for a in _csv(raw))
+    allowed = {a.upper(): a for a in (*HMAC_ALGORITHMS, *ASYMMETRIC_ALGORITHMS)}
+    algorithms = tuple(allowed.get(a.upper(), a) for a in _csv(raw))
     if not algorithms:
-        raise ValueError("needs at least one of " + ", ".join(allowed))
+        raise ValueError("needs at least one of " + ", ".join(allowed.values()))
     for algorithm in algorithms:
-        if algorithm not in allowed:
-            raise ValueError(f"{algorithm!r} is not an HMAC algorithm ({', '.join(allowed)})")
+        if algorithm not in allowed.values():
+            raise ValueError(f"{algorithm!r} is not one of {', '.join(allowed.values())}")
     return algorithms
 
 
@@ -442,7 +443,21 @@ class Settings:
     auth_leeway: float = _var("WS_AUTH_LEEWAY_SECONDS", "0", _seconds_or_zero,
         "Clock-skew leeway for exp, nbf and iat.", _A)
     auth_algorithms: tuple[str, ...] = _var("WS_AUTH_ALGORITHMS", "HS256", _algorithms,
-        "Accepted JWT algorithms (HMAC only).", _A)
+        "Accepted JWT algorithms, never taken from the token: HS256/384/512 with "
+        "WS_AUTH_SECRET; RS*, PS*, ES*, EdDSA with an identity provider's keys.", _A)
+    auth_jwks_url: str | None = _var("WS_AUTH_JWKS_URL", "", _http_url,
+        "An identity provider's JWKS (its public keys by kid), e.g. "
+        "https://idp.example.com/realms/app/protocol/openid-connect/certs.", _A)
+    auth_public_key_files: tuple[str, ...] = _var("WS_AUTH_PUBLIC_KEY_FILES", "", _csv,
+        "PEM public keys tokens may be signed with (a file's kid is its name less the "
+        "extension).", _A)
+    auth_issuer: str | None = _var("WS_AUTH_ISSUER", "", _optional,
+        "Required iss of an identity provider's tokens.", _A)
+    auth_jwks_refresh: float = _var("WS_AUTH_JWKS_REFRESH_SECONDS", "300", _positive_seconds,
+        "How often the JWKS is fetched again.", _A)
+    auth_jwks_min_refresh: float = _var("WS_AUTH_JWKS_MIN_REFRESH_SECONDS", "10",
+        _positive_seconds,
+        "A token with an unknown kid fetches the JWKS at most this often.", _A)
     # -- client commands (tail, check, loadtest) --------------------------------
     url: str = _var("WS_URL", "ws://localhost:8080/ws", _ws_url,
         "Server URL for the client commands (tail, check, loadtest).", _C)
@@ -548,6 +563,7 @@ def _together(values: dict[str, Any], require_secret: bool) -> list[str]:
             f"WS_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
             "use a long random secret in production"
         )
+    _provider_together(values)
     served = values["kafka_topics"]
     for name, named in (
         ("WS_TOPIC_POLICIES", [t for t, _ in values["topic_policy_overrides"]]),
@@ -574,6 +590,27 @@ def _together(values: dict[str, Any], require_secret: bool) -> list[str]:
         )
     _sasl_together(values)
     return warnings
+
+
+def _provider_together(values: dict[str, Any]) -> None:
+    """Asymmetric algorithms need an identity provider's keys, and its keys an algorithm."""
+    keyed = values["auth_jwks_url"] or values["auth_public_key_files"]
+    asymmetric = [a for a in values["auth_algorithms"] if a in ASYMMETRIC_ALGORITHMS]
+    if asymmetric and not keyed:
+        raise ConfigError(
+            "WS_AUTH_ALGORITHMS",
+            f"names {asymmetric[0]}, which needs WS_AUTH_JWKS_URL or WS_AUTH_PUBLIC_KEY_FILES",
+        )
+    if keyed and not asymmetric:
+        raise ConfigError(
+            "WS_AUTH_ALGORITHMS",
+            "has no identity provider's algorithm (e.g. RS256) for WS_AUTH_JWKS_URL or "
+            "WS_AUTH_PUBLIC_KEY_FILES",
+        )
+    try:
+        read_pem_files(values["auth_public_key_files"])
+    except ValueError as exc:
+        raise ConfigError("WS_AUTH_PUBLIC_KEY_FILES", str(exc)) from None
 
 
 def _sasl_together(values: dict[str, Any]) -> None:

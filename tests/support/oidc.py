@@ -56,12 +56,25 @@ def _event(line: str) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"event": "raw", "message": line.rstrip()}
 
 
-class Issuer:
-    """oidc-provider on ``127.0.0.1:port``, its tokens valid ``ttl`` seconds."""
+def signing_key(kid: str) -> dict[str, Any]:
+    """A new RSA private key as a JWK with ``kid`` (for :attr:`Issuer.keys`)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
 
-    def __init__(self, ttl: int = 300) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk: dict[str, Any] = RSAAlgorithm.to_jwk(key, as_dict=True)
+    return {**jwk, "kid": kid, "alg": "RS256", "use": "sig"}
+
+
+class Issuer:
+    """oidc-provider on ``127.0.0.1:port``, its tokens valid ``ttl`` seconds; ``keys``
+    (private JWKs, the first signing) replace its development key; set it again and
+    restart to rotate."""
+
+    def __init__(self, ttl: int = 300, keys: list[dict[str, Any]] | None = None) -> None:
         self.port = free_port()
         self.ttl = ttl
+        self.keys = keys
         self.child: Child[dict[str, Any]] | None = None
 
     @property
@@ -85,6 +98,8 @@ class Issuer:
             "TOKEN_TTL": str(self.ttl), "CLIENT_ID": CLIENT_ID, "CLIENT_SECRET": CLIENT_SECRET,
             "AUDIENCE": AUDIENCE,
         }  # fmt: skip
+        if self.keys:
+            env["JWKS"] = json.dumps({"keys": self.keys})
         node = shutil.which("node")
         assert node is not None
         self.child = Child([node, str(script)], parse=_event, env=env, cwd=home, merge_stderr=True)
@@ -94,6 +109,21 @@ class Issuer:
             self.stop()
             raise BrokerError(f"the OAuth issuer did not start: {lines[-20:]}")
         return self
+
+    def token(self) -> str:
+        """An access token the way an app gets one: client credentials at ``/token``."""
+        import base64
+        import urllib.request
+
+        basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        request = urllib.request.Request(
+            self.token_url, data=b"grant_type=client_credentials",
+            headers={"Authorization": f"Basic {basic}",
+                     "Content-Type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            token: str = json.load(answer)["access_token"]
+        return token
 
     def tokens(self) -> int:
         """Tokens granted so far."""

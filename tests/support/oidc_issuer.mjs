@@ -10,6 +10,9 @@ const ttl = Number(process.env.TOKEN_TTL || 300);
 const audience = process.env.AUDIENCE || 'kafka';
 
 const provider = new Provider(issuer, {
+  // Signing keys (private JWKs) given by the test, the first of each type signing:
+  // a restart with a new key first and the old one after is a key rotation.
+  ...(process.env.JWKS ? { jwks: JSON.parse(process.env.JWKS) } : {}),
   clients: [{
     client_id: process.env.CLIENT_ID,
     client_secret: process.env.CLIENT_SECRET,

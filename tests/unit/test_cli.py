@@ -60,9 +60,43 @@ def test_token_filter_becomes_the_filters_claim_the_server_reads() -> None:
     )
 
 
+def test_token_signs_with_a_private_key_as_a_provider_would(tmp_path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    keys = {
+        "rsa.pem": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ec.pem": ec.generate_private_key(ec.SECP256R1()),
+    }
+    for name, key in keys.items():
+        (tmp_path / name).write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))  # fmt: skip
+    for name, algorithm in (("rsa.pem", "RS256"), ("ec.pem", "ES256")):
+        result = runner.invoke(
+            app, ["token", "u", "--private-key", str(tmp_path / name), "--kid", "k1",
+                  "--issuer", "https://idp", "--ttl", "60"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        token = result.stdout.strip()
+        assert jwt.get_unverified_header(token) == {"alg": algorithm, "kid": "k1", "typ": "JWT"}
+        claims = jwt.decode(
+            token, keys[name].public_key(), algorithms=[algorithm], issuer="https://idp"
+        )
+        assert claims["sub"] == "u" and 55 <= claims["exp"] - time.time() <= 61
+    wrong = runner.invoke(
+        app, ["token", "u", "--private-key", str(tmp_path / "ec.pem"), "--algorithm", "RS256"]
+    )
+    assert wrong.exit_code == 2 and "does not go with this key" in wrong.stderr
+    (tmp_path / "junk.pem").write_text("junk")
+    junk = runner.invoke(app, ["token", "u", "--private-key", str(tmp_path / "junk.pem")])
+    assert junk.exit_code == 2 and "is not a PEM private key" in junk.stderr
+
+
 @pytest.mark.parametrize(
     "args",
-    [["--claim", "novalue"], ["--ttl", "-1"], ["--algorithm", "none"], ["--filter", "orders"],
+    [["--kid", "k"], ["--claim", "novalue"], ["--ttl", "-1"], ["--algorithm", "none"], ["--filter", "orders"],
      ["--filter", "orders={"], ["--filter", 'orders={"field":"x","eq":1}']],
 )  # fmt: skip
 def test_token_usage_errors_exit_2(args: list[str]) -> None:
@@ -92,6 +126,18 @@ def run_serve(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess[str]
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_POLICIES": "trades=drop"}, "WS_TOPIC_POLICIES"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_POLICIES": "lines=fast"}, "WS_TOPIC_POLICIES"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_FORMATS": "lines=proto"}, "WS_TOPIC_FORMATS"),
+        ({"WS_AUTH_SECRET": "x" * 32, "WS_AUTH_ALGORITHMS": "RS256"}, "WS_AUTH_ALGORITHMS"),
+        ({"WS_AUTH_SECRET": "x" * 32, "WS_AUTH_ALGORITHMS": "none"}, "WS_AUTH_ALGORITHMS"),
+        ({"WS_AUTH_SECRET": "x" * 32, "WS_AUTH_JWKS_URL": "http://idp/jwks"}, "WS_AUTH_ALGORITHMS"),
+        ({"WS_AUTH_SECRET": "x" * 32, "WS_AUTH_JWKS_URL": "ftp://idp/jwks"}, "WS_AUTH_JWKS_URL"),
+        (
+            {
+                "WS_AUTH_SECRET": "x" * 32,
+                "WS_AUTH_ALGORITHMS": "ES256",
+                "WS_AUTH_PUBLIC_KEY_FILES": "/nowhere/idp.pem",
+            },
+            "WS_AUTH_PUBLIC_KEY_FILES",
+        ),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_FORMATS": "lines=avro"}, "WS_SCHEMA_REGISTRY_URL"),
         ({"WS_AUTH_SECRET": "x" * 32, "WS_TOPIC_FORMATS": "trades=bytes"}, "WS_TOPIC_FORMATS"),
         (

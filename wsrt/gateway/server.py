@@ -8,13 +8,14 @@ upgrade; admitted connections are served by
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 
 from websockets.asyncio.server import Server
 from websockets.http11 import Request, Response
 
 from wsrt import protocol
-from wsrt.auth import Verifier
+from wsrt.auth import UNKNOWN_KID, Verifier
 from wsrt.config import Settings
 from wsrt.gateway import ws_adapter
 from wsrt.gateway.admission import NOT_FOUND, Admit, Endpoint, Reject, Target, admit
@@ -95,20 +96,45 @@ class Gateway:
 
     def _process_request(
         self, connection: Connection, request: Request
-    ) -> Response | Awaitable[Response] | None:
+    ) -> Response | Awaitable[Response | None] | None:
         path = request.path.partition("?")[0]
         asset = self.assets.get(path, request.headers.get("If-None-Match"))
         if asset is not None:
             return ws_adapter.response(asset.status, asset.body, None, asset.headers)
         if path == Target.CHANNELS.value and not self.settings.console:
             return ws_adapter.text_response(NOT_FOUND.status, NOT_FOUND.body)
-        decision = admit(
+        decision = self._admit(request)
+        keys = self.verifier.keys
+        unknown = isinstance(decision, Reject) and decision.reason == UNKNOWN_KID
+        if unknown and keys is not None and keys.may_refresh():
+            # A key the provider rotated in: ask it, then decide.
+            return self._after_refresh(connection, request, path)
+        return self._respond(connection, request, path, decision)
+
+    def _admit(self, request: Request) -> Endpoint | Reject | Admit:
+        return admit(
             request.path,
             request.headers,
             draining=self.readiness.draining,
             allowed_origins=self.settings.allowed_origins,
             verifier=self.verifier,
         )
+
+    async def _after_refresh(
+        self, connection: Connection, request: Request, path: str
+    ) -> Response | None:
+        assert self.verifier.keys is not None
+        await self.verifier.keys.refresh(asked=True)
+        answer = self._respond(connection, request, path, self._admit(request))
+        return await answer if inspect.isawaitable(answer) else answer
+
+    def _respond(
+        self,
+        connection: Connection,
+        request: Request,
+        path: str,
+        decision: Endpoint | Reject | Admit,
+    ) -> Response | Awaitable[Response | None] | None:
         if isinstance(decision, Admit):
             if decision.target is Target.UPGRADE:
                 connection.admitted = decision
@@ -151,6 +177,9 @@ class Gateway:
         if r.reason:  # also when ready: a cluster serving every partition with a broker away
             body["reason"] = r.reason
         body["connections"] = self.connection_count
+        keys = self.verifier.keys
+        if keys is not None and keys.problem:  # the cached keys still verify meanwhile
+            body["auth"] = keys.problem
         return body
 
     async def _node_health(self) -> Response:

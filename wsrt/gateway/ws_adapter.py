@@ -138,7 +138,7 @@ class Connection(ServerConnection):
         return write_frames
 
 
-ProcessRequest = Callable[[Connection, Request], Response | Awaitable[Response] | None]
+ProcessRequest = Callable[[Connection, Request], Response | Awaitable[Response | None] | None]
 
 
 #: Pending connections the kernel queues before accept (capped by net.core.somaxconn).
