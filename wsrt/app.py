@@ -30,6 +30,7 @@ from wsrt.kafka.source import KafkaSource
 from wsrt.logs import EventLogger
 from wsrt.metrics import Collector, Metrics, Stats
 from wsrt.process import raise_open_files
+from wsrt.revocation import RevocationFeed, Revocations
 from wsrt.workers import Siblings, WorkerSpec
 
 
@@ -58,6 +59,32 @@ def _verifier(settings: Settings) -> Verifier:
         s.auth_secret, algorithms=s.auth_algorithms, audience=s.auth_audience,
         leeway=s.auth_leeway, keys=keys, issuer=s.auth_issuer,
     )  # fmt: skip
+
+
+async def _start_auth(
+    settings: Settings, verifier: Verifier, gateway: Gateway, log: EventLogger
+) -> list[asyncio.Task[None]]:
+    """The identity provider's keys and the revocation topic, read before the first
+    connection (each within WS_KAFKA_START_TIMEOUT_SECONDS), then kept up by tasks."""
+    tasks = []
+    refreshing = await _start_keys(verifier.keys, settings.auth_jwks_refresh, log)
+    if refreshing is not None:
+        tasks.append(refreshing)
+    if settings.auth_revocation_topic:
+        revocations = verifier.revocations = Revocations()
+        sessions = gateway.connections.sessions
+        feed = RevocationFeed(
+            settings, revocations, lambda: sessions.close_revoked(revocations), log
+        )
+        tasks.append(asyncio.create_task(feed.run(), name="wsrt-revocations"))
+        try:
+            await asyncio.wait_for(feed.loaded.wait(), settings.kafka_start_timeout)
+        except TimeoutError:
+            log.warning(
+                "revocations_late", "serving before the revocation topic was read to its end",
+                topic=settings.auth_revocation_topic,
+            )  # fmt: skip
+    return tasks
 
 
 async def _start_keys(
@@ -139,7 +166,7 @@ async def serve(
         gateway.siblings = Siblings(worker, gateway.health, lambda: metrics.render()[0])
         await gateway.siblings.start()
     open_files = raise_open_files()  # each connection is a file
-    refreshing = await _start_keys(verifier.keys, settings.auth_jwks_refresh, log)
+    background = await _start_auth(settings, verifier, gateway, log)
     await gateway.start()
     log.info(
         "listening", "listening", version=__version__, host=settings.bind_host or "*",
@@ -159,8 +186,8 @@ async def serve(
         async with asyncio.timeout(settings.shutdown_timeout):
             await asyncio.gather(gateway.close_connections(), source.stop())
             await gateway.stop()
-            if refreshing is not None:
-                refreshing.cancel()
+            for task in background:
+                task.cancel()
             await replayer.close()
             if gateway.siblings is not None:
                 await gateway.siblings.stop()

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
@@ -21,6 +21,9 @@ from jwt.warnings import InsecureKeyLengthWarning
 from wsrt.errors import WsrtError
 from wsrt.filters import Filter, FilterError, both, parse
 from wsrt.jwks import ASYMMETRIC_ALGORITHMS, KeySet
+
+if TYPE_CHECKING:
+    from wsrt.revocation import Revocations
 from wsrt.protocol import split_channel
 from wsrt.tokens import HMAC_ALGORITHMS, mint_token
 
@@ -52,6 +55,9 @@ class Claims:
     #: The ``filters`` claim: topic pattern → the filter every subscription to a matching
     #: topic is AND-ed with (docs/protocol.md, "Filters").
     filters: tuple[tuple[str, Filter], ...] = ()
+    #: ``jti`` and ``iat``, for revocations (wsrt/revocation.py).
+    token_id: str | None = None
+    issued_at: float | None = None
 
     def filter_for(self, topic: str) -> Filter | None:
         """What the token imposes on ``topic`` (every matching pattern's filter, AND-ed)."""
@@ -123,6 +129,8 @@ class Verifier:
         self.leeway = leeway
         self.keys = keys
         self._issuer = issuer
+        #: WS_AUTH_REVOCATION_TOPIC's revocations, once the server reads them.
+        self.revocations: Revocations | None = None
         required = ["sub", "aud"] if audience is not None else ["sub"]
         self._options: Any = {"require": required, "verify_aud": audience is not None}
         self._provider_options: Any = {
@@ -158,7 +166,13 @@ class Verifier:
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
                 raise AuthError("bad_claim", f"the {name} claim must be a number (NumericDate)")
-        return claims_from_payload(self._decode(token, key, algorithm, issuer, options))
+        claims = claims_from_payload(self._decode(token, key, algorithm, issuer, options))
+        revoked = self.revocations
+        if revoked is not None and revoked.revoked(
+            claims.subject, claims.token_id, claims.issued_at
+        ):
+            raise AuthError("revoked", "the token was revoked")
+        return claims
 
     def _decode(
         self, token: str, key: Any, algorithm: str, issuer: str | None, options: Any
@@ -196,6 +210,8 @@ def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
         expires_at=int(exp) if exp is not None else None,
         channels=tuple(channels) if channels is not None else None,
         filters=_claimed_filters(payload.get("filters")),
+        token_id=payload["jti"] if isinstance(payload.get("jti"), str) else None,
+        issued_at=payload.get("iat") if isinstance(payload.get("iat"), int | float) else None,
     )
 
 

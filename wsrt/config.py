@@ -453,6 +453,9 @@ class Settings:
         "extension).", _A)
     auth_issuer: str | None = _var("WS_AUTH_ISSUER", "", _optional,
         "Required iss of an identity provider's tokens.", _A)
+    auth_revocation_topic: str | None = _var("WS_AUTH_REVOCATION_TOPIC", "", _optional,
+        "Kafka topic of revocations ({\"sub\":…} or {\"jti\":…} with an exp): matching "
+        "connections close 1008 token revoked and the tokens are refused until exp.", _A)
     auth_jwks_refresh: float = _var("WS_AUTH_JWKS_REFRESH_SECONDS", "300", _positive_seconds,
         "How often the JWKS is fetched again.", _A)
     auth_jwks_min_refresh: float = _var("WS_AUTH_JWKS_MIN_REFRESH_SECONDS", "10",

@@ -39,7 +39,8 @@ RECENT_WINDOW_SECONDS = 300.0
 RESTART_REASONS = ("stalled", "loop_stalled", "error")
 
 CLOSE_REASONS = (
-    "normal", "client_going_away", "slow_consumer", "token_expired", "shutdown", "policy", "error",
+    "normal", "client_going_away", "slow_consumer", "token_expired", "token_revoked", "shutdown",
+    "policy", "error",
 )  # fmt: skip
 
 
@@ -53,6 +54,8 @@ def close_reason(code: int | None, reason: str | None, by_server: bool = True) -
         return "slow_consumer"
     if reason == protocol.REASON_TOKEN_EXPIRED:
         return "token_expired"
+    if reason == protocol.REASON_TOKEN_REVOKED:
+        return "token_revoked"
     if code == protocol.CLOSE_GOING_AWAY:
         return "shutdown" if by_server else "client_going_away"
     if code in (protocol.CLOSE_NORMAL, protocol.CLOSE_NO_STATUS):

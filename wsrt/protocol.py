@@ -36,6 +36,7 @@ CLOSE_INTERNAL_ERROR = 1011
 # Close reasons the server sends, which clients and metrics recognise.
 REASON_SLOW_CONSUMER = "slow consumer"
 REASON_TOKEN_EXPIRED = "token expired"
+REASON_TOKEN_REVOKED = "token revoked"
 REASON_SHUTDOWN = "server shutting down"
 REASON_WRITE_FAILED = "internal error"
 

@@ -37,6 +37,7 @@ from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats, close_reason
 from wsrt.outlet import SLOW_CONSUMER, Outlet, Record
 from wsrt.protocol import ProtocolError
+from wsrt.revocation import Revocations
 from wsrt.session import Effects, Replay, Session
 from wsrt.state import State
 from wsrt.wire import text_frame
@@ -70,6 +71,41 @@ class Releases:
         self.schedule()
 
 
+def compressor(settings: Settings) -> Callable[[], Callable[[bytes], bytes]] | None:
+    """WS_COMPRESSION=deflate: each client's compressor: one shared :class:`Deflater`, each
+    frame compressed once. (``WSRT_BENCH_DEFLATE_PER_CLIENT=1``: one each, what ``wsrt
+    bench -s filters`` compares that with, as a per-connection compressor would.)"""
+    if settings.compression != "deflate":
+        return None
+    if os.environ.get("WSRT_BENCH_DEFLATE_PER_CLIENT") == "1":
+        return lambda: Deflater(keep=0).chunk
+    shared = Deflater()
+    return lambda: shared.chunk
+
+
+class Sessions:
+    """Every open connection's session: whose token a revocation names."""
+
+    def __init__(self, log: EventLogger, close: Callable[[Connection, int, str], None]) -> None:
+        self.log = log
+        self.close = close
+        self.open: dict[Connection, Session] = {}
+
+    def close_revoked(self, revocations: Revocations) -> None:
+        """Close (1008 ``token revoked``) each connection whose token is revoked now."""
+        for connection, session in list(self.open.items()):
+            c = session.claims
+            if revocations.revoked(c.subject, c.token_id, c.issued_at):
+                del self.open[connection]
+                self.log.info(
+                    "token_revoked", "closing a connection whose token was revoked",
+                    subject=c.subject, remote=ws_adapter.remote(connection),
+                )  # fmt: skip
+                self.close(
+                    connection, protocol.CLOSE_POLICY_VIOLATION, protocol.REASON_TOKEN_REVOKED
+                )
+
+
 class Connections:
     def __init__(
         self,
@@ -92,11 +128,10 @@ class Connections:
         self._slow = RateLimited(log, interval=1.0)
         #: Wakes the hub when a ``max_rate`` value held back may go.
         self.releases = Releases(hub, self._finished)
-        #: WS_COMPRESSION=deflate: frames compressed once for every client that accepted it.
-        self.deflater = Deflater() if settings.compression == "deflate" else None
-        #: What ``wsrt bench -s filters`` compares that with: each client's frames
-        #: compressed for it alone, as a per-connection compressor would.
-        self._deflate_each = os.environ.get("WSRT_BENCH_DEFLATE_PER_CLIENT") == "1"
+        #: Every open connection's session (whose token a revocation may name).
+        self.sessions = Sessions(log, self._close_soon)
+        #: WS_COMPRESSION=deflate: what compresses a client's frames, if it accepted.
+        self.compressor = compressor(settings)
 
     # -- delivery --------------------------------------------------------------
 
@@ -192,8 +227,8 @@ class Connections:
             max_filter_bytes=s.max_filter_bytes,
         )  # fmt: skip
         outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
-        if self.deflater is not None and connection.deflate:
-            outlet.compress = Deflater(keep=0).chunk if self._deflate_each else self.deflater.chunk
+        if self.compressor is not None and connection.deflate:
+            outlet.compress = self.compressor()
         connection.attach(outlet, on_failed=self._finished)
         return session, outlet
 
@@ -205,6 +240,7 @@ class Connections:
         ws_adapter.forget_handshake_headers(connection)
         loop = asyncio.get_running_loop()
         session, outlet = self._session(connection, admitted.claims, loop.time())
+        self.sessions.open[connection] = session
         # What the client's own requests log (subscribe, unsubscribe) is at
         # DEBUG: a burst of CONTROL_LOG_BURST, then CONTROL_LOG_PER_S a second.
         control_log = RateLimited(self.log, interval=1 / CONTROL_LOG_PER_S, burst=CONTROL_LOG_BURST)
@@ -244,6 +280,7 @@ class Connections:
                 task.cancel()
             outlet.close()
             self.hub.remove(outlet)
+            self.sessions.open.pop(connection, None)
             await connection.wait_closed()
             code, reason, by_server = ws_adapter.close_info(connection)
             self.stats.connections_closed[close_reason(code, reason, by_server)] += 1
@@ -363,7 +400,7 @@ class Connections:
         if expires_at is None:
             return None
         delay = max(0.0, expires_at + self.verifier.leeway - time.time())
+        code, reason = protocol.CLOSE_POLICY_VIOLATION, protocol.REASON_TOKEN_EXPIRED
         return asyncio.get_running_loop().call_later(
-            delay, self._close_soon, connection, protocol.CLOSE_POLICY_VIOLATION,
-            protocol.REASON_TOKEN_EXPIRED,
-        )  # fmt: skip
+            delay, self._close_soon, connection, code, reason
+        )
