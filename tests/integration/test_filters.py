@@ -97,6 +97,21 @@ async def until_pong(ws: Any) -> list[tuple[int, int]]:
         got.append((frame["partition"], frame["offset"]))
 
 
+async def live_at(server: Any, topic: str, where: dict[int, tuple[int, int]]) -> None:
+    """Until the server's live stream stands after every record of ``where`` (a snapshot's
+    ``positions`` say where it stands): its state holds them all. A broker may report a
+    record's end offset a moment after acknowledging it."""
+    ends: dict[str, int] = {}
+    for partition, offset in where.values():
+        ends[str(partition)] = max(ends.get(str(partition), 0), offset + 1)
+    async with asyncio.timeout(30):
+        while True:
+            async with websockets.connect(server.url, additional_headers=auth()) as ws:
+                reply, _, _ = await snapshot(ws, topic)
+            if all(reply["positions"].get(p, 0) >= end for p, end in ends.items()):
+                return
+
+
 def in_order(frames: list[dict[str, Any]]) -> bool:
     by_partition: dict[int, list[int]] = {}
     for f in frames:
@@ -179,6 +194,7 @@ async def test_a_snapshot_under_a_filter_holds_the_newest_passing_value_per_key(
     where = await produce(producer, topic, range(40), by_key=True)
     newest = {record(n)["key"]: n for n in range(40)}  # key → its newest record
     expression = {"field": "data.odds", "gte": 2.5}
+    await live_at(server, topic, where)
     async with websockets.connect(server.url, additional_headers=auth()) as ws:
         _, frames, end = await snapshot(ws, topic, filter=expression)
     passing = sorted(where[n] for n in newest.values() if reference(expression, record(n)))
@@ -214,6 +230,7 @@ async def test_a_claim_filter_cannot_be_widened(make_topics, servers, producer) 
             assert await until_pong(ws) == []
         assert sorted((m["partition"], m["offset"]) for m in got) == want, (channel, fields)
 
+    await live_at(server, topic, where)
     async with websockets.connect(server.url, additional_headers=headers) as ws:
         _, frames, _ = await snapshot(ws, topic)
         live_reply = await subscribe(ws, f"{topic}:EVT-2")  # overlaps: refused, not widened
