@@ -90,7 +90,8 @@ async def _start_auth(
 async def _start_keys(
     keys: KeySet | None, every: float, log: EventLogger
 ) -> asyncio.Task[None] | None:
-    """Fetch the JWKS before the first token (if it answers), then every ``every`` s."""
+    """Fetch the JWKS before the first token (if it answers), then every ``every`` s; each
+    change of its health is logged once."""
     if keys is None or keys.url is None:
         return None
     held = keys
@@ -102,16 +103,14 @@ async def _start_keys(
             log.info("jwks_available", "identity provider's keys fetched", keys=len(held.fetched))
 
     async def refresh() -> None:
-        said = held.problem
         while True:
             await asyncio.sleep(every)  # pacing the periodic refresh
             await held.refresh()
-            if held.problem != said:
-                said = held.problem
-                told(said)
 
+    keys.changed = told
     await keys.refresh()
-    told(keys.problem)
+    if keys.problem is None:
+        told(None)
     return asyncio.create_task(refresh(), name="wsrt-jwks")
 
 

@@ -107,6 +107,8 @@ class KeySet:
         self.fetched: dict[str, Any] = {}
         #: Why the last fetch failed (``None``: it did not, or none was needed).
         self.problem: str | None = None
+        #: Told each change of :attr:`problem` (the server logs it).
+        self.changed: Callable[[str | None], None] | None = None
         self.fetches = 0
         #: When a token with an unknown kid last made the set fetch (the periodic
         #: fetches do not count: a key rotated in just after one is asked for at once).
@@ -147,17 +149,17 @@ class KeySet:
     async def _fetch(self) -> None:
         assert self.url is not None
         self.fetches += 1
+        before = self.problem
         try:
             text = await asyncio.to_thread(self._get, self.url)
-            keys = parse_jwks(text)
+            self.fetched = parse_jwks(text)
+            self.problem = None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             self.problem = f"cannot reach the JWKS at {self.url}: {unreachable_words(exc)}"
-            return
         except ValueError as exc:
             self.problem = f"the JWKS at {self.url} is not usable: {exc}"
-            return
-        self.fetched = keys
-        self.problem = None
+        if self.problem != before and self.changed is not None:
+            self.changed(self.problem)
 
     def _get(self, url: str) -> bytes:
         request = urllib.request.Request(url, headers={"Accept": "application/json"})

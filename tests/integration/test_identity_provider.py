@@ -3,8 +3,9 @@
 The app's way: client credentials at the provider's token endpoint, an RS256
 access token, its ``kid`` looked up in the provider's JWKS as the provider
 serves it. A key rotation while a client is connected: the old token's
-connection stays, a new token (new ``kid``) is accepted at once; the
-provider away: cached keys keep working and ``/healthz`` says so.
+connection stays (and takes the new token by ``refresh``), a new token (new
+``kid``) is accepted at once; the provider away: cached keys keep working and
+``/healthz`` says so.
 """
 
 from __future__ import annotations
@@ -55,11 +56,14 @@ async def test_provider_tokens_through_a_key_rotation_and_an_outage(
     make_topics, servers, producer
 ) -> None:
     (topic,) = await make_topics("provider")
-    old, new = signing_key("key-1"), signing_key("key-2")
+    old, new, newer = signing_key("key-1"), signing_key("key-2"), signing_key("key-3")
     issuer = Issuer(keys=[old])
     issuer.start()
     try:
-        server = servers([topic], provider_env(issuer))
+        # No periodic fetch in the test's time: only tokens with an unknown kid fetch.
+        env = {**provider_env(issuer), "WS_AUTH_JWKS_REFRESH_SECONDS": "300",
+               "WS_AUTH_JWKS_MIN_REFRESH_SECONDS": "0.1"}  # fmt: skip
+        server = servers([topic], env)
         first = await asyncio.to_thread(issuer.token)
         header = jwt.get_unverified_header(first)
         assert header["alg"] == "RS256" and header["kid"] == "key-1"
@@ -85,15 +89,29 @@ async def test_provider_tokens_through_a_key_rotation_and_an_outage(
                     message = await next_json(ws)
                     assert message["type"] == "message" and message["data"] == {"n": 1}
 
-            mark = server.mark()  # an earlier outage (the restart) does not count
+            issuer.stop()
+            issuer.keys = [newer, new, old]  # rotated again: key-3 signs
+            issuer.start()
+            third = await asyncio.to_thread(issuer.token)
+            await before.send(json.dumps({"type": "refresh", "token": third, "id": "r"}))
+            refreshed = await next_json(before)  # the open connection takes the new token
+            expires = jwt.decode(third, options={"verify_signature": False})["exp"]
+            assert refreshed == {"type": "refreshed", "exp": expires, "id": "r"}, refreshed
+
+            mark = server.mark()
             issuer.stop()  # the provider away: the keys held keep working
+            stranger = jwt.encode(
+                {"sub": "x", "iss": issuer.url}, jwt.PyJWK(signing_key("k")).key,
+                algorithm="RS256", headers={"kid": "key-9"},
+            )  # fmt: skip
+            assert await refused(url, stranger) == (401, "unauthorized: unknown_kid")
             said = await asyncio.to_thread(
                 server.wait_for, "jwks_unavailable", lambda e: True, 30, mark
             )
             assert "cannot reach the JWKS" in said["reason"]
             assert health(server)["auth"].startswith(f"cannot reach the JWKS at {issuer.jwks_url}")
             async with websockets.connect(
-                url, additional_headers={"Authorization": f"Bearer {second}"}
+                url, additional_headers={"Authorization": f"Bearer {third}"}
             ) as during:
                 assert (await next_json(during))["type"] == "subscribed"
     finally:

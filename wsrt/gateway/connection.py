@@ -22,6 +22,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
+import jwt
+import orjson
 from websockets.exceptions import ConnectionClosed
 
 from wsrt import protocol
@@ -32,6 +34,7 @@ from wsrt.deflate import Deflater
 from wsrt.gateway import ws_adapter
 from wsrt.gateway.ws_adapter import Connection
 from wsrt.hub import Gate, Hub
+from wsrt.jwks import ASYMMETRIC_ALGORITHMS
 from wsrt.kafka.replay import Replayer, ReplayJob
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats, close_reason
@@ -69,6 +72,22 @@ class Releases:
         for outlet in self.hub.release(time.monotonic()):
             self.finished(outlet)
         self.schedule()
+
+
+async def key_for_refresh(verifier: Verifier, message: str) -> None:
+    """A ``refresh`` with a provider token of a ``kid`` not held: fetch the JWKS first (as
+    an upgrade would), so the session's synchronous verification finds a rotated key."""
+    keys = verifier.keys
+    if keys is None or '"refresh"' not in message or not keys.may_refresh():
+        return
+    try:
+        given = orjson.loads(message).get("token")
+        header = jwt.get_unverified_header(given) if isinstance(given, str) else {}
+    except (orjson.JSONDecodeError, AttributeError, jwt.PyJWTError):
+        return  # the session answers what is wrong with it
+    kid, algorithm = header.get("kid"), header.get("alg")
+    if isinstance(kid, str) and algorithm in ASYMMETRIC_ALGORITHMS and not keys.key(kid, algorithm):
+        await keys.refresh(asked=True)
 
 
 def compressor(settings: Settings) -> Callable[[], Callable[[bytes], bytes]] | None:
@@ -264,6 +283,7 @@ class Connections:
                         protocol.CLOSE_UNSUPPORTED_DATA, "binary frames are not supported"
                     )
                     return
+                await key_for_refresh(self.verifier, message)
                 effects = session.handle(message, loop.time())
                 if effects.refreshed:
                     if expiry is not None:
