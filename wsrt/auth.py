@@ -25,6 +25,7 @@ from wsrt.jwks import ASYMMETRIC_ALGORITHMS, KeySet
 if TYPE_CHECKING:
     from wsrt.revocation import Revocations
 from wsrt.protocol import split_channel
+from wsrt.refusals import Accepts, explain
 from wsrt.tokens import HMAC_ALGORITHMS, mint_token
 
 # The configuration warns once about a short WS_AUTH_SECRET; PyJWT would warn
@@ -173,6 +174,11 @@ class Verifier:
         ):
             raise AuthError("revoked", "the token was revoked")
         return claims
+
+    def explain(self, token: str, error: AuthError) -> str:
+        """Why ``token`` got ``error``, in plain words for a person (``/ws/check``)."""
+        accepts = Accepts(self._algorithms, self._audience, self._issuer, self.keys, self.leeway)
+        return explain(token, error.reason, error.detail, accepts)
 
     def _decode(
         self, token: str, key: Any, algorithm: str, issuer: str | None, options: Any

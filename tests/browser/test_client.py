@@ -37,7 +37,8 @@ HARNESS = """async (module) => {
     t.clients[name] = connect(url, {
       token, minDelay: 100, maxDelay: 1000, ...options,
       onState: (state, d) => t.states[name].push({ state, code: d.code ?? null, reason: d.reason ?? null,
-                                                   text: d.text, reconnects: d.reconnects }),
+                                                   detail: d.detail ?? null, text: d.text,
+                                                   reconnects: d.reconnects }),
       onNotice: (n) => t.notices[name].push(n.text),
       getToken: renew ? async () => { t.renewed[name] += 1; return renew; } : undefined,
     });
@@ -265,7 +266,10 @@ async def test_refusals_are_told_in_plain_words_and_not_retried(
     await until(page, "() => t.last('x').state === 'closed'")
     refused = await page.evaluate("t.last('x')")
     assert refused["reason"] == "unauthorized: expired"
-    assert refused["text"] == "server refused the connection: 401 unauthorized: expired"
+    assert refused["detail"].startswith("The token expired at ") and "s ago)" in refused["detail"]
+    assert refused["text"] == (
+        f"server refused the connection: 401 unauthorized: expired — {refused['detail']}"
+    )
     assert [s["state"] for s in await page.evaluate("t.states.x")] == ["connecting", "closed"]
     await until(page, "() => t.last('y').state === 'open'")  # getToken gave a good one
 

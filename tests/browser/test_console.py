@@ -132,7 +132,10 @@ async def test_console_is_off_by_default_and_strict_when_on(
     status, _, body = get(channels, Authorization=f"Bearer {narrow}")
     assert status == 200 and json.loads(body) == {"channels": [other, f"{topic}:k1"], "state": []}
     status, headers, body = get(f"{on.http}/ws/check?token=nonsense")
-    assert (status, body.strip()) == (401, "unauthorized: malformed")
+    assert (status, body.strip()) == (
+        401,
+        "unauthorized: malformed\nThe token is not a JWT (three base64url parts joined by dots).",
+    )
     assert headers["Access-Control-Allow-Origin"] == "*"
     assert get(f"{on.http}/ws/check?token={token()}")[0] == 200
 

@@ -216,7 +216,13 @@ async def test_check_passes_and_fails_clearly(bootstrap, make_topics, servers, b
         "check", "--url", server.url, "--subscribe", topics[0], "--secret", "not-the-secret"
     )
     assert wrong.returncode == 1
-    assert re.search(r"^FAIL\s+subscribe\s+server refused the connection: 401", wrong.stdout, re.M)
+    # The code of the upgrade, then what /ws/check says of the token in plain words.
+    assert re.search(
+        r"^FAIL\s+subscribe\s+server refused the connection: 401 unauthorized: bad_signature — "
+        r"The signature does not verify with this server's WS_AUTH_SECRET",
+        wrong.stdout,
+        re.M,
+    ), wrong.stdout
 
     missing = wsrt(
         "check", "--url", server.url, "--kafka", "--topics", f"{topics[0]},nope", env=env

@@ -15,14 +15,18 @@ import json
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.integration.harness import auth, next_json
+from tests.integration.harness import auth, messages, next_json
+from tests.integration.test_filters import expected, produce, until_pong
+from tests.integration.test_replay import subscribe
 from tests.support.oidc import CLIENT_ID, Issuer, signing_key
+from wsrt.tools.client import http_get
 
 pytestmark = pytest.mark.integration
 
@@ -141,20 +145,31 @@ async def test_provider_tokens_that_must_be_refused(make_topics, servers) -> Non
             )
 
         other = jwt.PyJWK(signing_key("key-x")).key
+        # The upgrade's answer, and the plain words /ws/check adds for a person.
         cases = [
-            (signed({**good, "iss": "https://elsewhere"}), "unauthorized: bad_issuer"),
-            (signed({k: v for k, v in good.items() if k != "iss"}), "unauthorized: missing_claim"),
+            (signed({**good, "iss": "https://elsewhere"}), "unauthorized: bad_issuer",
+             f"issued by 'https://elsewhere'; this server accepts an identity provider's tokens "
+             f"only from '{issuer.url}' (WS_AUTH_ISSUER)"),
+            (signed({k: v for k, v in good.items() if k != "iss"}), "unauthorized: missing_claim",
+             "has no 'iss' claim"),
             (jwt.encode(good, other, algorithm="RS256", headers={"kid": "key-9"}),
-             "unauthorized: unknown_kid"),
+             "unauthorized: unknown_kid",
+             f"signed with key 'key-9', which is not among the keys this server holds from the "
+             f"JWKS at {issuer.jwks_url} (key-1)"),
             (jwt.encode(good, private, algorithm="RS384", headers={"kid": "key-1"}),
-             "unauthorized: bad_algorithm"),
-            (_hmac_with(public_pem, good), "unauthorized: bad_signature"),
+             "unauthorized: bad_algorithm",
+             "signed with 'RS384'; this server accepts only HS256, RS256 (WS_AUTH_ALGORITHMS)"),
+            (_hmac_with(public_pem, good), "unauthorized: bad_signature",
+             "does not verify with this server's WS_AUTH_SECRET"),
             (jwt.encode(good, other, algorithm="RS256",
                         headers={"kid": "key-1", "jku": "http://127.0.0.1:9/keys"}),
-             "unauthorized: bad_signature"),
+             "unauthorized: bad_signature", "does not verify with the provider's key 'key-1'"),
         ]  # fmt: skip
-        for token, body in cases:
+        for token, body, words in cases:
             assert await refused(server.url, token) == (401, body), body
+            status, said, _ = http_get(f"{server.http}/ws/check?{urlencode({'token': token})}", 5)
+            code, _, plain = said.partition("\n")
+            assert (status, code) == (401, body) and words in plain, (body, said)
         async with websockets.connect(
             f"{server.url}?channels={topic}",
             additional_headers={"Authorization": f"Bearer {signed(good)}"},
@@ -175,3 +190,36 @@ def _hmac_with(secret: bytes, claims: dict[str, Any]) -> str:
     body = b64(json.dumps(claims).encode())
     signature = b64(hmac.new(secret, head + b"." + body, hashlib.sha256).digest())
     return (head + b"." + body + b"." + signature).decode()
+
+
+async def test_a_providers_channels_and_filters_claims_grant_as_minted_ones_do(
+    make_topics, servers, producer
+) -> None:
+    """The provider puts ``channels`` and ``filters`` into its access tokens (as an
+    identity provider's claim mappers do): they grant and narrow exactly as an HMAC
+    token's, accounted by (partition, offset)."""
+    topic, other = await make_topics("provider-claims", "provider-other", partitions=3)
+    mine = {"field": "headers.account", "eq": "acct-1"}
+    claims = {"channels": [topic], "filters": {topic: mine}}
+    with Issuer(keys=[signing_key("key-1")], claims=claims) as issuer:
+        server = servers([topic, other], provider_env(issuer))
+        token = issuer.token()
+        assert jwt.decode(token, options={"verify_signature": False})["filters"] == {topic: mine}
+        where = await produce(producer, topic, range(30))
+        start = {"since": {"0": 0, "1": 0, "2": 0}}
+        async with websockets.connect(
+            server.url, additional_headers={"Authorization": f"Bearer {token}"}
+        ) as ws:
+            refused = await subscribe(ws, other, request_id="o")
+            assert (refused["type"], refused["code"]) == ("error", "forbidden"), refused
+            widened = await subscribe(ws, topic, **start, filter={"not": mine})
+            assert widened["type"] == "subscribed", widened
+            assert await until_pong(ws) == []  # the claim's filter AND its negation: nothing
+            await ws.send(json.dumps({"type": "unsubscribe", "channel": topic}))
+            assert (await next_json(ws))["type"] == "unsubscribed"
+            assert (await subscribe(ws, topic, **start))["type"] == "subscribed"
+            want = expected(mine, where, range(30))
+            got = await messages(ws, len(want))
+            assert await until_pong(ws) == []
+        assert sorted((m["partition"], m["offset"]) for m in got) == want
+        assert 0 < len(want) < len(where)

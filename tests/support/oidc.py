@@ -69,12 +69,18 @@ def signing_key(kid: str) -> dict[str, Any]:
 class Issuer:
     """oidc-provider on ``127.0.0.1:port``, its tokens valid ``ttl`` seconds; ``keys``
     (private JWKs, the first signing) replace its development key; set it again and
-    restart to rotate."""
+    restart to rotate; ``claims`` go into every access token."""
 
-    def __init__(self, ttl: int = 300, keys: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        ttl: int = 300,
+        keys: list[dict[str, Any]] | None = None,
+        claims: dict[str, Any] | None = None,
+    ) -> None:
         self.port = free_port()
         self.ttl = ttl
         self.keys = keys
+        self.claims = claims
         self.child: Child[dict[str, Any]] | None = None
 
     @property
@@ -100,6 +106,8 @@ class Issuer:
         }  # fmt: skip
         if self.keys:
             env["JWKS"] = json.dumps({"keys": self.keys})
+        if self.claims:
+            env["CLAIMS"] = json.dumps(self.claims)
         node = shutil.which("node")
         assert node is not None
         self.child = Child([node, str(script)], parse=_event, env=env, cwd=home, merge_stderr=True)

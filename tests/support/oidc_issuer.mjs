@@ -13,6 +13,8 @@ const provider = new Provider(issuer, {
   // Signing keys (private JWKs) given by the test, the first of each type signing:
   // a restart with a new key first and the old one after is a key rotation.
   ...(process.env.JWKS ? { jwks: JSON.parse(process.env.JWKS) } : {}),
+  // Claims the test wants in every access token (a grant of channels, a filter).
+  ...(process.env.CLAIMS ? { extraTokenClaims: async () => JSON.parse(process.env.CLAIMS) } : {}),
   clients: [{
     client_id: process.env.CLIENT_ID,
     client_secret: process.env.CLIENT_SECRET,

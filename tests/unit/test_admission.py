@@ -79,7 +79,12 @@ def test_check_and_channels_take_the_upgrade_checks_without_upgrading() -> None:
         assert isinstance(ok, Admit) and ok.target is target and ok.claims.subject == "alice"
         assert decide(target.value, draining=True) is DRAINING
         refused = decide(f"{target.value}?token=nope")
-        assert isinstance(refused, Reject) and refused.body == "unauthorized: malformed"
+        assert isinstance(refused, Reject) and refused.body.startswith("unauthorized: malformed")
+    # /ws/check is asked by a person's tool: the code, then plain words; the others answer the code.
+    assert decide("/ws/check?token=nope").body == (  # type: ignore[union-attr]
+        "unauthorized: malformed\nThe token is not a JWT (three base64url parts joined by dots)."
+    )
+    assert decide("/console/channels?token=nope").body == "unauthorized: malformed"  # type: ignore[union-attr]
     assert decide(f"/ws?token={GOOD}").target is Target.UPGRADE  # type: ignore[union-attr]
 
 

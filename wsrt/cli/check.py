@@ -26,7 +26,7 @@ from wsrt.cli.common import (
     settings_or_exit,
 )
 from wsrt.config import Settings, tool_setting
-from wsrt.tools.client import connect, describe_refusal, http_get, scrape, wait_healthy
+from wsrt.tools.client import connect, explain_refusal, http_get, scrape, wait_healthy
 
 
 @dataclass
@@ -80,7 +80,7 @@ async def check_subscribe(settings: Settings, channel: str, token: str, seconds:
                     return Result(name, True, f"{channel}: message at {where} after {ms:.0f} ms")
             return Result(name, False, f"{channel}: closed {ws.close_code} {ws.close_reason}")
     except InvalidStatus as exc:
-        return Result(name, False, describe_refusal(exc))
+        return Result(name, False, await explain_refusal(exc, settings.url, token, seconds))
     except TimeoutError:
         return Result(name, False, f"{channel}: no message within {seconds:g}s")
     except (OSError, InvalidHandshake, ConnectionClosed) as exc:

@@ -51,7 +51,7 @@ from wsrt.cli.common import (
     settings_or_exit,
 )
 from wsrt.protocol import channel_list
-from wsrt.tools.client import connect, describe_close, describe_notice, describe_refusal
+from wsrt.tools.client import connect, describe_close, describe_notice, explain_refusal
 
 
 class Resume:
@@ -372,7 +372,7 @@ async def follow(
                 view.status(describe_close(ws.close_code, ws.close_reason))
                 expired = ws.close_reason == protocol.REASON_TOKEN_EXPIRED
         except InvalidStatus as exc:
-            view.status(describe_refusal(exc))
+            view.status(await explain_refusal(exc, url, token))
             if exc.response.status_code in (401, 403) or not reconnect:
                 return 1
             expired = False

@@ -110,5 +110,8 @@ def admit(
     try:
         claims = verifier.verify(token)
     except AuthError as exc:
-        return Reject(401, f"unauthorized: {exc.reason}", exc.reason, "authentication failed")
+        body = f"unauthorized: {exc.reason}"
+        if kind is Target.CHECK:  # asked by a person's tool: the code, then plain words
+            body += "\n" + verifier.explain(token, exc)
+        return Reject(401, body, exc.reason, "authentication failed")
     return Admit(claims, channel_list(params.get("channels", [])), kind)

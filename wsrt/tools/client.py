@@ -6,11 +6,12 @@ says a close code, a refused handshake or a scrape the same way.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import websockets
 from websockets.exceptions import InvalidStatus
@@ -64,6 +65,24 @@ def describe_refusal(exc: InvalidStatus) -> str:
     """``server refused the connection: 401 unauthorized: expired``."""
     body = (exc.response.body or b"").decode(errors="replace").strip()
     return f"server refused the connection: {exc.response.status_code} {body}".rstrip()
+
+
+async def explain_refusal(exc: InvalidStatus, url: str, token: str, seconds: float = 5) -> str:
+    """:func:`describe_refusal`, and for a refused token what ``/ws/check`` says of it in
+    plain words: ``… 401 unauthorized: bad_issuer — The token was issued by …``."""
+    line = describe_refusal(exc)
+    if exc.response.status_code != 401:
+        return line
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/") + "/check"
+    check = urlunsplit((scheme, parts.netloc, path, urlencode({"token": token}), ""))
+    try:
+        status, body, _ = await asyncio.to_thread(http_get, check, seconds)
+    except (OSError, ValueError):
+        return line  # the upgrade's own answer is all there is
+    words = body.strip().partition("\n")[2].strip()
+    return f"{line} — {words}" if status == 401 and words else line
 
 
 def connect(

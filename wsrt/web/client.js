@@ -41,6 +41,8 @@
  * @typedef {object} StateDetail
  * @property {number} [code] the close code that led here
  * @property {string} [reason] the close reason, or the refusal from /ws/check
+ *   (`unauthorized: expired`)
+ * @property {string} [detail] /ws/check's plain words on a refused token
  * @property {string} text what happened, in plain words
  * @property {number} [delay] milliseconds until the next attempt (`reconnecting`)
  * @property {number} reconnects how many times the connection was opened again
@@ -457,7 +459,11 @@ export class Client {
       // Not reachable: the server is down or restarting; retry.
     }
     if (this._closing) return;
-    const refusal = { code: 1006, reason: body, text: `server refused the connection: ${status} ${body}` };
+    // "unauthorized: expired", then for a refused token the plain words.
+    const [reason, ...words] = body.split("\n");
+    const detail = words.join(" ").trim();
+    const text = `server refused the connection: ${status} ${reason}${detail ? ` — ${detail}` : ""}`;
+    const refusal = { code: 1006, reason, ...(detail ? { detail } : {}), text };
     if (status === 401 && this.options.getToken) {
       this._retry(refusal, true);
     } else if (status === 401 || status === 403) {
