@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from wsrt.bench.run import SCENARIOS, run
+from wsrt.bench.suite import SCENARIOS, run
 from wsrt.brokers import Broker
 
 
@@ -26,6 +26,7 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "latency",
         "isolation: 1 stalled client",
         "idle connections",
+        "handshakes by algorithm",
         "live, no replays",
         "live beside 3 replays",
         "one replay alone",

@@ -44,6 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -808,6 +809,33 @@ async def idle(p: dict[str, Any]) -> dict[str, Any]:
     return {"event": "result", "still_open": still_open}
 
 
+async def handshakes(p: dict[str, Any]) -> dict[str, Any]:
+    """Open one connection per token of the file ``tokens``, ``concurrency`` at a time,
+    from the loopback address ``source``; then close them all."""
+    raise_open_files()
+    url = f"{p['url']}?channels={p['channel']}"
+    tokens = Path(p["tokens"]).read_text().split()  # noqa: ASYNC240 (before any socket)
+    totals = Totals(expected=len(tokens))
+    counters: list[Counter] = []
+    semaphore = asyncio.Semaphore(p["concurrency"])
+
+    async def one(token: str) -> None:
+        async with semaphore:
+            counters.append(await open_counter(url, token, totals, source=p["source"]))
+
+    started = time.perf_counter()
+    opened = await asyncio.gather(*(one(t) for t in tokens), return_exceptions=True)
+    elapsed = time.perf_counter() - started
+    for c in counters:
+        if c.transport is not None:
+            c.transport.abort()
+    errors = sorted({repr(e)[:120] for e in opened if isinstance(e, BaseException)})
+    return {
+        "event": "result", "upgraded": totals.upgraded, "seconds": elapsed,
+        "failed": len(tokens) - totals.upgraded, "errors": errors[:5] + totals.failed[:5],
+    }  # fmt: skip
+
+
 def main() -> None:
     params = json.loads(sys.argv[1])
     try:
@@ -819,7 +847,7 @@ def main() -> None:
     with runner:
         scenarios = {
             "stream": stream, "idle": idle, "replay": replay, "hoard": hoard,
-            "snapshot": snapshots,
+            "snapshot": snapshots, "handshakes": handshakes,
         }  # fmt: skip
         scenario = scenarios[params["mode"]]
         emit(runner.run(scenario(params)))

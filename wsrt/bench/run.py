@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -63,6 +62,9 @@ class Scale:
     isolation_buffer: int = 256
     idle_connections: int = 100_000
     handshake_concurrency: int = 200
+    #: The handshakes scenario: connections per algorithm and round, and rounds.
+    handshake_count: int = 5000
+    handshake_rounds: int = 3
     #: Replay isolation: clients each replaying this many messages beside the live ones.
     replay_clients: int = 20
     replay_messages: int = 100_000
@@ -94,7 +96,8 @@ class Scale:
             latency_rate=50.0, latency_seconds=2.0, isolation_seconds=10.0, samplers=5,
             workers_rate=50.0,
             isolation_buffer=16,
-            idle_connections=200, handshake_concurrency=50,
+            idle_connections=200, handshake_concurrency=50, handshake_count=100,
+            handshake_rounds=1,
             replay_clients=3, replay_messages=2_000, replay_seconds=4.0,
             hostile_connections=3, hostile_rounds=15,
             policy_clients=30, policy_slow=4, policy_keys=10, policy_seconds=3.0,
@@ -1227,53 +1230,3 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-SCENARIOS = (
-    "fanout", "baseline", "latency", "isolation", "connections", "replay", "policies", "hostile",
-    "workers", "state", "formats", "filters",
-)  # fmt: skip
-
-
-def run(
-    broker: Broker,
-    scenarios: tuple[str, ...],
-    quick: bool,
-    profile: bool = False,
-    starting: Callable[[int, str], None] | None = None,
-) -> list[Result]:
-    """Run ``scenarios`` in order; ``starting(i, name)`` before the i-th (from 1)."""
-    scale = Scale.quick() if quick else Scale()
-    with tempfile.TemporaryDirectory(prefix="wsrt-bench-") as tmp:
-        bench = Bench(broker, scale, Path(tmp), profile)
-        results = []
-        for number, name in enumerate(scenarios, 1):
-            if starting is not None:
-                starting(number, name)
-            if name == "fanout":
-                results.append(bench.fanout(baseline=False))
-            elif name == "baseline":
-                results.append(bench.fanout(baseline=True))
-            elif name == "latency":
-                half = scale.latency_rate / 2
-                results.append(bench.latency(False, rate=half, name=f"latency, {half:g} msg/s"))
-                results.append(bench.latency(stalled=False))
-            elif name == "isolation":
-                results.append(bench.latency(stalled=True))
-            elif name == "connections":
-                results.append(bench.connections())
-            elif name == "replay":
-                results.extend(bench.replay())
-            elif name == "workers":
-                results.extend(bench.workers())
-            elif name == "policies":
-                results.extend(bench.policies())
-            elif name == "hostile":
-                results.append(bench.hostile())
-            elif name == "state":
-                results.extend(bench.state())
-            elif name == "formats":
-                results.extend(bench.formats())
-            elif name == "filters":
-                results.extend(bench.filters())
-    return results

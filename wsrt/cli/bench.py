@@ -33,7 +33,7 @@ def bench(
         "--scenario",
         "-s",
         metavar="NAME",
-        help="fanout, baseline, latency, isolation, connections, replay, policies, "
+        help="fanout, baseline, latency, isolation, connections, handshakes, replay, policies, "
         "hostile, workers, state, formats, filters (repeatable; default all).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Small counts, a few seconds per scenario."),
@@ -57,7 +57,8 @@ def bench(
     Exit 1 when a correctness check fails (a frame missing or out of order, a
     client not dropped or dropped wrongly); timings are reported, never judged.
     """
-    from wsrt.bench.run import SCENARIOS, Scale, machine, run
+    from wsrt.bench.run import Scale, machine
+    from wsrt.bench.suite import SCENARIOS, run
     from wsrt.brokers import default_kind, make_broker
 
     chosen = tuple(scenario) or SCENARIOS
