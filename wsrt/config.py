@@ -337,6 +337,10 @@ class Settings:
         "Most bytes kept per state topic (frames and keys); past it, eviction as above.", _S)
     ping_interval: float = _var("WS_PING_INTERVAL_SECONDS", "20", _seconds_or_zero,
         "Server keepalive ping interval; 0 disables keepalive.", _S)
+    sse_heartbeat: float = _var("WS_SSE_HEARTBEAT_SECONDS", "15", _positive_seconds,
+        "A comment line on every /sse stream this often, for proxies that end idle responses; "
+        "a stream whose socket took nothing for a whole interval is closed (unless "
+        "WS_PING_INTERVAL_SECONDS is 0).", _S)
     workers: int = _var("WS_WORKERS", "1", _workers,
         "Server processes sharing the port (SO_REUSEPORT), each a full consumer; auto: one per "
         "CPU.", _S)

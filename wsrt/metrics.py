@@ -106,6 +106,9 @@ class Stats:
     """Counters the gateway and the Kafka source update; read at scrape time."""
 
     connections_opened: int = 0
+    #: Of those, event streams (/sse), and how many of them ended.
+    sse_opened: int = 0
+    sse_closed: int = 0
     connections_closed: Counter[str] = field(default_factory=Counter)
     handshakes_rejected: Counter[str] = field(default_factory=Counter)
     kafka_messages: Counter[str] = field(default_factory=Counter)
@@ -236,11 +239,17 @@ class Collector:
     def _connections(self) -> Iterator[Metric]:
         s = self.stats
         yield GaugeMetricFamily(
-            "wsrt_connections", "Open WebSocket connections.", value=s.connections_open
-        )
+            "wsrt_connections", "Open connections: WebSocket and SSE streams.",
+            value=s.connections_open,
+        )  # fmt: skip
         yield CounterMetricFamily(
-            "wsrt_connections_opened", "WebSocket connections accepted.", value=s.connections_opened
-        )
+            "wsrt_connections_opened", "Connections accepted: WebSocket and SSE streams.",
+            value=s.connections_opened,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "wsrt_sse_streams", "Open SSE streams (/sse; counted in wsrt_connections too).",
+            value=s.sse_opened - s.sse_closed,
+        )  # fmt: skip
         yield _by_reason(
             "wsrt_connections_closed", "WebSocket connections closed, by reason.",
             CLOSE_REASONS, s.connections_closed,

@@ -131,6 +131,17 @@ class Session:
                 self._fail(effects, exc, now, "too many invalid messages")
         return effects
 
+    def subscribe_all(self, subscribes: list[protocol.Subscribe], now: float) -> Effects:
+        """An event stream's subscriptions (wsrt/sse.py), each answered like a ``subscribe``
+        but not counted against the control rate: they are the request itself."""
+        effects = Effects()
+        for c in subscribes:
+            try:
+                self._subscribe(c.channel, c.id, effects, c.start, c.filter, c.keys, c.max_rate)
+            except ProtocolError as exc:
+                self._fail(effects, exc, now, "too many invalid messages")
+        return effects
+
     def forget(self, channel: str) -> None:
         """``channel`` is no longer subscribed (unsubscribed, or its replay could not start)."""
         self.subscriptions.discard(channel)

@@ -58,6 +58,39 @@ class Frames:
         return self.parsed
 
 
+class Paced:
+    """A producer of ``MESSAGES`` that stays at most ``LEAD`` ahead of ``fast``, a
+    subscriber that keeps up (and must see every message, no notice); ``stalled_enough``
+    is set once it has ``STALL_FOR``."""
+
+    def __init__(self, producer: Any, topic: str, fast: Any) -> None:
+        self.producer, self.topic, self.fast = producer, topic, fast
+        self.produced = Produced()
+        self.fast_seen: list[dict[str, Any]] = []
+        self.stalled_enough = asyncio.Event()
+        self.progress = asyncio.Condition()
+
+    async def produce(self) -> None:
+        for n in range(MESSAGES):
+            async with self.progress:
+                await self.progress.wait_for(lambda n=n: len(self.fast_seen) >= n - LEAD)
+            key = f"k{n % KEYS}"
+            meta = await (await self.producer.send(self.topic, VALUE % n, key=key.encode()))
+            self.produced.offsets[meta.partition].append(meta.offset)
+            self.produced.newest[key] = meta.offset
+        self.produced.done = True
+
+    async def read_fast(self) -> None:
+        while len(self.fast_seen) < MESSAGES:
+            obj = json.loads(await asyncio.wait_for(self.fast.recv(), 60))
+            assert obj["type"] == "message", obj  # it keeps up: no notice, ever
+            self.fast_seen.append(obj)
+            async with self.progress:
+                self.progress.notify_all()
+            if len(self.fast_seen) == STALL_FOR:
+                self.stalled_enough.set()
+
+
 def coverage(frames: list[dict[str, Any]]) -> dict[int, list[int]]:
     """Per partition, the offsets a client received or was told it missed, in order."""
     seen: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
@@ -130,33 +163,12 @@ async def scenario(policy: str, make_topics, servers, producer) -> tuple[Any, ..
         f"{server.url}?channels={topic}", additional_headers=auth("fast"), max_size=None
     )
     frames_of = Frames(slow)
-    produced = Produced()
+    paced = Paced(producer, topic, fast)
+    produced, fast_seen, stalled_enough = paced.produced, paced.fast_seen, paced.stalled_enough
     docs = DocsRecipe(slow, topic, produced)
-    fast_seen: list[dict[str, Any]] = []
-    stalled_enough = asyncio.Event()
-    progress = asyncio.Condition()
     try:
         assert (await next_json(fast))["type"] == "subscribed"
-
-        async def produce() -> None:
-            for n in range(MESSAGES):
-                async with progress:
-                    await progress.wait_for(lambda n=n: len(fast_seen) >= n - LEAD)
-                key = f"k{n % KEYS}"
-                meta = await (await producer.send(topic, VALUE % n, key=key.encode()))
-                produced.offsets[meta.partition].append(meta.offset)
-                produced.newest[key] = meta.offset
-            produced.done = True
-
-        async def read_fast() -> None:
-            while len(fast_seen) < MESSAGES:
-                obj = json.loads(await asyncio.wait_for(fast.recv(), 60))
-                assert obj["type"] == "message", obj  # it keeps up: no notice, ever
-                fast_seen.append(obj)
-                async with progress:
-                    progress.notify_all()
-                if len(fast_seen) == STALL_FOR:
-                    stalled_enough.set()
+        produce, read_fast = paced.produce, paced.read_fast
 
         async def read_slow() -> None:
             await stalled_enough.wait()  # it read nothing until now

@@ -23,6 +23,10 @@ def test_the_internals_used_exist() -> None:
         "send_context",
         "ping",
         "drain",
+        "handshake",
+        "data_received",
+        "eof_received",
+        "close",
     ):
         assert callable(getattr(ServerConnection, name))
     assert issubclass(Connection, ServerConnection)
@@ -36,3 +40,11 @@ def test_the_internals_used_exist() -> None:
     for name in ("close_sent", "close_rcvd", "close_rcvd_then_sent", "state"):
         assert hasattr(p, name), name
     assert callable(p.fail)
+    # An event stream (/sse) is opened by Connection.handshake: the request as websockets
+    # parsed it, its own rejection, and the protocol's state set by hand.
+    assert callable(p.reject) and callable(p.send_response)
+    assert Protocol.__dict__["state"].fset is not None
+    for name in ("request_rcvd", "connection_lost_waiter", "request"):
+        assert name in ServerConnection.__init__.__code__.co_names or name in (
+            ServerConnection.__mro__[1].__init__.__code__.co_names
+        ), name

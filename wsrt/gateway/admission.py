@@ -10,6 +10,7 @@ Two more paths take the same checks without upgrading (:class:`Target`):
 ``/ws/check`` answers a browser why its upgrade would be refused (the
 browser WebSocket API shows any refusal as a bare 1006), and
 ``/console/channels`` lists what a token may subscribe to for the console.
+``/sse`` takes the upgrade's checks and becomes an event stream.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Target(enum.Enum):
     CHECK = "/ws/check"
     #: The console's channel picker: the served topics this token may use.
     CHANNELS = "/console/channels"
+    #: The same streams as Server-Sent Events (docs/protocol.md, "Server-Sent Events").
+    SSE = "/sse"
 
 
 _TARGETS = {t.value: t for t in Target}

@@ -39,7 +39,7 @@ from wsrt.kafka.replay import Replayer, ReplayJob
 from wsrt.logs import EventLogger, RateLimited
 from wsrt.metrics import Stats, close_reason
 from wsrt.outlet import SLOW_CONSUMER, Outlet, Record
-from wsrt.protocol import ProtocolError
+from wsrt.protocol import ProtocolError, Since
 from wsrt.revocation import Revocations
 from wsrt.session import Effects, Replay, Session
 from wsrt.state import State
@@ -49,6 +49,57 @@ from wsrt.wire import text_frame
 #: subscribing its channels at connect), then a few a second, then a count.
 CONTROL_LOG_BURST = 20
 CONTROL_LOG_PER_S = 5
+
+
+def _opening(connection: Connection, session: Session, now: float) -> Effects | None:
+    """What a connection subscribes as it opens: an event stream's plan, or ``?channels=``."""
+    stream, admitted = connection.sse, connection.admitted
+    if stream is not None and stream.plan is not None:
+        return session.subscribe_all(stream.plan.subscribes, now)
+    if admitted is not None and admitted.channels:
+        return session.subscribe_at_connect(admitted.channels, now)
+    return None
+
+
+def _encoding(
+    outlet: Outlet,
+    connection: Connection,
+    compressor: Callable[[], Callable[[bytes], bytes]] | None,
+) -> None:
+    """How frames reach this client: as built, deflated (if it accepted), or as events of
+    its stream (counted as sent in those bytes)."""
+    if compressor is not None and connection.deflate:
+        outlet.compress = compressor()
+    if connection.sse is not None:
+        outlet.compress = connection.sse.encode
+
+
+def _opened(
+    stats: Stats, log: EventLogger, subject: str, remote: str | None, sse: bool, outlet: Outlet
+) -> None:
+    stats.connections_opened += 1
+    if sse:
+        stats.sse_opened += 1
+    log.info(
+        "connection_opened", "connection opened", subject=subject, remote=remote,
+        transport="sse" if sse else "websocket",
+        compression="deflate" if outlet.compress is not None else None,
+    )  # fmt: skip
+
+
+def _expiry(
+    connection: Connection,
+    session: Session,
+    leeway: float,
+    close: Callable[[Connection, int, str], None],
+) -> asyncio.TimerHandle | None:
+    """The timer that closes a connection (1008 ``token expired``) when its token expires."""
+    expires_at = session.claims.expires_at
+    if expires_at is None:
+        return None
+    delay = max(0.0, expires_at + leeway - time.time())
+    code, reason = protocol.CLOSE_POLICY_VIOLATION, protocol.REASON_TOKEN_EXPIRED
+    return asyncio.get_running_loop().call_later(delay, close, connection, code, reason)
 
 
 class Releases:
@@ -246,8 +297,7 @@ class Connections:
             max_filter_bytes=s.max_filter_bytes,
         )  # fmt: skip
         outlet = Outlet(connection.frame_writer(), s.client_buffer, self.stats.delivery, connection)
-        if self.compressor is not None and connection.deflate:
-            outlet.compress = self.compressor()
+        _encoding(outlet, connection, self.compressor)
         connection.attach(outlet, on_failed=self._finished)
         return session, outlet
 
@@ -265,18 +315,16 @@ class Connections:
         control_log = RateLimited(self.log, interval=1 / CONTROL_LOG_PER_S, burst=CONTROL_LOG_BURST)
         subject, remote = session.claims.subject, ws_adapter.remote(connection)
         opened = time.monotonic()
-        self.stats.connections_opened += 1
-        self.log.info(
-            "connection_opened", "connection opened", subject=subject, remote=remote,
-            compression="deflate" if outlet.compress is not None else None,
-        )  # fmt: skip
-        expiry = self._schedule_expiry(connection, session)
+        stream = connection.sse
+        _opened(self.stats, self.log, subject, remote, stream is not None, outlet)
+        expiry = _expiry(connection, session, self.verifier.leeway, self._close_soon)
         replays: dict[str, asyncio.Task[None]] = {}
         try:
-            if admitted.channels:
-                effects = session.subscribe_at_connect(admitted.channels, loop.time())
-                if await self._apply(connection, outlet, effects, session, replays, control_log):
-                    return
+            effects = _opening(connection, session, loop.time())
+            if effects is not None and await self._apply(
+                connection, outlet, effects, session, replays, control_log
+            ):
+                return
             async for message in connection:
                 if isinstance(message, bytes):
                     await connection.close(
@@ -288,7 +336,7 @@ class Connections:
                 if effects.refreshed:
                     if expiry is not None:
                         expiry.cancel()
-                    expiry = self._schedule_expiry(connection, session)
+                    expiry = _expiry(connection, session, self.verifier.leeway, self._close_soon)
                 if await self._apply(connection, outlet, effects, session, replays, control_log):
                     return
         except ConnectionClosed:
@@ -304,6 +352,8 @@ class Connections:
             await connection.wait_closed()
             code, reason, by_server = ws_adapter.close_info(connection)
             self.stats.connections_closed[close_reason(code, reason, by_server)] += 1
+            if stream is not None:
+                self.stats.sse_closed += 1
             self.log.info(
                 "connection_closed", "connection closed", subject=subject, remote=remote,
                 code=code, reason=reason or None,
@@ -364,9 +414,22 @@ class Connections:
         request: Replay,
         replays: dict[str, asyncio.Task[None]],
     ) -> None:
-        """Hold the channel's live records from now on, and replay history up to them."""
+        """Hold the channel's live records from now on, and replay history up to them.
+
+        An empty ``since`` is answered at once with where the live stream stands (once it
+        is placed): nothing to replay, so no gate, slot or consumer; the policy applies.
+        """
         channel = request.channel
         live_then = self.replayer.live_positions(channel.topic)
+        if isinstance(request.start, Since) and not request.start.offsets and self.replayer.placed:
+            self.hub.subscribe(
+                outlet, channel.topic, channel.key, match=session.matches.get(channel.name),
+                rate=session.rates.get(channel.name),
+            )  # fmt: skip
+            answer = protocol.subscribed_reply(channel.name, request.id, live_then)
+            if not outlet.send(text_frame(answer)):
+                self._finished(outlet)
+            return
         # Before the live stream is positioned, hold every partition (kafka/replay.py).
         gate = Gate(
             channel.key, live_then if self.replayer.placed else None,
@@ -412,15 +475,3 @@ class Connections:
         finally:
             if replays.get(channel.name) is asyncio.current_task():
                 del replays[channel.name]
-
-    def _schedule_expiry(
-        self, connection: Connection, session: Session
-    ) -> asyncio.TimerHandle | None:
-        expires_at = session.claims.expires_at
-        if expires_at is None:
-            return None
-        delay = max(0.0, expires_at + self.verifier.leeway - time.time())
-        code, reason = protocol.CLOSE_POLICY_VIOLATION, protocol.REASON_TOKEN_EXPIRED
-        return asyncio.get_running_loop().call_later(
-            delay, self._close_soon, connection, code, reason
-        )

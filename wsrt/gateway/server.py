@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import Server
 from websockets.http11 import Request, Response
 
-from wsrt import protocol
+from wsrt import protocol, sse
+from wsrt.aio import detach
 from wsrt.auth import UNKNOWN_KID, Verifier
 from wsrt.config import Settings
 from wsrt.gateway import ws_adapter
@@ -63,6 +66,10 @@ class Gateway:
         #: With WS_WORKERS: the other workers, for /healthz and /metrics of the whole node.
         self.siblings: Siblings | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        #: Event streams (/sse): their runs of frames turned into events once for all.
+        self.events = sse.Events()
+        self.streams: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> Server:
         s = self.settings
@@ -77,6 +84,7 @@ class Gateway:
             reuse_port=self.siblings is not None,
             deflate=s.compression == "deflate",
         )
+        self._heartbeat = asyncio.create_task(self.heartbeat(), name="wsrt-sse-heartbeat")
         if s.ping_interval:
             keepalive = ws_adapter.Keepalive(self.server, s.ping_interval)
             self._keepalive = asyncio.create_task(keepalive.run(), name="wsrt-keepalive")
@@ -139,9 +147,14 @@ class Gateway:
             if decision.target is Target.UPGRADE:
                 connection.admitted = decision
                 return None
-            return self._answer_without_upgrade(decision)
+            if decision.target is Target.SSE:
+                decision = self._stream(connection, request, decision)
+                if isinstance(decision, Admit):
+                    return None
+            else:
+                return self._answer_without_upgrade(decision)
         if isinstance(decision, Reject):
-            if path != Target.UPGRADE.value:
+            if path not in (Target.UPGRADE.value, Target.SSE.value):
                 # A question about an upgrade, not one: counted and logged
                 # when the upgrade itself was refused. Only /ws/check is for any origin.
                 pairs = _ANY_ORIGIN if path == Target.CHECK.value else ()
@@ -169,6 +182,51 @@ class Gateway:
         if self.siblings is not None:
             return self._node_metrics(data, content_type)
         return ws_adapter.response(200, data, content_type)
+
+    def _stream(self, connection: Connection, request: Request, admitted: Admit) -> Admit | Reject:
+        """An admitted ``/sse`` request as an event stream, or why it cannot be one (400)."""
+        query = parse_qs(request.path.partition("?")[2])
+        try:
+            plan = sse.plan(admitted.channels, query, request.headers.get("Last-Event-ID"))
+        except sse.PlanError as exc:
+            return Reject(400, str(exc), "bad_request")
+        if self.settings.fanout_mode == "broadcast" and self.connections.replayer.placed:
+            for channel, offsets in plan.resumed.items():
+                topic = channel.partition(":")[0]
+                known = self.connections.replayer.live_positions(topic)
+                stray = sorted(set(offsets) - set(known))
+                if known and stray:
+                    return Reject(
+                        400,
+                        f"Last-Event-ID names partition {stray[0]} of {topic}, which has "
+                        f"partitions {min(known)} to {max(known)}",
+                        "bad_request",
+                    )
+        origin = request.headers.get("Origin")
+        connection.admitted = admitted
+        connection.sse = sse.Stream(self.events, plan.snapshots, origin, plan)
+        self.streams.add(connection)
+        return admitted
+
+    async def heartbeat(self) -> None:
+        """A comment line on every event stream each ``WS_SSE_HEARTBEAT_SECONDS``: proxies that end
+        idle responses keep them. A stream whose socket took nothing from one beat to the
+        next (paused at both, never resumed between) is closed ``1011 stream stalled``, as an
+        unanswered ping closes a WebSocket (unless ``WS_PING_INTERVAL_SECONDS`` is 0)."""
+        paused_at: dict[Connection, int] = {}
+        while True:
+            await asyncio.sleep(self.settings.sse_heartbeat)
+            still: dict[Connection, int] = {}
+            for connection in list(self.streams):
+                if not connection.sse_open or connection.sse_closed is not None:
+                    continue
+                if connection.paused and self.settings.ping_interval:
+                    if paused_at.get(connection) == connection.resumes:
+                        detach(connection.close(protocol.CLOSE_INTERNAL_ERROR, sse.STALLED))
+                        continue
+                    still[connection] = connection.resumes
+                connection.transport.write(sse.HEARTBEAT)
+            paused_at = still
 
     def health(self) -> dict[str, object]:
         """This process's ``/healthz`` body."""
@@ -229,8 +287,9 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop listening and wait for every handler to finish."""
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        for task in (self._keepalive, self._heartbeat):
+            if task is not None:
+                task.cancel()
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()

@@ -16,12 +16,18 @@ used here against the installed version). What wsrt relies on:
   (:class:`Keepalive` replaces that task per connection with one for all);
 * ``connection.drain()``, overridden so that no library write waits on a
   client's socket (see :meth:`Connection.drain`);
-* ``server.all_connections`` to count connections that are still closing.
+* ``server.all_connections`` to count connections that are still closing;
+* for ``/sse``: ``handshake`` overridden, using ``request_rcvd``,
+  ``connection_lost_waiter``, ``request``, ``protocol.reject`` and
+  ``send_response`` as websockets' own does, and ``protocol.state`` set to
+  ``OPEN`` by hand for an admitted event stream; ``data_received``,
+  ``eof_received`` and ``close`` overridden while it is one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import weakref
 from collections.abc import Awaitable, Callable
@@ -40,6 +46,10 @@ from websockets.protocol import State
 from wsrt.aio import detach
 from wsrt.gateway.admission import Admit
 from wsrt.outlet import Outlet
+from wsrt.sse import Stream
+
+#: The path of event streams (docs/protocol.md, "Server-Sent Events").
+SSE_PATH = "/sse"
 
 #: The websockets versions whose internals this module was checked against.
 SUPPORTED_MAJOR_VERSIONS = range(14, 18)
@@ -60,6 +70,14 @@ class Connection(ServerConnection):
         #: Clear while the transport does not take data (replays wait on it); made
         #: when it first pauses: most connections never do, and an Event costs ~0.8 KB.
         self._writable: asyncio.Event | None = None
+        #: A ``/sse`` request: its stream, set by the gateway when it admits the request.
+        self.sse: Stream | None = None
+        #: Open as an SSE stream: no WebSocket byte goes either way.
+        self.sse_open = False
+        #: How the server ended an SSE stream (code, reason), as a close frame would say.
+        self.sse_closed: tuple[int, str] | None = None
+        #: Times the transport took data again after a pause (a stalled stream's does not).
+        self.resumes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Bound what the kernel holds for a client that stops reading: with
@@ -69,6 +87,59 @@ class Connection(ServerConnection):
         if self.send_buffer_bytes and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
         super().connection_made(transport)
+
+    # -- Server-Sent Events: the same connection, answered with an event stream ----------
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        """websockets' handshake, but a ``/sse`` request the gateway admits opens an event
+        stream: its head is written here, and the protocol is marked open so that the
+        connection is served like any other. Anything else is websockets' own."""
+        await asyncio.wait(
+            [self.request_rcvd, self.connection_lost_waiter],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        request = self.request
+        if request is None or request.path.partition("?")[0] != SSE_PATH:
+            return await super().handshake(*args, **kwargs)
+        process_request = args[0] if args else kwargs["process_request"]
+        answer = process_request(self, request)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if answer is not None or self.sse is None:  # refused: an HTTP answer like any other
+            self.response = answer or self.protocol.reject(500, "not an event stream\n")
+            if self.state is State.CONNECTING:
+                async with self.send_context(expected_state=State.CONNECTING):
+                    self.protocol.send_response(self.response)
+            return None
+        self.protocol.state = State.OPEN
+        self.sse_open = True
+        self.transport.write(self.sse.opening)
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if not self.sse_open:
+            super().data_received(data)
+        # An event stream's client has nothing to say: what it sends is not read.
+
+    def eof_received(self) -> None:
+        if not self.sse_open:  # an event stream's client is gone: asyncio closes the transport
+            super().eof_received()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close; an event stream ends with a ``close`` event saying why (code, reason as a
+        close frame would), then the end of its body, then the TCP connection."""
+        if not self.sse_open:
+            return await super().close(code, reason)
+        assert self.sse is not None
+        if self.sse_closed is None and not self.transport.is_closing():
+            self.sse_closed = (code, reason)
+            self.transport.write(self.sse.close_event(code, reason))
+            self.transport.close()  # after what it holds is written, or aborted below
+        try:
+            await asyncio.wait_for(asyncio.shield(self.connection_lost_waiter), self.close_timeout)
+        except TimeoutError:
+            self.transport.abort()
+        return None
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -80,6 +151,7 @@ class Connection(ServerConnection):
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.resumes += 1
         # Live frames that waited go first; their write may pause the transport
         # again, and a replay woken by the event checks that before it writes.
         outlet = self.outlet
@@ -128,6 +200,13 @@ class Connection(ServerConnection):
         """A write function for pre-built frames on this connection's transport."""
         protocol = self.protocol
         write = self.transport.write
+        if self.sse is not None:  # an event stream: the outlet hands it events (Stream.encode)
+
+            def write_events(data: bytes) -> None:
+                if self.sse_closed is None:
+                    write(data)
+
+            return write_events
 
         def write_frames(data: bytes) -> None:
             # Frames are whole, so they never interleave with the library's own
@@ -214,8 +293,10 @@ class Keepalive:
             open_now = list(self.server.connections)
             owed, self._owed = self._owed, weakref.WeakKeyDictionary()
             for index, connection in enumerate(open_now):
-                if connection.protocol.state is not State.OPEN:
-                    continue
+                if connection.protocol.state is not State.OPEN or getattr(
+                    connection, "sse_open", False
+                ):
+                    continue  # an event stream has its heartbeat instead (wsrt/gateway/server.py)
                 pong = owed.get(connection)
                 if pong is not None and not pong.done():
                     detach(self._fail(connection))
@@ -251,6 +332,10 @@ def close_info(connection: ServerConnection) -> tuple[int, str, bool]:
     (slow consumer, token expired, shutdown) and the client never answered,
     that would read 1006 and hide why.
     """
+    if isinstance(connection, Connection) and connection.sse_open:
+        if connection.sse_closed is not None:
+            return (*connection.sse_closed, True)
+        return 1001, "", False  # an event stream's client went away (EventSource.close())
     p = connection.protocol
     sent, received = p.close_sent, p.close_rcvd
     if sent is not None and (received is None or not p.close_rcvd_then_sent):
