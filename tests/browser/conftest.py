@@ -58,15 +58,15 @@ class Watched:
 
     def problems(self, *, network_ok: bool = False) -> list[str]:
         """Errors so far; ``network_ok`` forgives the browser's own lines about a
-        server that was down (a refused connect or fetch), which a page cannot
-        silence."""
+        server that was down (a refused connect or fetch, or a proxy's 502 for
+        it), which a page cannot silence."""
         if not network_ok:
             return list(self.errors)
         return [e for e in self.errors if not _network(e)]
 
 
 def _network(text: str) -> bool:
-    return "WebSocket connection to" in text or "net::ERR_" in text
+    return "WebSocket connection to" in text or "net::ERR_" in text or "502 (Bad Gateway)" in text
 
 
 @pytest.fixture

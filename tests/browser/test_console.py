@@ -99,6 +99,7 @@ async def test_console_shows_messages_and_those_produced_while_the_server_restar
     await wait_rows(page, 20)
     await page.wait_for_selector("#state[data-state=open]")
     assert await page.text_content("#reconnects") == "1"
+    assert await page.text_content("#transport") == "WebSocket"
     shown = await rows(page)
     assert sorted(f"{r['partition']}:{r['offset']}" for r in shown) == sorted(sent)
     assert watched.problems(network_ok=True) == []

@@ -46,6 +46,7 @@
  * @property {string} text what happened, in plain words
  * @property {number} [delay] milliseconds until the next attempt (`reconnecting`)
  * @property {number} reconnects how many times the connection was opened again
+ * @property {"websocket"|"sse"} transport what the client uses (or will use next)
  */
 
 /**
@@ -86,6 +87,10 @@ const NARROWING = ["filter", "keys", "max_rate"];
  *   without it the client stops there (state `closed`)
  * @property {number} [minDelay=500] first reconnect delay, milliseconds
  * @property {number} [maxDelay=15000] longest reconnect delay, milliseconds
+ * @property {"auto"|"websocket"|"sse"} [transport="auto"] how to reach the
+ *   server: `auto` uses a WebSocket and falls back to Server-Sent Events (GET
+ *   /sse) when a WebSocket cannot connect to a server that would accept it
+ *   (a proxy that breaks upgrades), saying so through `onState`
  * @property {number} [controlRate=16] control messages per second the client
  *   sends at most (burst the same), below the server's `WS_CONTROL_RATE`
  *   (default 20): a reconnect resubscribes every channel at this pace, and a
@@ -167,6 +172,18 @@ function withQuery(url, path, params) {
   return u;
 }
 
+/** The event types of a stream (docs/protocol.md, Server-Sent Events), `error` and `close` aside. */
+const SSE_EVENTS = ["message", "delete", "subscribed", "unsubscribed", "snapshot_end", "gap", "conflated",
+  "revoked", "assigned", "refreshed", "pong"];
+
+/** `ws://host/ws` → `http://host/sse?…` */
+function sseUrl(url, params) {
+  const u = withQuery(url, "", params);
+  u.protocol = { "ws:": "http:", "wss:": "https:" }[u.protocol] || u.protocol;
+  u.pathname = u.pathname.replace(/\/?ws\/?$/, "") + "/sse";
+  return u.href;
+}
+
 /** One channel of a client: its handler and where each partition resumes. */
 export class Subscription {
   /** @param {Client} client @param {string} channel @param {(m: Message) => void} onMessage @param {Start} [start] */
@@ -220,7 +237,12 @@ export class Client {
     if (!options || typeof options.token !== "string") throw new TypeError("connect(url, { token }) needs a token");
     this.url = url;
     this.token = options.token;
-    this.options = { minDelay: 500, maxDelay: 15000, controlRate: 16, ...options };
+    this.options = { minDelay: 500, maxDelay: 15000, controlRate: 16, transport: "auto", ...options };
+    if (!["auto", "websocket", "sse"].includes(this.options.transport)) {
+      throw new TypeError('transport is "auto", "websocket" or "sse"');
+    }
+    /** @type {"websocket"|"sse"} what the client uses: auto starts with a WebSocket */
+    this.transport = this.options.transport === "sse" ? "sse" : "websocket";
     /** @type {State} */
     this.status = "connecting";
     /** How many times the connection was opened again after it had been open. */
@@ -234,6 +256,9 @@ export class Client {
     this._closing = false;
     this._timer = null;
     this._ws = null;
+    /** The open EventSource while the transport is SSE. */
+    this._es = null;
+    this._restreamTimer = null;
     // Control messages wait here and leave at most `controlRate` a second:
     // each is { make(id) → frame, waiter }, its id given when it is sent.
     this._outbox = [];
@@ -267,6 +292,16 @@ export class Client {
       sub.pending = { resolve, reject };
       if (this.status === "open") this._queueSubscribe(sub);
     });
+  }
+
+  /** SSE: the stream's subscriptions are its request; a change opens it again. */
+  _restream() {
+    if (this._restreamTimer !== null || this._closing) return;
+    // Changes made in one go (several subscribe() calls) open one new stream.
+    this._restreamTimer = setTimeout(() => {
+      this._restreamTimer = null;
+      if (this._es && !this._closing) this._openSse();
+    }, 0);
   }
 
   /**
@@ -309,6 +344,10 @@ export class Client {
       return Promise.resolve(null);
     }
     if (this.status !== "open") return Promise.resolve(null);
+    if (this.transport === "sse") {
+      this._restream(); // a stream takes no messages: it opens again with the new token
+      return Promise.resolve(null);
+    }
     return new Promise((resolve, reject) => {
       this._queue((id) => ({ type: "refresh", token, id }), { resolve, reject });
     });
@@ -325,6 +364,9 @@ export class Client {
     }
     if (this._ws) this._ws.close(1000);
     this._ws = null;
+    if (this._es) this._es.close();
+    this._es = null;
+    clearTimeout(this._restreamTimer);
     this._setState("closed", { code: 1000, text: "closed by this client" });
   }
 
@@ -343,7 +385,8 @@ export class Client {
   }
 
   _queueSubscribe(sub) {
-    this._queue((id) => sub.request(id), { sub });
+    if (this.transport === "sse") this._restream();
+    else this._queue((id) => sub.request(id), { sub });
   }
 
   /** Send what the token bucket allows now; come back when the next token is there. */
@@ -386,7 +429,9 @@ export class Client {
 
   _setState(state, detail) {
     this.status = state;
-    if (this.options.onState) this.options.onState(state, { ...detail, reconnects: this.reconnects });
+    if (this.options.onState) {
+      this.options.onState(state, { ...detail, reconnects: this.reconnects, transport: this.transport });
+    }
   }
 
   _notice(type, channel, text, frame) {
@@ -394,15 +439,13 @@ export class Client {
   }
 
   _open() {
+    if (this.transport === "sse") return this._openSse();
     const ws = new WebSocket(withQuery(this.url, "", { token: this.token }).href);
     this._ws = ws;
     let opened = false;
     ws.onopen = () => {
       opened = true;
-      this._attempt = 0;
-      if (this._openedOnce) this.reconnects += 1;
-      this._openedOnce = true;
-      this._setState("open", { text: `connected to ${this.url}` });
+      this._opened(`connected to ${this.url}`);
       // A new connection: the server's bucket is full again, at its own rate.
       this._clearOutbox();
       this._rate = this.options.controlRate;
@@ -421,6 +464,61 @@ export class Client {
       if (opened) this._closed(event.code, event.reason);
       else this._refused();
     };
+  }
+
+  _opened(text) {
+    this._attempt = 0;
+    if (this._openedOnce) this.reconnects += 1;
+    this._openedOnce = true;
+    this._setState("open", { text });
+  }
+
+  /**
+   * SSE: one GET /sse with every subscription (each resuming from where it
+   * stopped, as a resubscribe does). The browser's own
+   * reconnect is not used: a dropped stream is retried like a WebSocket, with
+   * backoff, from the offsets this client delivered.
+   */
+  _openSse() {
+    if (this._es) this._es.close();
+    this._dropWaiters();
+    const subscriptions = [...this.subscriptions.values()].map((sub) => sub.request(this._track({ sub })));
+    // Each subscription says where it resumes (its `since`): the positions an event id
+    // would carry, kept per channel as on a WebSocket.
+    const params = { token: this.token, subscriptions: JSON.stringify(subscriptions) };
+    const es = new EventSource(sseUrl(this.url, params));
+    this._es = es;
+    let opened = false;
+    es.onopen = () => {
+      if (this._es !== es) return;
+      opened = true;
+      if (this.status !== "open") this._opened(`connected to ${this.url} (Server-Sent Events)`);
+    };
+    const receive = (event) => {
+      if (this._es === es) this._receive(JSON.parse(event.data));
+    };
+    for (const type of SSE_EVENTS) es.addEventListener(type, receive);
+    es.addEventListener("close", (event) => {
+      // The server ended the stream, saying why as a close frame would.
+      if (this._es !== es) return;
+      const { code, reason } = JSON.parse(event.data);
+      this._ended(es, opened, code, reason);
+    });
+    es.addEventListener("error", (event) => {
+      if (this._es !== es) return;
+      if (event.data !== undefined) return receive(event); // the server's error envelope
+      this._ended(es, opened, 1006, ""); // dropped, or never opened: the browser's own retry is not used
+    });
+  }
+
+  /** An SSE stream ended (`code` and `reason` of its close event, else 1006). */
+  _ended(es, opened, code, reason) {
+    es.close();
+    this._es = null;
+    this._dropWaiters();
+    if (this._closing) return;
+    if (opened) this._closed(code, reason);
+    else this._refused();
   }
 
   /** Requests of a connection that ended: subscriptions wait for the next one, the rest fail. */
@@ -459,6 +557,13 @@ export class Client {
       // Not reachable: the server is down or restarting; retry.
     }
     if (this._closing) return;
+    if (status === 200 && this.options.transport === "auto" && this.transport === "websocket") {
+      // The server would take this WebSocket but it never arrived: something between
+      // (a proxy that breaks upgrades) stops it. The same streams come as SSE.
+      this.transport = "sse";
+      this._retry({ code: 1006, text: "a WebSocket cannot reach the server here; using Server-Sent Events" }, false, 0);
+      return;
+    }
     // "unauthorized: expired", then for a refused token the plain words.
     const [reason, ...words] = body.split("\n");
     const detail = words.join(" ").trim();
@@ -475,10 +580,10 @@ export class Client {
   }
 
   /** Wait a jittered, doubling delay (a new token first, if asked), then open again. */
-  _retry(detail, newToken) {
+  _retry(detail, newToken, now) {
     const { minDelay, maxDelay } = this.options;
     const ceiling = Math.min(maxDelay, minDelay * 2 ** this._attempt);
-    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    const delay = now === undefined ? Math.round(ceiling / 2 + (Math.random() * ceiling) / 2) : now;
     this._attempt += 1;
     this._setState(this._openedOnce ? "reconnecting" : "connecting", { ...detail, delay });
     this._timer = setTimeout(async () => {
@@ -623,6 +728,10 @@ export class Client {
       sub.pending = null;
     }
     if (this.status !== "open") return Promise.resolve();
+    if (this.transport === "sse") {
+      this._restream(); // the next stream leaves it out
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       this._queue((id) => ({ type: "unsubscribe", channel: sub.channel, id }), { unsubscribed: resolve });
     });

@@ -14,6 +14,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   state: $("state"),
   reconnects: $("reconnects"),
+  transport: $("transport"),
   detail: $("detail"),
   token: $("token"),
   connectButton: $("connect-button"),
@@ -67,6 +68,8 @@ function setState(state, detail) {
   ui.state.textContent = state;
   ui.state.dataset.state = state;
   ui.reconnects.textContent = String(detail.reconnects ?? 0);
+  // WebSocket, or Server-Sent Events where a WebSocket cannot pass (client.js falls back).
+  ui.transport.textContent = { websocket: "WebSocket", sse: "SSE" }[detail.transport] || "-";
   const text = detail.delay ? `${detail.text}; next attempt in ${(detail.delay / 1000).toFixed(1)} s` : detail.text;
   ui.detail.textContent = text;
   const connected = state !== "closed";
