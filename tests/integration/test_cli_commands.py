@@ -209,12 +209,22 @@ async def test_check_passes_and_fails_clearly(bootstrap, make_topics, servers, b
     )
     assert subscribed.returncode == 0, subscribed.stdout
     assert re.search(rf"^ok\s+subscribe\s+{topics[0]}: message at \d+:\d+", subscribed.stdout, re.M)
+    streamed = wsrt(
+        "check", "--url", server.url, "--subscribe", topics[0], "--sse", "--secret", SECRET,
+        "--timeout", "30",
+    )  # fmt: skip
+    assert streamed.returncode == 0, streamed.stdout
+    assert re.search(rf"^ok\s+sse\s+{topics[0]}: message at \d+:\d+", streamed.stdout, re.M)
     feed.process.send_signal(signal.SIGINT)
     assert feed.process.wait(30) == 0
 
+    bare = wsrt("check", "--url", server.url, "--sse", "--secret", SECRET, env=env)
+    assert bare.returncode == 0, bare.stdout
+    assert re.search(rf"^ok\s+sse\s+{topics[0]}: subscribed after \d+ ms", bare.stdout, re.M)
     wrong = wsrt(
-        "check", "--url", server.url, "--subscribe", topics[0], "--secret", "not-the-secret"
-    )
+        "check", "--url", server.url, "--subscribe", topics[0], "--secret", "not-the-secret",
+        "--sse",
+    )  # fmt: skip
     assert wrong.returncode == 1
     # The code of the upgrade, then what /ws/check says of the token in plain words.
     assert re.search(
@@ -223,6 +233,9 @@ async def test_check_passes_and_fails_clearly(bootstrap, make_topics, servers, b
         wrong.stdout,
         re.M,
     ), wrong.stdout
+    assert re.search(
+        r"^FAIL\s+sse\s+/sse answered 401 unauthorized: bad_signature", wrong.stdout, re.M
+    )
 
     missing = wsrt(
         "check", "--url", server.url, "--kafka", "--topics", f"{topics[0]},nope", env=env
@@ -359,8 +372,9 @@ def tail_to_file(out: Path, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
 async def test_tail_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(
-    make_topics, servers, producer, tmp_path, background
+    transport: str, make_topics, servers, producer, tmp_path, background
 ) -> None:
     (topic,) = await make_topics("lines", partitions=2)
     port = free_port()
@@ -368,7 +382,7 @@ async def test_tail_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(
     first = servers([topic], env)
     tail = background(
         "tail", "--channel", topic, "--url", first.url, "--secret", SECRET, "--count", "600",
-        "--timeout", "120", "--output", "json",
+        "--timeout", "120", "--output", "json", *(["--sse"] if transport == "sse" else []),
     )  # fmt: skip
     tail.wait_line(rf"subscribed {topic}")
     # Read its output as it comes, so that a full pipe never stalls it.
@@ -399,6 +413,7 @@ async def test_tail_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(
     assert "closed by server: 1001 server shutting down" in status
     resumed = re.findall(rf"subscribed {topic} from (\S+)", status)
     assert len(resumed) == 2 and resumed[0] == "0=0,1=0" and resumed[1] != resumed[0], status
+    assert ("(Server-Sent Events)" in status) == (transport == "sse")
 
 
 async def test_tail_rewind_and_the_incomplete_warning(

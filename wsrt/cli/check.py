@@ -27,6 +27,7 @@ from wsrt.cli.common import (
 )
 from wsrt.config import Settings, tool_setting
 from wsrt.tools.client import connect, explain_refusal, http_get, scrape, wait_healthy
+from wsrt.tools.events import SseClient, http_base
 
 
 @dataclass
@@ -85,6 +86,36 @@ async def check_subscribe(settings: Settings, channel: str, token: str, seconds:
         return Result(name, False, f"{channel}: no message within {seconds:g}s")
     except (OSError, InvalidHandshake, ConnectionClosed) as exc:
         return Result(name, False, f"cannot connect to {settings.url}: {exc}")
+
+
+async def check_sse(
+    settings: Settings, channel: str, token: str, seconds: float, message: bool
+) -> Result:
+    """``GET /sse`` for ``channel``: answered with an event stream that subscribes it (and
+    with ``message``, one message arrives), through whatever stands in front."""
+    name, started = "sse", time.perf_counter()
+    headers = {"Authorization": f"Bearer {token}"}
+    client = None
+    try:
+        async with asyncio.timeout(seconds):
+            client = await SseClient.open(http_base(settings.url), headers, channels=channel)
+            if client.status != 200:
+                said = client.body.decode(errors="replace").strip()
+                return Result(name, False, f"/sse answered {client.status} {said}".rstrip())
+            event = (await client.until("message" if message else "subscribed"))[-1]
+        ms = (time.perf_counter() - started) * 1000
+        if not message:
+            return Result(name, True, f"{channel}: subscribed after {ms:.0f} ms")
+        where = f"{event.json()['partition']}:{event.json()['offset']}"
+        return Result(name, True, f"{channel}: message at {where} after {ms:.0f} ms")
+    except TimeoutError:
+        what = "no message" if message else "no subscribed event"
+        return Result(name, False, f"{channel}: {what} within {seconds:g}s over /sse")
+    except (OSError, EOFError) as exc:
+        return Result(name, False, f"cannot read {http_base(settings.url)}/sse: {exc}")
+    finally:
+        if client is not None:
+            await client.close()
 
 
 async def check_kafka(settings: Settings, seconds: float) -> Result:
@@ -176,6 +207,13 @@ def check(
         help="Also check the brokers, that every topic exists, and the Schema Registry "
         "(when WS_SCHEMA_REGISTRY_URL is set).",
     ),
+    sse: bool = typer.Option(
+        False,
+        "--sse",
+        help="Also open GET /sse (Server-Sent Events) for the --subscribe channel (else the "
+        "first of WS_KAFKA_TOPICS) and wait for its subscribed event (with --subscribe: a "
+        "message).",
+    ),
     metrics: bool = typer.Option(
         False, "--metrics", help="Also show connections, delivery rate, lag, slow consumers."
     ),
@@ -222,6 +260,12 @@ def check(
     if subscribe:
         bearer = client_token(settings, subject)
         results.append(asyncio.run(check_subscribe(settings, subscribe, bearer, timeout)))
+    if sse:
+        channel = subscribe or settings.kafka_topics[0]
+        bearer = client_token(settings, subject)
+        results.append(
+            asyncio.run(check_sse(settings, channel, bearer, timeout, message=bool(subscribe)))
+        )
     if kafka:
         results.append(asyncio.run(check_kafka(settings, timeout)))
         if settings.schema_registry_url:

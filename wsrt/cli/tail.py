@@ -52,6 +52,7 @@ from wsrt.cli.common import (
 )
 from wsrt.protocol import channel_list
 from wsrt.tools.client import connect, describe_close, describe_notice, explain_refusal
+from wsrt.tools.events import SseConnection
 
 
 class Resume:
@@ -350,22 +351,24 @@ async def follow(
     remint: Any = None,
     start: dict[str, Any] | None = None,
     narrowing: dict[str, Any] | None = None,
+    sse: bool = False,
 ) -> int:
     """Receive until ``count`` messages (0: forever); the exit status.
 
     ``start`` is the start field of the first subscriptions (``None``: live);
     reconnects resume from the last offsets shown. ``narrowing`` (``filter``,
-    ``keys``, ``max_rate``) goes with every subscribe.
+    ``keys``, ``max_rate``) goes with every subscribe. ``sse``: over ``GET /sse``, whose
+    request carries those subscribes, instead of a WebSocket.
     """
     progress = _Progress(count, Resume(start or {}, narrowing))
     backoff = Backoff()
     connected_once = False
     while True:
         try:
-            async with connect(url, token) as ws:
+            async with SseConnection(url, token) if sse else connect(url, token) as ws:
                 connected_once = True
                 backoff.reset()
-                view.status(f"connected to {url}")
+                view.status(f"connected to {url}" + (" (Server-Sent Events)" if sse else ""))
                 done = await _receive(ws, view, channels, progress)
                 if done is not None:
                     return done
@@ -469,6 +472,9 @@ def tail(
         metavar="PER_SECOND",
         help="At most this many messages per second per key; the newest value wins.",
     ),
+    sse: bool = typer.Option(
+        False, "--sse", help="Read GET /sse (Server-Sent Events) instead of a WebSocket."
+    ),
     env_file: Path = ENV_FILE_OPTION,
 ) -> None:
     """Connect as a client and show the messages of the given channels, live or from history.
@@ -501,7 +507,7 @@ def tail(
         work = follow(
             settings.url, channels, mint(), view, count=count, reconnect=reconnect,
             retries=retries, remint=None if settings.token else mint, start=start,
-            narrowing=narrowing,
+            narrowing=narrowing, sse=sse,
         )  # fmt: skip
         return await until_stopped(_within(work, timeout, count, view))
 
