@@ -49,6 +49,7 @@ def test_quick_benchmark_delivers_everything_in_order(broker: Broker) -> None:
         "live beside 20 snapshots of 500 keys",
     ] + (["formats: json", "formats: avro (same data)"] if registry else []) + [
         "filters: none", "filters: 100 distinct", "deflate: once per frame", "deflate: per client",
+        "transports: WebSocket", "transports: SSE", "transports: SSE against WebSocket",
     ]  # fmt: skip
     for result in results:
         assert result.checks, result.scenario

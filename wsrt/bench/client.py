@@ -42,7 +42,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -124,7 +124,7 @@ class Counter(asyncio.Protocol):
             status = self.head.split(b"\r\n", 1)[0]
             data = self.head[end + 4 :]
             self.head = b""
-            if b" 101 " not in status:
+            if b" 101 " not in status and b" 200 " not in status:  # 200: an event stream
                 self.totals.failed.append(status.decode(errors="replace"))
                 assert self.transport is not None
                 self.transport.close()
@@ -188,8 +188,14 @@ class Counter(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-def _request(url: str, token: str, deflate: bool = False) -> bytes:
+def _request(url: str, token: str, deflate: bool = False, sse: bool = False) -> bytes:
     parts = urlsplit(url)
+    if sse:  # GET /sse beside /ws, the same query: an event stream, not an upgrade
+        path = parts.path.removesuffix("/ws") + "/sse"
+        return (
+            f"GET {path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Accept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ).encode()
     key = base64.b64encode(os.urandom(16)).decode()
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
@@ -211,8 +217,10 @@ async def open_counter(
     small: bool | None = None,
     subscribe: bytes | None = None,
     deflate: bool = False,
+    sse: bool = False,
 ) -> Counter:
     """A connection once upgraded (or lost); ``make(request, upgraded)`` builds another kind.
+    ``sse``: a ``GET /sse`` stream of the same channels instead.
 
     ``stall`` (and every other kind, unless ``small`` is False) gets a 4 KiB
     receive buffer, so that the server sees it fall behind within a few messages.
@@ -232,7 +240,7 @@ async def open_counter(
     upgraded = asyncio.Event()
     build = make or (lambda request, up: Counter(request, totals, up, stall, subscribe, deflate))
     _, protocol = await loop.create_connection(
-        lambda: build(_request(url, token, deflate), upgraded), sock=sock
+        lambda: build(_request(url, token, deflate, sse), upgraded), sock=sock
     )
     waiting = asyncio.ensure_future(upgraded.wait())
     await asyncio.wait({waiting, protocol.lost}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -466,6 +474,29 @@ async def sampler(
         sample.close = (ws.close_code, ws.close_reason)
 
 
+async def sse_sampler(
+    url: str, token: str, channel: str, sample: Sample, stop: asyncio.Event, ready: asyncio.Event
+) -> None:
+    """A sampler reading ``GET /sse`` for ``channel`` (ready once it is subscribed)."""
+    from wsrt.tools.events import SseConnection
+
+    last: dict[int, int] = {}
+    async with SseConnection(url, token) as stream:
+        await stream.send(json.dumps({"type": "subscribe", "channel": channel}))
+
+        async def frames() -> AsyncIterator[str]:
+            async for frame in stream:
+                ready.set()
+                yield frame
+
+        reading = asyncio.ensure_future(_read(frames(), sample, last))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        reading.cancel()
+        stopping.cancel()
+        sample.close = (stream.close_code, stream.close_reason)
+
+
 async def _read(ws: Any, sample: Sample, last: dict[int, int]) -> None:
     async for frame in ws:
         now_ms = time.time() * 1000
@@ -578,6 +609,11 @@ def _samplers(
     def asks(n: int) -> str | None:
         return subscribes[n % len(subscribes)] if subscribes else None
 
+    if p.get("sse"):
+        return [
+            asyncio.ensure_future(sse_sampler(p["url"], p["token"], p["channel"], s, stop, r))
+            for s, r in zip(samples, readies, strict=True)
+        ]
     return [
         asyncio.ensure_future(sampler(url, p["token"], s, stop, r, asks(n), deflate))
         for n, (s, r) in enumerate(zip(samples, readies, strict=True))
@@ -591,11 +627,11 @@ async def _open_readers(
     counters = []
     subscribes: list[str] = p.get("subscribes") or []
     first = [masked(text) for text in subscribes]
-    deflate = bool(p.get("deflate"))
+    deflate, sse = bool(p.get("deflate")), bool(p.get("sse"))
     for i in range(0, p["counters"], 100):
         batch = range(i, min(i + 100, p["counters"]))
         opened = [
-            open_counter(url, p["token"], totals, subscribe=asked, deflate=deflate)
+            open_counter(url, p["token"], totals, subscribe=asked, deflate=deflate, sse=sse)
             for asked in (first[n % len(first)] if first else None for n in batch)
         ]
         counters += await asyncio.gather(*opened)

@@ -65,6 +65,8 @@ class Scale:
     #: The handshakes scenario: connections per algorithm and round, and rounds.
     handshake_count: int = 5000
     handshake_rounds: int = 3
+    #: The sse scenario: rounds of the latency scenario over WebSocket, then over SSE.
+    transport_rounds: int = 2
     #: Replay isolation: clients each replaying this many messages beside the live ones.
     replay_clients: int = 20
     replay_messages: int = 100_000
@@ -97,7 +99,7 @@ class Scale:
             workers_rate=50.0,
             isolation_buffer=16,
             idle_connections=200, handshake_concurrency=50, handshake_count=100,
-            handshake_rounds=1,
+            handshake_rounds=1, transport_rounds=1,
             replay_clients=3, replay_messages=2_000, replay_seconds=4.0,
             hostile_connections=3, hostile_rounds=15,
             policy_clients=30, policy_slow=4, policy_keys=10, policy_seconds=3.0,

@@ -6,13 +6,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from wsrt.bench.handshakes import HandshakeBench
 from wsrt.bench.run import Result, Scale
+from wsrt.bench.transports import TransportBench
 from wsrt.brokers import Broker
 
 SCENARIOS = (
     "fanout", "baseline", "latency", "isolation", "connections", "handshakes", "replay",
-    "policies", "hostile", "workers", "state", "formats", "filters",
+    "policies", "hostile", "workers", "state", "formats", "filters", "sse",
 )  # fmt: skip
 
 
@@ -26,7 +26,7 @@ def run(
     """Run ``scenarios`` in order; ``starting(i, name)`` before the i-th (from 1)."""
     scale = Scale.quick() if quick else Scale()
     with tempfile.TemporaryDirectory(prefix="wsrt-bench-") as tmp:
-        bench = HandshakeBench(broker, scale, Path(tmp), profile)
+        bench = TransportBench(broker, scale, Path(tmp), profile)
         half = scale.latency_rate / 2
         # Each scenario by name: the results it adds, in order.
         table: dict[str, Callable[[], list[Result]]] = {
@@ -46,6 +46,7 @@ def run(
             "state": bench.state,
             "formats": bench.formats,
             "filters": bench.filters,
+            "sse": bench.sse,
         }
         results: list[Result] = []
         for number, name in enumerate(scenarios, 1):

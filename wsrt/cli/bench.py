@@ -34,7 +34,7 @@ def bench(
         "-s",
         metavar="NAME",
         help="fanout, baseline, latency, isolation, connections, handshakes, replay, policies, "
-        "hostile, workers, state, formats, filters (repeatable; default all).",
+        "hostile, workers, state, formats, filters, sse (repeatable; default all).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Small counts, a few seconds per scenario."),
     broker: str = typer.Option(
