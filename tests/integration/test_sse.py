@@ -44,10 +44,19 @@ def positions(events: list[Event]) -> list[tuple[int, int]]:
 
 async def test_refusals_are_http_answers(make_topics, servers) -> None:
     (topic,) = await make_topics("sse-refused", partitions=3)
-    server = servers([topic])
+    app = "https://app.example.com"
+    server = servers([topic], {"WS_ALLOWED_ORIGINS": app})
     plain = await SseClient.open(server.http, channels=topic)
     assert (plain.status, plain.body) == (401, b"unauthorized: missing\n")
     good = token()
+    # The Origin rules of /ws: a page of another origin is refused, the app's may read.
+    evil = await SseClient.open(
+        server.http, {"Origin": "https://evil.example"}, channels=topic, token=good
+    )
+    assert (evil.status, evil.body) == (403, b"origin not allowed\n")
+    page = await SseClient.open(server.http, {"Origin": app}, channels=topic, token=good)
+    assert page.status == 200 and page.headers["access-control-allow-origin"] == app
+    await page.close()
     cases = {
         "nonsense": (400, "Last-Event-ID is not a position token of this server (an event id it sent)"),
         f"1;{topic}=0:1,7:3": (400, f"Last-Event-ID names partition 7 of {topic}, which has partitions 0 to 2"),
