@@ -43,6 +43,7 @@ MAX_TOKEN_CHARS = 8192
 
 _VERSION = "1"
 _POSITION = re.compile(rb'"partition":(\d+),"offset":(\d+)')
+_KEY = re.compile(rb',"key":("(?:[^"\\]|\\.)*"|null)')
 _TYPE = re.compile(rb'^\{"type":"([a-z_]+)"(?:,"channel":("(?:[^"\\]|\\.)*"))?')
 _TEXT = 0x81
 
@@ -101,6 +102,8 @@ class Event:
     partition: int = -1
     offset: int = -1
     info: dict[str, Any] | None = None
+    #: A record's key as text (a ``topic:key`` channel names it), else ``None``.
+    key: str | None = None
 
 
 def event_of(payload: bytes) -> Event:
@@ -114,7 +117,12 @@ def event_of(payload: bytes) -> Event:
         at = _POSITION.search(payload)
         if at is not None:
             channel = orjson.loads(found.group(2))
-            return Event(kind, head, body, channel, int(at.group(1)), int(at.group(2)))
+            keyed = _KEY.match(payload, found.end())
+            key = orjson.loads(keyed.group(1)) if keyed else None
+            return Event(
+                kind, head, body, channel, int(at.group(1)), int(at.group(2)),
+                key=key if isinstance(key, str) else None,
+            )  # fmt: skip
     if kind in ("subscribed", "unsubscribed", "snapshot_end"):
         return Event(kind, head, body, info=orjson.loads(payload))
     return Event(kind, head, body)
@@ -182,8 +190,6 @@ class Stream:
         self.positions: dict[str, dict[int, int]] = {}
         #: Channels asked with a snapshot that has not ended: out of the token till then.
         self.unsettled = set(snapshots)
-        #: The topic of a record's event → the channel it came through (one per topic).
-        self.channel_of: dict[str, str] = {}
         self._segments: dict[str, str] = {}
         self.token = encode_positions({})
         self.closed = False
@@ -206,7 +212,9 @@ class Stream:
     def _moved(self, event: Event) -> bool:
         """Take in what ``event`` says of the positions; did the token change?"""
         if event.channel is not None:
-            channel = self.channel_of.get(event.channel, event.channel)
+            channel = event.channel
+            if event.key is not None and f"{channel}:{event.key}" in self.positions:
+                channel = f"{channel}:{event.key}"
             offsets = self.positions.get(channel)
             if offsets is None or channel in self.unsettled:
                 return False  # a channel not (yet) subscribed, or its snapshot under way
@@ -225,11 +233,9 @@ class Stream:
         if event.kind == "unsubscribed":
             self.positions.pop(named, None)
             self._segments.pop(named, None)
-            self.channel_of = {t: c for t, c in self.channel_of.items() if c != named}
             self._retoken()
             return True
         if event.kind == "subscribed":
-            self.channel_of[named.partition(":")[0]] = named
             given = info.get("positions")
             if not isinstance(given, dict):
                 return False  # a live subscription that says nothing of where it starts
@@ -283,13 +289,6 @@ def plan(channels: list[str], query: Mapping[str, list[str]], last_event_id: str
     ``EventSource`` sends the newest one)."""
     objects = _objects(channels, query)
     named = [o["channel"] for o in objects]
-    topics = [c.partition(":")[0] for c in named]
-    twice = sorted({t for t in topics if topics.count(t) > 1})
-    if twice:
-        raise PlanError(
-            f"a stream takes each topic once ({twice[0]} is named twice): for several keys "
-            "of a topic use keys=k1,k2 or a filter"
-        )
     token = last_event_id or _one(query, "last_event_id")
     try:
         resumed = decode_positions(token) if token else {}

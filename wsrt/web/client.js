@@ -258,6 +258,8 @@ export class Client {
     this._ws = null;
     /** The open EventSource while the transport is SSE. */
     this._es = null;
+    /** WebSockets in a row that did not open to a server that would take them. */
+    this._blocked = 0;
     this._restreamTimer = null;
     // Control messages wait here and leave at most `controlRate` a second:
     // each is { make(id) → frame, waiter }, its id given when it is sent.
@@ -445,6 +447,7 @@ export class Client {
     let opened = false;
     ws.onopen = () => {
       opened = true;
+      this._blocked = 0;
       this._opened(`connected to ${this.url}`);
       // A new connection: the server's bucket is full again, at its own rate.
       this._clearOutbox();
@@ -558,12 +561,19 @@ export class Client {
     }
     if (this._closing) return;
     if (status === 200 && this.options.transport === "auto" && this.transport === "websocket") {
-      // The server would take this WebSocket but it never arrived: something between
-      // (a proxy that breaks upgrades) stops it. The same streams come as SSE.
+      // The server would take this WebSocket but it never arrived. Once may be a server
+      // that came up between the two (a restart): try again at once. Twice in a row,
+      // something between (a proxy that breaks upgrades) stops it: the same streams as SSE.
+      this._blocked += 1;
+      if (this._blocked < 2) {
+        this._retry({ code: 1006, text: "the WebSocket did not open; trying again" }, false, 0);
+        return;
+      }
       this.transport = "sse";
       this._retry({ code: 1006, text: "a WebSocket cannot reach the server here; using Server-Sent Events" }, false, 0);
       return;
     }
+    this._blocked = 0;
     // "unauthorized: expired", then for a refused token the plain words.
     const [reason, ...words] = body.split("\n");
     const detail = words.join(" ").trim();
