@@ -174,13 +174,7 @@ def head(origin: str | None) -> bytes:
 class Stream:
     """One SSE client's side of the events: its positions, and the bytes it is sent."""
 
-    def __init__(
-        self,
-        events: Events,
-        snapshots: frozenset[str] = frozenset(),
-        origin: str | None = None,
-        plan: Plan | None = None,
-    ) -> None:
+    def __init__(self, events: Events, plan: Plan | None = None, origin: str | None = None) -> None:
         self.events = events
         #: What the stream subscribes once it is open.
         self.plan = plan
@@ -189,10 +183,9 @@ class Stream:
         #: Channel → partition → next offset, for the channels whose token is settled.
         self.positions: dict[str, dict[int, int]] = {}
         #: Channels asked with a snapshot that has not ended: out of the token till then.
-        self.unsettled = set(snapshots)
+        self.unsettled = set(plan.snapshots) if plan is not None else set()
         self._segments: dict[str, str] = {}
         self.token = encode_positions({})
-        self.closed = False
 
     def encode(self, data: bytes) -> bytes:
         """A run of text frames as this stream's events, chunked."""

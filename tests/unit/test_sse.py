@@ -10,6 +10,7 @@ import pytest
 from wsrt import protocol
 from wsrt.sse import (
     Events,
+    Plan,
     PlanError,
     Stream,
     TokenError,
@@ -74,7 +75,7 @@ def test_ids_follow_the_subscribed_positions_and_each_record() -> None:
 
 
 def test_a_snapshot_stays_out_of_the_token_until_it_ends() -> None:
-    stream = Stream(Events(), snapshots=frozenset({"book"}))
+    stream = Stream(Events(), Plan([], frozenset({"book"}), {}))
     stream.positions["other"] = {0: 1}
     assert events_of(stream, text_frame(protocol.subscribed_reply("book", None, {0: 5}))) == [
         ("subscribed", None)

@@ -204,7 +204,7 @@ class Gateway:
                     )
         origin = request.headers.get("Origin")
         connection.admitted = admitted
-        connection.sse = sse.Stream(self.events, plan.snapshots, origin, plan)
+        connection.sse = sse.Stream(self.events, plan, origin)
         self.streams.add(connection)
         return admitted
 
