@@ -368,7 +368,12 @@ async def follow(
             async with SseConnection(url, token) if sse else connect(url, token) as ws:
                 connected_once = True
                 backoff.reset()
-                view.status(f"connected to {url}" + (" (Server-Sent Events)" if sse else ""))
+                # A stream is asked for when it is read: only its `subscribed` confirms it.
+                view.status(
+                    f"asking {url} for a stream (Server-Sent Events)"
+                    if sse
+                    else f"connected to {url}"
+                )
                 done = await _receive(ws, view, channels, progress)
                 if done is not None:
                     return done
